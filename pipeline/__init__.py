@@ -1,0 +1,3 @@
+"""adpipe: advertising data from Postgres to ClickHouse, through audited Parquet snapshots."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,139 @@
+"""Commands on the source Postgres: the seed's generator, `stats`, `reset`, and `down`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+
+from pipeline.cli.app import app, console
+
+if TYPE_CHECKING:
+    from pipeline.generate import Generator
+
+Seed = Annotated[int | None, typer.Option(help="Random seed: the same seed writes the same data.")]
+
+
+def _generator(seed: int | None) -> Generator:
+    # Imports inside commands keep `adpipe --help` fast.
+    from pipeline.config import load_settings
+    from pipeline.generate import Generator
+    from pipeline.postgres import connect
+
+    return Generator(connect(load_settings()), seed=seed)
+
+
+@app.command()
+def batch(
+    advertisers: Annotated[int, typer.Option(help="Advertisers to create.")] = 5,
+    campaigns: Annotated[int, typer.Option(help="Campaigns per advertiser.")] = 3,
+    impressions: Annotated[int, typer.Option(help="Impressions per campaign.")] = 1000,
+    ctr: Annotated[float, typer.Option(help="Share of impressions that get a click (0-1).")] = 0.08,
+    seed: Seed = None,
+) -> None:
+    """Create advertisers with campaigns, impressions and clicks, in one transaction."""
+    result = _generator(seed).batch(advertisers, campaigns, impressions, ctr)
+    console.print(
+        f"Created {result.advertisers:,} advertisers, {result.campaigns:,} campaigns, "
+        f"{result.impressions:,} impressions, {result.clicks:,} clicks."
+    )
+
+
+@app.command("advertisers")
+def add_advertisers(
+    count: Annotated[int, typer.Option(help="Advertisers to create.")] = 1,
+    seed: Seed = None,
+) -> None:
+    """Create advertisers."""
+    ids = _generator(seed).advertisers(count)
+    console.print(f"Created {len(ids):,} advertisers{_id_range(ids)}.")
+
+
+@app.command("campaigns")
+def add_campaigns(
+    advertiser_id: Annotated[int, typer.Option(help="The advertiser that owns the campaigns.")],
+    count: Annotated[int, typer.Option(help="Campaigns to create.")] = 1,
+    seed: Seed = None,
+) -> None:
+    """Create campaigns for an advertiser."""
+    ids = _generator(seed).campaigns(advertiser_id, count)
+    console.print(f"Created {len(ids):,} campaigns for advertiser {advertiser_id}{_id_range(ids)}.")
+
+
+@app.command("impressions")
+def add_impressions(
+    campaign_id: Annotated[int, typer.Option(help="The campaign served.")],
+    count: Annotated[int, typer.Option(help="Impressions to create.")] = 1000,
+    seed: Seed = None,
+) -> None:
+    """Create impressions for a campaign, spread over the last 7 days."""
+    created = _generator(seed).impressions(campaign_id, count)
+    console.print(f"Created {created:,} impressions for campaign {campaign_id}.")
+
+
+@app.command("clicks")
+def add_clicks(
+    campaign_id: Annotated[int, typer.Option(help="The campaign clicked.")],
+    ratio: Annotated[float, typer.Option(help="Share of the campaign's impressions that get a click (0-1).")] = 0.08,
+    seed: Seed = None,
+) -> None:
+    """Create clicks on a campaign's existing impressions, each 1-120 s after its impression."""
+    created = _generator(seed).clicks(campaign_id, ratio)
+    console.print(f"Created {created:,} clicks for campaign {campaign_id}.")
+
+
+def _id_range(ids: list[int]) -> str:
+    return f" (ids {ids[0]}-{ids[-1]})" if ids else ""
+
+
+@app.command()
+def stats() -> None:
+    """Rows, id range and created_at range of each source table."""
+    from pipeline.config import load_settings
+    from pipeline.generate import table_stats
+    from pipeline.postgres import connect
+
+    with connect(load_settings()) as conn:
+        rows = table_stats(conn)
+    table = Table(title="Postgres source tables")
+    for column in ("Table", "Rows", "Min id", "Max id", "First created_at", "Last created_at"):
+        table.add_column(column, justify="right" if column in ("Rows", "Min id", "Max id") else "left", no_wrap=True)
+    for s in rows:
+        table.add_row(s.table, f"{s.rows:,}", _text(s.min_id), _text(s.max_id),
+                      _text(s.min_created_at), _text(s.max_created_at))
+    console.print(table)
+
+
+def _text(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+@app.command()
+def reset(yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False) -> None:
+    """Empty all four source tables and restart their ids."""
+    from pipeline.config import load_settings
+    from pipeline.generate import reset as reset_tables
+    from pipeline.postgres import connect
+
+    settings = load_settings()
+    with connect(settings) as conn:
+        if not yes:
+            typer.confirm("Delete every row of advertiser, campaign, impressions and clicks?", abort=True)
+        reset_tables(conn)
+    console.print("Emptied advertiser, campaign, impressions and clicks.")
+
+
+@app.command()
+def down() -> None:
+    """Stop the embedded Postgres server (it is left running between commands)."""
+    from pipeline.config import load_settings
+    from pipeline.postgres import EmbeddedPostgres
+
+    settings = load_settings()
+    if settings.postgres_url:
+        console.print("Postgres is an external server (ADPIPE_POSTGRES_URL); nothing to stop.")
+    elif EmbeddedPostgres(settings.embedded_postgres_dir).stop():
+        console.print(f"Stopped the embedded Postgres in {settings.embedded_postgres_dir}.")
+    else:
+        console.print("The embedded Postgres is not running.")

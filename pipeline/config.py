@@ -1,0 +1,82 @@
+"""Configuration from the environment (and an optional `.env`), in one place.
+
+Every setting has a default that runs fully embedded: no server, no Docker.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from dotenv import load_dotenv
+
+DEFAULT_CLICKHOUSE_DATABASE = "adpipe"
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    postgres_url: str | None
+    """An explicit server URL, or None for the embedded server under `home`."""
+    clickhouse_url: str
+    clickhouse_database: str
+    staging_dir: Path
+
+    @property
+    def embedded_postgres_dir(self) -> Path:
+        return self.home / "postgres"
+
+    @property
+    def clickhouse_is_embedded(self) -> bool:
+        return self.clickhouse_url.startswith("chdb:")
+
+
+def load_settings() -> Settings:
+    """Read the settings; variables already in the environment win over `.env`."""
+    load_dotenv(Path.cwd() / ".env", override=False)
+    home = Path(os.environ.get("ADPIPE_HOME", ".adpipe")).absolute()
+    clickhouse_url = os.environ.get("ADPIPE_CLICKHOUSE_URL") or f"chdb://{home / 'clickhouse'}"
+    return Settings(
+        home=home,
+        postgres_url=os.environ.get("ADPIPE_POSTGRES_URL") or _postgres_url_from_seed_variables(),
+        clickhouse_url=clickhouse_url,
+        clickhouse_database=_clickhouse_database(clickhouse_url),
+        staging_dir=Path(os.environ.get("ADPIPE_STAGING_DIR", "staging")).absolute(),
+    )
+
+
+def _postgres_url_from_seed_variables() -> str | None:
+    """The seed project configured Postgres with POSTGRES_HOST/PORT/DB/USER/PASSWORD."""
+    host = os.environ.get("POSTGRES_HOST")
+    if not host:
+        return None
+    user = quote(os.environ.get("POSTGRES_USER", "postgres"), safe="")
+    password = os.environ.get("POSTGRES_PASSWORD")
+    auth = f"{user}:{quote(password, safe='')}" if password else user
+    port = os.environ.get("POSTGRES_PORT", "5432")
+    database = os.environ.get("POSTGRES_DB", "postgres")
+    return f"postgresql://{auth}@{host}:{port}/{database}"
+
+
+def _clickhouse_database(url: str) -> str:
+    """`ADPIPE_CLICKHOUSE_DATABASE`, else the database in a server URL's path, else `adpipe`."""
+    explicit = os.environ.get("ADPIPE_CLICKHOUSE_DATABASE")
+    if explicit:
+        return explicit
+    if not url.startswith("chdb:"):
+        path = urlsplit(url).path.strip("/")
+        if path:
+            return path
+    return DEFAULT_CLICKHOUSE_DATABASE
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by `***`, safe to log or print."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))

