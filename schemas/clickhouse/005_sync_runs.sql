@@ -1,0 +1,24 @@
+-- One row per sync run and table: what was read, loaded and quarantined, and how it ended.
+--
+-- A run writes its row as `running` when it starts and again when it ends; the newest
+-- `updated_at` wins (ReplacingMergeTree), so a run killed mid-way stays visible as `running`.
+-- This table is history: a full sync never replaces it.
+
+CREATE TABLE IF NOT EXISTS sync_runs
+(
+    run_id           String,
+    table_name       LowCardinality(String),
+    mode             LowCardinality(String),
+    rows_extracted   UInt64,
+    rows_loaded      UInt64,
+    rows_quarantined UInt64,
+    min_id           Nullable(Int64),
+    max_id           Nullable(Int64),
+    started_at       DateTime64(6, 'UTC'),
+    finished_at      Nullable(DateTime64(6, 'UTC')),
+    status           LowCardinality(String),
+    error            Nullable(String),
+    updated_at       DateTime64(6, 'UTC')
+)
+ENGINE = ReplacingMergeTree(updated_at)
+ORDER BY (run_id, table_name);
