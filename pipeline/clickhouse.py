@@ -16,7 +16,7 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError, OperationalError
 
 from pipeline.config import Settings, mask_url
-from pipeline.errors import AdpipeError
+from pipeline.errors import AdpipeError, first_line
 from pipeline.locks import acquire_lock
 
 log = logging.getLogger(__name__)
@@ -29,28 +29,34 @@ _CONFIG_ERRORS = {
 }
 
 _open: dict[str, tuple[Client, int | None]] = {}
-"""Open clients by URL and database, with the lock descriptor held for embedded engines."""
+"""Open clients by URL, with the lock descriptor held for an embedded engine."""
 
 
 def connect(settings: Settings, *, create_database: bool = True) -> Client:
-    """The client for the configured warehouse, opened once per process.
+    """The client for the configured warehouse, opened once per process, using the adpipe database.
 
-    With `create_database`, the adpipe database is created if missing (a read-only user passes False).
+    With `create_database`, the database is created if missing (a read-only user passes False).
     """
-    key = f"{settings.clickhouse_url}#{settings.clickhouse_database}"
-    if key in _open:
-        return _open[key][0]
-    if settings.clickhouse_is_embedded:
-        # chDB serves one data directory per process: release any other before opening this one.
-        close_all()
-    lock_fd = _lock_embedded(settings) if settings.clickhouse_is_embedded else None
-    try:
-        client = _open_client(settings, create_database)
-    except BaseException:
-        if lock_fd is not None:
-            os.close(lock_fd)
-        raise
-    _open[key] = (client, lock_fd)
+    url, database = settings.clickhouse_url, settings.clickhouse_database
+    if url not in _open:
+        if settings.clickhouse_is_embedded:
+            # chDB serves one data directory per process: release any other before opening this one.
+            close_all()
+        lock_fd = _lock_embedded(settings) if settings.clickhouse_is_embedded else None
+        try:
+            _open[url] = (_open_client(settings), lock_fd)
+        except BaseException:
+            if lock_fd is not None:
+                os.close(lock_fd)
+            raise
+    client = _open[url][0]
+    if client.database != database:
+        try:
+            if create_database:
+                client.command(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(database)}")
+            client.database = database
+        except ClickHouseError as exc:
+            raise AdpipeError(describe_error(exc, url)) from None
     return client
 
 
@@ -69,19 +75,14 @@ def _lock_embedded(settings: Settings) -> int:
     return acquire_lock(path.parent / f"{path.name}.lock", f"embedded ClickHouse at {path}")
 
 
-def _open_client(settings: Settings, create_database: bool) -> Client:
-    url, database = settings.clickhouse_url, settings.clickhouse_database
+def _open_client(settings: Settings) -> Client:
+    url = settings.clickhouse_url
+    timeouts = {} if settings.clickhouse_is_embedded else {"connect_timeout": 10, "send_receive_timeout": 300}
     try:
-        timeouts = {} if settings.clickhouse_is_embedded else {"connect_timeout": 10, "send_receive_timeout": 300}
-        client = clickhouse_connect.get_client(
-            dsn=url, database="default" if create_database else database, **timeouts
-        )
-        if create_database:
-            client.command(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(database)}")
-            client.database = database
+        client = clickhouse_connect.get_client(dsn=url, database="default", **timeouts)
     except ClickHouseError as exc:
         raise AdpipeError(describe_error(exc, url)) from None
-    log.info("connected to ClickHouse %s, database %s", mask_url(url), database)
+    log.info("connected to ClickHouse %s", mask_url(url))
     return client
 
 
@@ -89,15 +90,10 @@ def describe_error(exc: ClickHouseError, url: str) -> str:
     """One line saying what went wrong talking to ClickHouse, with secrets masked."""
     code = getattr(exc, "code", None)
     if isinstance(exc, OperationalError) and code is None:
-        return f"cannot reach ClickHouse at {mask_url(url)}: {_first_line(exc)}"
+        return f"cannot reach ClickHouse at {mask_url(url)}: {first_line(exc)}"
     if isinstance(exc, DatabaseError) and code in _CONFIG_ERRORS:
-        return f"ClickHouse at {mask_url(url)}: {_CONFIG_ERRORS[code]} ({_first_line(exc)})"
-    return f"ClickHouse error at {mask_url(url)}: {_first_line(exc)}"
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
+        return f"ClickHouse at {mask_url(url)}: {_CONFIG_ERRORS[code]} ({first_line(exc)})"
+    return f"ClickHouse error at {mask_url(url)}: {first_line(exc)}"
 
 
 def quote_identifier(name: str) -> str:

@@ -22,7 +22,7 @@ def describe_failure(exc: BaseException) -> str | None:
         return str(exc)
     psycopg = sys.modules.get("psycopg")
     if psycopg is not None and isinstance(exc, psycopg.OperationalError):
-        return f"Postgres connection failed: {_last_line(exc)}"
+        return f"Postgres connection failed: {first_line(exc)}"
     ch_exceptions = sys.modules.get("clickhouse_connect.driver.exceptions")
     if ch_exceptions is not None and isinstance(exc, ch_exceptions.ClickHouseError):
         from pipeline.clickhouse import describe_error
@@ -32,6 +32,7 @@ def describe_failure(exc: BaseException) -> str | None:
     return None
 
 
-def _last_line(exc: BaseException) -> str:
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (drivers put the cause there, hints after it)."""
     text = str(exc).strip()
-    return text.splitlines()[-1] if text else type(exc).__name__
+    return " ".join(text.splitlines()[0].split())[:limit] if text else type(exc).__name__

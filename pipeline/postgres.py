@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 
 from pipeline.config import Settings, mask_url
-from pipeline.errors import AdpipeError
+from pipeline.errors import AdpipeError, first_line
 from pipeline.locks import exclusive_lock
 
 log = logging.getLogger(__name__)
@@ -119,8 +119,7 @@ def connect(settings: Settings, *, ensure_schema: bool = True) -> psycopg.Connec
     try:
         conn = psycopg.connect(url, connect_timeout=10)
     except psycopg.OperationalError as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise AdpipeError(f"cannot reach Postgres at {mask_url(url)}: {reason}") from None
+        raise AdpipeError(f"cannot reach Postgres at {mask_url(url)}: {first_line(exc)}") from None
     if ensure_schema:
         apply_source_schema(conn)
     return conn

@@ -1,23 +1,11 @@
-"""The `adpipe` command line. Each command parses its options and calls one library function."""
+"""The `adpipe` command line. Each command parses its options and calls one library function.
 
-from __future__ import annotations
+Command modules register themselves on `app` when imported below.
+"""
 
-import sys
-
-from pipeline.cli import source  # noqa: F401  (registers the commands)
-from pipeline.cli.app import app, fail
-from pipeline.errors import describe_failure
+from pipeline.cli import source  # noqa: F401
+from pipeline.cli.app import app
 
 
 def main() -> None:
-    """Entry point: run the app, turning expected failures into one line on stderr and a non-zero exit."""
-    try:
-        app()
-    except KeyboardInterrupt:
-        fail("interrupted", code=130)
-    except Exception as exc:
-        message = describe_failure(exc)
-        if message is None:
-            raise
-        fail(message)
-    sys.exit(0)
+    app()

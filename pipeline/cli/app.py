@@ -3,23 +3,49 @@
 from __future__ import annotations
 
 import logging
-import sys
-from typing import Annotated, NoReturn
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from typer.core import TyperGroup
+from typer.exceptions import TyperException
+
+from pipeline.errors import describe_failure
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class _FriendlyErrors(TyperGroup):
+    """Turns expected failures into one line on stderr and exit code 1, for every command.
+
+    Living in the command group (not in `main`) means tests that invoke the app get exactly
+    what a user gets. Unexpected exceptions — bugs — keep their traceback.
+    """
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            fail("interrupted", code=130)
+        except (typer.Exit, typer.Abort, TyperException):
+            raise
+        except Exception as exc:
+            message = describe_failure(exc)
+            if message is None:
+                raise
+            fail(message)
+
 
 app = typer.Typer(
     name="adpipe",
     help="Advertising data from Postgres to ClickHouse through audited Parquet snapshots.",
+    cls=_FriendlyErrors,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-
-console = Console()
-err_console = Console(stderr=True)
 
 
 @app.callback()
@@ -32,7 +58,7 @@ def _global_options(
     logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=err_console)])
 
 
-def fail(message: str, code: int = 1) -> NoReturn:
-    """Print one error line to stderr and exit."""
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print one error line to stderr and exit with `code`."""
     err_console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
-    sys.exit(code)
+    raise typer.Exit(code)

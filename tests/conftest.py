@@ -1,0 +1,83 @@
+"""Fixtures shared by every test: real embedded Postgres and the real ClickHouse engine, isolated per test.
+
+One embedded Postgres server and one chDB data directory serve the whole session (chDB allows
+one data directory per process, and starting servers per test would be slow). Each test gets
+its own Postgres database, its own ClickHouse database, its own ADPIPE_HOME and staging dir,
+set in the environment so code under test — library or CLI — reads them like a user's config.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+from typer.testing import CliRunner
+
+from pipeline import clickhouse
+from pipeline.cli import app
+from pipeline.config import Settings, load_settings
+from pipeline.postgres import EmbeddedPostgres
+
+
+@pytest.fixture(scope="session")
+def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of one embedded Postgres for the session, stopped at the end."""
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "postgres")
+    url = server.url()
+    yield url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def chdb_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    yield f"chdb://{tmp_path_factory.mktemp('ch') / 'clickhouse'}"
+    clickhouse.close_all()
+
+
+@pytest.fixture
+def settings(
+    tmp_path: Path, pg_server_url: str, chdb_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Settings]:
+    """A fresh, empty adpipe environment: new Postgres database, new ClickHouse database, new dirs."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ADPIPE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("ADPIPE_POSTGRES_URL", pg_server_url.rsplit("/", 1)[0] + f"/{name}")
+    monkeypatch.setenv("ADPIPE_CLICKHOUSE_URL", chdb_url)
+    monkeypatch.setenv("ADPIPE_CLICKHOUSE_DATABASE", name)
+    monkeypatch.setenv("ADPIPE_STAGING_DIR", str(tmp_path / "staging"))
+    yield load_settings()
+    client = clickhouse.connect(load_settings())
+    client.command(f"DROP DATABASE IF EXISTS `{name}` SYNC")
+    with psycopg.connect(pg_server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg(settings: Settings) -> Iterator[psycopg.Connection]:
+    """An autocommit connection to the test's source database, with the source schema applied."""
+    from pipeline.postgres import connect
+
+    conn = connect(settings)
+    conn.autocommit = True
+    yield conn
+    conn.close()
+
+
+@dataclass(frozen=True)
+class CliResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str, input: str | None = None) -> CliResult:
+    """Run `adpipe ARGS` in this process, exactly as the console script would, capturing its output."""
+    result = CliRunner().invoke(app, list(args), input=input, catch_exceptions=False)
+    return CliResult(result.exit_code, result.stdout, result.stderr)
