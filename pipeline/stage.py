@@ -1,0 +1,211 @@
+"""Staged runs: immutable, checksummed Parquet snapshots — the load packages between extract and load.
+
+Layout under the staging directory:
+
+    <run_id>/manifest.json
+    <run_id>/<table>/part-00000.parquet   (zstd)
+
+A run is written under `.tmp-<run_id>/` and renamed into place once its manifest is written,
+so a directory named like a run is always complete. Run ids sort chronologically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.config import Settings
+from pipeline.errors import AdpipeError
+from pipeline.state import load_state, write_json_atomic
+
+MANIFEST = "manifest.json"
+TMP_PREFIX = ".tmp-"
+MANIFEST_FORMAT = 1
+
+
+def new_run_id(mode: str) -> str:
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}-{mode}"
+
+
+@dataclass(frozen=True)
+class Part:
+    path: str
+    """Relative to the run directory."""
+    rows: int
+    sha256: str
+
+
+@dataclass
+class TableEntry:
+    rows: int = 0
+    min_id: int | None = None
+    max_id: int | None = None
+    schema: dict[str, str] = field(default_factory=dict)
+    parts: list[Part] = field(default_factory=list)
+
+
+@dataclass
+class Run:
+    """A complete staged run, as its manifest describes it."""
+
+    run_id: str
+    directory: Path
+    manifest: dict[str, Any]
+
+    @property
+    def mode(self) -> str:
+        return self.manifest["mode"]
+
+    def parts(self, table: str) -> list[Part]:
+        entry = self.manifest["tables"].get(table)
+        return [Part(**p) for p in entry["parts"]] if entry else []
+
+    def files(self, table: str) -> list[Path]:
+        return [self.directory / part.path for part in self.parts(table)]
+
+
+class RunWriter:
+    """Writes one run's parts into a temp directory and publishes it with its manifest."""
+
+    def __init__(self, staging_dir: Path, run_id: str) -> None:
+        self.run_id = run_id
+        self.final_dir = staging_dir / run_id
+        self.tmp_dir = staging_dir / f"{TMP_PREFIX}{run_id}"
+        self.tables: dict[str, TableEntry] = {}
+        self.tmp_dir.mkdir(parents=True)
+
+    def write_part(self, table: str, data: pa.Table) -> Path:
+        """Write `data` as the table's next part and record its checksum; returns the part's path."""
+        entry = self.tables.setdefault(table, TableEntry(schema={f.name: str(f.type) for f in data.schema}))
+        relative = f"{table}/part-{len(entry.parts):05d}.parquet"
+        path = self.tmp_dir / relative
+        path.parent.mkdir(exist_ok=True)
+        # Fixed writer options and no wall-clock metadata: the same rows give the same bytes.
+        pq.write_table(data, path, compression="zstd", compression_level=3)
+        entry.parts.append(Part(relative, data.num_rows, sha256_file(path)))
+        entry.rows += data.num_rows
+        if "id" in data.column_names and data.num_rows:
+            ids = data.column("id")
+            low, high = pa.compute.min(ids).as_py(), pa.compute.max(ids).as_py()
+            entry.min_id = low if entry.min_id is None else min(entry.min_id, low)
+            entry.max_id = high if entry.max_id is None else max(entry.max_id, high)
+        return path
+
+    def publish(self, manifest: dict[str, Any]) -> Run:
+        """Write the manifest and move the run into place: from here on it is immutable."""
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "run_id": self.run_id,
+            **manifest,
+            "tables": {
+                name: {
+                    "rows": e.rows, "min_id": e.min_id, "max_id": e.max_id, "schema": e.schema,
+                    "parts": [part.__dict__ for part in e.parts],
+                }
+                for name, e in sorted(self.tables.items())
+            },
+        }
+        write_json_atomic(self.tmp_dir / MANIFEST, manifest)
+        self.tmp_dir.rename(self.final_dir)
+        return Run(self.run_id, self.final_dir, manifest)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def list_runs(staging_dir: Path) -> list[Run]:
+    """Every complete run, oldest first. Temp directories of interrupted runs are not runs."""
+    if not staging_dir.exists():
+        return []
+    runs = []
+    for directory in sorted(staging_dir.iterdir()):
+        manifest_path = directory / MANIFEST
+        if directory.name.startswith(TMP_PREFIX) or not manifest_path.is_file():
+            continue
+        runs.append(Run(directory.name, directory, json.loads(manifest_path.read_text())))
+    return runs
+
+
+def remove_interrupted(staging_dir: Path) -> list[str]:
+    """Delete temp directories left by runs that died before publishing; returns their names."""
+    removed = []
+    if staging_dir.exists():
+        for directory in staging_dir.glob(f"{TMP_PREFIX}*"):
+            shutil.rmtree(directory, ignore_errors=True)
+            removed.append(directory.name)
+    return removed
+
+
+def state_runs(runs: list[Run], upto_run_id: str | None) -> list[Run]:
+    """The runs whose data make up the warehouse as of `upto_run_id`: its latest full run and the runs after it."""
+    if upto_run_id is None:
+        return []
+    committed = [run for run in runs if run.run_id <= upto_run_id]
+    fulls = [i for i, run in enumerate(committed) if run.mode == "full"]
+    return committed[fulls[-1]:] if fulls else []
+
+
+def current_state_files(settings: Settings) -> dict[str, list[Path]]:
+    """Table name → the Parquet files that make up the committed warehouse state, in run order."""
+    runs = state_runs(list_runs(settings.staging_dir), load_state(settings.home).last_run_id)
+    files: dict[str, list[Path]] = {}
+    for run in runs:
+        for table in run.manifest["tables"]:
+            files.setdefault(table, []).extend(run.files(table))
+    return files
+
+
+@dataclass(frozen=True)
+class Problem:
+    run_id: str
+    path: str
+    problem: str
+
+
+def verify_runs(runs: list[Run]) -> Iterator[Problem]:
+    """Re-hash every part of every run against its manifest."""
+    for run in runs:
+        for table in run.manifest["tables"]:
+            for part in run.parts(table):
+                path = run.directory / part.path
+                if not path.is_file():
+                    yield Problem(run.run_id, part.path, "missing")
+                elif (actual := sha256_file(path)) != part.sha256:
+                    yield Problem(run.run_id, part.path, f"sha256 {actual[:12]}… expected {part.sha256[:12]}…")
+
+
+def prune_runs(settings: Settings, keep: int) -> list[str]:
+    """Delete all but the newest `keep` runs, never touching the runs the warehouse state is built from.
+
+    Those (the latest committed full run and everything after it) are what `replay` needs.
+    """
+    if keep < 1:
+        raise AdpipeError(f"--keep must be 1 or more, got {keep}")
+    runs = list_runs(settings.staging_dir)
+    last_committed = load_state(settings.home).last_run_id
+    protected = {run.run_id for run in state_runs(runs, last_committed)}
+    # Runs staged but not yet loaded are still needed by the next sync.
+    protected |= {run.run_id for run in runs if last_committed is None or run.run_id > last_committed}
+    removed = []
+    for run in runs[: max(len(runs) - keep, 0)]:
+        if run.run_id not in protected:
+            shutil.rmtree(run.directory)
+            removed.append(run.run_id)
+    return removed

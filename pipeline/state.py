@@ -1,0 +1,93 @@
+"""Incremental sync state in `$ADPIPE_HOME/last_synced_ids.json`, written atomically.
+
+The state names the last committed run and, per fact table, the high-water id, the anchor row
+(to detect a source that was reset) and the id ranges still missing below the high-water mark.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from pipeline.errors import AdpipeError
+
+STATE_FILE = "last_synced_ids.json"
+
+
+@dataclass
+class Gap:
+    """Ids [lo, hi] absent when a run read the table, with the snapshot's xmax at that time.
+
+    Every transaction that could still commit these ids had a transaction id below `xmax`
+    (it drew them from the sequence before the snapshot). Once a later snapshot's xmin is at
+    or above `xmax`, all those transactions have ended: ids still absent then never will appear.
+    """
+
+    lo: int
+    hi: int
+    xmax: int
+
+
+@dataclass
+class FactState:
+    high_water: int = 0
+    anchor_created_at: str | None = None
+    """created_at of the row at `high_water`, as ISO text: a different value there means a reset source."""
+    gaps: list[Gap] = field(default_factory=list)
+
+
+@dataclass
+class SyncState:
+    last_run_id: str | None = None
+    dimension_version: int = 0
+    facts: dict[str, FactState] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> SyncState:
+        facts = {
+            name: FactState(
+                high_water=fact["high_water"],
+                anchor_created_at=fact.get("anchor_created_at"),
+                gaps=[Gap(**gap) for gap in fact.get("gaps", [])],
+            )
+            for name, fact in data.get("facts", {}).items()
+        }
+        return cls(data.get("last_run_id"), data.get("dimension_version", 0), facts)
+
+
+def load_state(home: Path) -> SyncState:
+    """The committed state; an empty one before the first sync."""
+    path = home / STATE_FILE
+    if not path.exists():
+        return SyncState()
+    try:
+        return SyncState.from_json(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise AdpipeError(f"{path} is corrupt ({exc}); run `adpipe sync --mode full` to rebuild it") from None
+
+
+def save_state(home: Path, state: SyncState) -> None:
+    """Replace the state file atomically: readers see the old state or the new one, never a mix."""
+    write_json_atomic(home / STATE_FILE, state.to_json())
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write JSON to a temp file in the same directory, fsync it, then rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
