@@ -1,0 +1,439 @@
+"""The sync: Postgres → Polars → staged Parquet run → ClickHouse → committed state.
+
+A run is a load package (see `stage`): it is staged completely, published, loaded with
+deduplicated inserts, and only then committed to the state file. A run that was published but
+not committed (a crash between load and commit) is loaded again by the next sync before it does
+anything else; its parts carry the same deduplication tokens, so nothing is counted twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from importlib.metadata import version as package_version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+from clickhouse_connect.driver.client import Client
+
+from pipeline import clickhouse
+from pipeline.changes import dimension_changes, full_load_rows
+from pipeline.clean import Cleaned, clean_advertisers, clean_campaigns, clean_facts, quarantine_arrow
+from pipeline.config import Settings
+from pipeline.errors import AdpipeError
+from pipeline.extract import DIMENSIONS, FACTS, Engine, SourceReader
+from pipeline.load import LOAD_ORDER, create_shadow, load_part, swap_in
+from pipeline.locks import exclusive_lock
+from pipeline.stage import Run, RunWriter, list_runs, new_run_id, remove_interrupted, state_runs
+from pipeline.state import FactState, Gap, SyncState, load_state, save_state
+from pipeline.warehouse import apply_schema
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHUNK_ROWS = 1_000_000
+FULL_DIMENSION_VERSION = 1
+
+Progress = Callable[[str, int, int], None]
+"""Called with (what, done, total) as work advances."""
+
+
+class Mode(StrEnum):
+    FULL = "full"
+    INCREMENTAL = "incremental"
+
+
+class OnReset(StrEnum):
+    STOP = "stop"
+    FULL = "full"
+
+
+@dataclass
+class TableSummary:
+    extracted: int = 0
+    loaded: int = 0
+    quarantined: int = 0
+    min_id: int | None = None
+    max_id: int | None = None
+
+
+@dataclass
+class SyncResult:
+    run_id: str
+    mode: str
+    tables: dict[str, TableSummary] = field(default_factory=dict)
+    recovered: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "mode": self.mode,
+            "recovered_runs": self.recovered,
+            "tables": {name: t.__dict__ for name, t in self.tables.items()},
+            "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
+        }
+
+
+@dataclass
+class SyncOptions:
+    mode: Mode = Mode.INCREMENTAL
+    engine: Engine = Engine.CONNECTORX
+    chunk_rows: int = DEFAULT_CHUNK_ROWS
+    partitions: int = 2
+    on_reset: OnReset = OnReset.STOP
+    progress: Progress | None = None
+
+
+def sync(settings: Settings, options: SyncOptions) -> SyncResult:
+    """Run one sync. Only one runs at a time per ADPIPE_HOME; a second one fails at once."""
+    if options.chunk_rows < 1:
+        raise AdpipeError(f"--chunk-rows must be 1 or more, got {options.chunk_rows}")
+    with exclusive_lock(settings.home / "sync.lock", "sync"):
+        client = clickhouse.connect(settings)
+        apply_schema(client)
+        recovered = recover_pending_runs(client, settings)
+        state = load_state(settings.home)
+        mode = options.mode
+        if mode is Mode.INCREMENTAL and state.last_run_id is None:
+            log.warning("no previous sync: running a full sync")
+            mode = Mode.FULL
+        result = _run(client, settings, options, mode, state)
+        result.recovered = recovered
+        return result
+
+
+def recover_pending_runs(client: Client, settings: Settings) -> list[str]:
+    """Load and commit runs that were published but not committed (the previous sync died mid-load)."""
+    remove_interrupted(settings.staging_dir)
+    last = load_state(settings.home).last_run_id
+    pending = [run for run in list_runs(settings.staging_dir) if last is None or run.run_id > last]
+    for run in pending:
+        log.warning("loading run %s, staged but not committed by an earlier sync", run.run_id)
+        load_run(client, run)
+        commit(settings, run)
+    return [run.run_id for run in pending]
+
+
+def replay(settings: Settings, progress: Progress | None = None) -> list[str]:
+    """Rebuild the warehouse from the staged runs alone (no Postgres): the latest full run, then the rest."""
+    with exclusive_lock(settings.home / "sync.lock", "sync"):
+        runs = list_runs(settings.staging_dir)
+        chosen = state_runs(runs, runs[-1].run_id if runs else None)
+        if not chosen:
+            raise AdpipeError(f"nothing to replay: no full run staged in {settings.staging_dir}")
+        client = clickhouse.connect(settings)
+        apply_schema(client)
+        for done, run in enumerate(chosen, start=1):
+            load_run(client, run)
+            commit(settings, run)
+            if progress:
+                progress("replay", done, len(chosen))
+        return [run.run_id for run in chosen]
+
+
+def load_run(client: Client, run: Run) -> None:
+    """Load a published run: a full run through a shadow database swap, an incremental one in place."""
+    if run.mode == Mode.FULL:
+        shadow = create_shadow(client)
+        for table in LOAD_ORDER:
+            for part in run.parts(table):
+                load_part(client, table, run.directory / part.path, part.sha256, database=shadow)
+        swap_in(client, shadow)
+    else:
+        for table in LOAD_ORDER:
+            for part in run.parts(table):
+                load_part(client, table, run.directory / part.path, part.sha256)
+
+
+def commit(settings: Settings, run: Run) -> None:
+    """Make the run's resulting state the committed one (atomic rename)."""
+    save_state(settings.home, SyncState.from_json(run.manifest["state_after"]))
+
+
+def _run(client: Client, settings: Settings, options: SyncOptions, mode: Mode, state: SyncState) -> SyncResult:
+    run_id = new_run_id(mode)
+    started = datetime.now(UTC)
+    result = SyncResult(run_id, mode)
+    _record(client, result, started, "running")
+    try:
+        run = _stage_and_load(client, settings, options, mode, state, result)
+        commit(settings, run)
+    except BaseException as exc:
+        _record(client, result, started, "failed", error=str(exc) or type(exc).__name__)
+        raise
+    _record(client, result, started, "success")
+    return result
+
+
+class _Pipeline:
+    """Writes parts of one run and, for a full run, loads each into the shadow database as soon as it is written.
+
+    Loading overlaps with extracting the next chunk (the drivers release the GIL). At most two
+    loads wait at a time, so memory stays bounded by the chunk size.
+    """
+
+    def __init__(self, client: Client, writer: RunWriter, shadow: str | None) -> None:
+        self.client = client
+        self.writer = writer
+        self.shadow = shadow
+        self.pool = ThreadPoolExecutor(max_workers=1) if shadow else None
+        self.pending: list[Future[None]] = []
+        self.load_seconds = 0.0
+        self.stage_seconds = 0.0
+
+    def write(self, table: str, data: pa.Table) -> None:
+        if data.num_rows == 0:
+            return
+        began = time.perf_counter()
+        path = self.writer.write_part(table, data)
+        self.stage_seconds += time.perf_counter() - began
+        if self.pool is not None:
+            sha = self.writer.tables[table].parts[-1].sha256
+            while len(self.pending) >= 2:
+                self.pending.pop(0).result()
+            self.pending.append(self.pool.submit(self._load, table, path, sha))
+
+    def _load(self, table: str, path: Path, sha: str) -> None:
+        began = time.perf_counter()
+        load_part(self.client, table, path, sha, database=self.shadow)
+        self.load_seconds += time.perf_counter() - began
+
+    def finish(self) -> None:
+        for future in self.pending:
+            future.result()
+        self.pending.clear()
+        if self.pool is not None:
+            self.pool.shutdown()
+
+
+def _stage_and_load(
+    client: Client, settings: Settings, options: SyncOptions, mode: Mode, state: SyncState, result: SyncResult
+) -> Run:
+    began = time.perf_counter()
+    writer = RunWriter(settings.staging_dir, result.run_id)
+    shadow = create_shadow(client) if mode is Mode.FULL else None
+    pipeline = _Pipeline(client, writer, shadow)
+    try:
+        with SourceReader(settings, options.engine, options.partitions) as reader:
+            if mode is Mode.INCREMENTAL and (reason := _reset_reason(reader, state)):
+                if options.on_reset is OnReset.STOP:
+                    raise AdpipeError(
+                        f"the source was reset ({reason}); run `adpipe sync --mode full`, "
+                        "or pass --on-reset full to do so automatically"
+                    )
+                log.warning("the source was reset (%s): running a full sync", reason)
+                mode = Mode.FULL
+                result.mode = mode
+                shadow = create_shadow(client)
+                pipeline = _Pipeline(client, writer, shadow)
+            state_after = _extract_all(client, reader, pipeline, options, mode, state, result)
+        pipeline.finish()
+        extract_seconds = time.perf_counter() - began
+        run = writer.publish(
+            {
+                "mode": mode.value,
+                "source": {"snapshot": reader.snapshot.text, "taken_at": reader.snapshot.taken_at.isoformat()},
+                "engine": options.engine.value,
+                "chunk_rows": options.chunk_rows,
+                "versions": _versions(),
+                "state_after": state_after.to_json(),
+            }
+        )
+    except BaseException:
+        pipeline.finish()
+        writer.discard()
+        raise
+    load_began = time.perf_counter()
+    if mode is Mode.FULL:
+        swap_in(client, shadow)
+    else:
+        load_run(client, run)
+    result.timings = {
+        "extract_clean_stage": extract_seconds,
+        "stage_write": pipeline.stage_seconds,
+        "load_overlapped": pipeline.load_seconds,
+        "load_after_stage": time.perf_counter() - load_began,
+        "total": time.perf_counter() - began,
+    }
+    return run
+
+
+def _extract_all(
+    client: Client,
+    reader: SourceReader,
+    pipeline: _Pipeline,
+    options: SyncOptions,
+    mode: Mode,
+    state: SyncState,
+    result: SyncResult,
+) -> SyncState:
+    full = mode is Mode.FULL
+    version = FULL_DIMENSION_VERSION if full else state.dimension_version + 1
+    quarantine: list[pl.DataFrame] = []
+    resolved: list[pl.DataFrame] = []
+    dimensions_changed = _sync_dimensions(client, reader, pipeline, full, version, quarantine, resolved, result)
+    facts = {}
+    for table in FACTS:
+        previous = FactState() if full else state.facts.get(table, FactState())
+        facts[table] = _sync_fact(reader, pipeline, options, table, previous, quarantine, result)
+    pipeline.write("quarantine", quarantine_arrow(quarantine, version))
+    pipeline.write("quarantine", quarantine_arrow(resolved, version, resolved=True))
+    dimension_version = version if full or dimensions_changed else state.dimension_version
+    return SyncState(last_run_id=result.run_id, dimension_version=dimension_version, facts=facts)
+
+
+def _sync_dimensions(
+    client: Client,
+    reader: SourceReader,
+    pipeline: _Pipeline,
+    full: bool,
+    version: int,
+    quarantine: list[pl.DataFrame],
+    resolved: list[pl.DataFrame],
+    result: SyncResult,
+) -> bool:
+    """Stage advertisers and campaigns; in incremental mode only what changed. Returns whether anything did."""
+    changed = False
+    valid_advertisers = pl.Series("id", [], pl.UInt32)
+    for table in DIMENSIONS:
+        rows = reader.read_all(table)
+        cleaned = clean_advertisers(rows) if table == "advertiser" else clean_campaigns(rows, valid_advertisers)
+        if table == "advertiser":
+            valid_advertisers = cleaned.valid["id"]
+        if full:
+            upserts, new_quarantine = full_load_rows(cleaned, version), cleaned.quarantined
+        else:
+            changes = dimension_changes(client, table, cleaned, version)
+            upserts, new_quarantine = changes.upserts, changes.quarantined
+            resolved.append(changes.resolved)
+            changed = changed or not changes.empty
+        quarantine.append(new_quarantine)
+        pipeline.write(table, upserts.to_arrow())
+        summary = result.tables.setdefault(table, TableSummary())
+        summary.extracted = rows.num_rows
+        summary.loaded = upserts.height
+        summary.quarantined = new_quarantine.height
+        _note_ids(summary, cleaned.valid["id"])
+    return changed
+
+
+def _sync_fact(
+    reader: SourceReader,
+    pipeline: _Pipeline,
+    options: SyncOptions,
+    table: str,
+    previous: FactState,
+    quarantine: list[pl.DataFrame],
+    result: SyncResult,
+) -> FactState:
+    """Stage the rows that arrived since `previous`: late rows in its gaps, and everything above its high-water id."""
+    summary = result.tables.setdefault(table, TableSummary())
+    now = reader.snapshot.taken_at
+    gaps: list[Gap] = []
+    if previous.gaps:
+        rows = reader.read_ids_in(table, [(gap.lo, gap.hi) for gap in previous.gaps])
+        _stage_fact_rows(pipeline, table, rows, now, quarantine, summary)
+        gaps = _open_gaps(previous.gaps, rows.column("id").to_numpy(), reader.snapshot.xmin)
+    high_water = reader.max_id(table)
+    for after, upto, rows in reader.read_id_range(table, previous.high_water, high_water, options.chunk_rows):
+        _stage_fact_rows(pipeline, table, rows, now, quarantine, summary)
+        ids = rows.column("id").to_numpy()
+        gaps += [Gap(lo, hi, reader.snapshot.xmax) for lo, hi in missing_ranges(ids, after, upto)]
+        if options.progress:
+            options.progress(table, upto - previous.high_water, high_water - previous.high_water)
+    high_water = max(high_water, previous.high_water)
+    anchor = reader.created_at_of(table, high_water) if high_water else None
+    return FactState(high_water, anchor.isoformat() if anchor else previous.anchor_created_at, gaps)
+
+
+def _stage_fact_rows(
+    pipeline: _Pipeline,
+    table: str,
+    rows: pa.Table,
+    now: datetime,
+    quarantine: list[pl.DataFrame],
+    summary: TableSummary,
+) -> None:
+    cleaned: Cleaned = clean_facts(table, rows, now)
+    pipeline.write(table, cleaned.valid.to_arrow())
+    quarantine.append(cleaned.quarantined)
+    summary.extracted += rows.num_rows
+    summary.loaded += cleaned.valid.height
+    summary.quarantined += cleaned.quarantined.height
+    _note_ids(summary, cleaned.valid["id"])
+
+
+def missing_ranges(ids: np.ndarray, after: int, upto: int) -> list[tuple[int, int]]:
+    """Inclusive id ranges within (after, upto] that are not in `ids`."""
+    bounds = np.concatenate(([after], np.sort(ids).astype(np.int64), [upto + 1]))
+    holes = np.nonzero(np.diff(bounds) > 1)[0]
+    return [(int(bounds[i]) + 1, int(bounds[i + 1]) - 1) for i in holes]
+
+
+def _open_gaps(gaps: list[Gap], found: np.ndarray, snapshot_xmin: int) -> list[Gap]:
+    """The parts of earlier gaps still empty that some transaction might yet fill.
+
+    A gap is closed for good once every transaction older than its recorded xmax has ended,
+    i.e. this run's snapshot xmin has reached that xmax: such rows would be visible now.
+    """
+    still_open = []
+    for gap in gaps:
+        if snapshot_xmin >= gap.xmax:
+            continue
+        inside = found[(found >= gap.lo) & (found <= gap.hi)]
+        still_open += [Gap(lo, hi, gap.xmax) for lo, hi in missing_ranges(inside, gap.lo - 1, gap.hi)]
+    return still_open
+
+
+def _reset_reason(reader: SourceReader, state: SyncState) -> str | None:
+    """Why the source looks reset since the last run (ids restarted, tables emptied), or None."""
+    for table in FACTS:
+        previous = state.facts.get(table)
+        if previous is None or previous.high_water == 0:
+            continue
+        current_max = reader.max_id(table)
+        if current_max < previous.high_water:
+            return f"{table} max id {current_max} is below the last synced id {previous.high_water}"
+        anchor = reader.created_at_of(table, previous.high_water)
+        if anchor is not None and previous.anchor_created_at and anchor.isoformat() != previous.anchor_created_at:
+            return f"{table} row {previous.high_water} is not the row synced last time"
+    return None
+
+
+def _note_ids(summary: TableSummary, ids: pl.Series) -> None:
+    if ids.is_empty():
+        return
+    low, high = int(ids.min()), int(ids.max())
+    summary.min_id = low if summary.min_id is None else min(summary.min_id, low)
+    summary.max_id = high if summary.max_id is None else max(summary.max_id, high)
+
+
+def _record(client: Client, result: SyncResult, started: datetime, status: str, error: str | None = None) -> None:
+    """Write this run's rows to sync_runs (one per table; newest updated_at wins)."""
+    now = datetime.now(UTC)
+    finished = None if status == "running" else now
+    tables = result.tables or {name: TableSummary() for name in (*DIMENSIONS, *FACTS)}
+    rows = [
+        [result.run_id, name, result.mode, t.extracted, t.loaded, t.quarantined, t.min_id, t.max_id,
+         started, finished, status, error, now]
+        for name, t in tables.items()
+    ]
+    columns = ["run_id", "table_name", "mode", "rows_extracted", "rows_loaded", "rows_quarantined",
+               "min_id", "max_id", "started_at", "finished_at", "status", "error", "updated_at"]
+    try:
+        client.insert("sync_runs", rows, column_names=columns)
+    except Exception:
+        # The run's outcome matters more than its log line: never let bookkeeping mask the real error.
+        log.exception("could not record run %s in sync_runs", result.run_id)
+
+
+def _versions() -> dict[str, str]:
+    return {name: package_version(name) for name in ("adpipe", "polars", "pyarrow", "connectorx", "clickhouse-connect")}
