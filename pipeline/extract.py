@@ -11,13 +11,13 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 from types import TracebackType
 
 import psycopg
 import pyarrow as pa
 
 from pipeline.config import Settings
+from pipeline.options import Engine
 from pipeline.postgres import connect, postgres_url
 
 log = logging.getLogger(__name__)
@@ -30,11 +30,6 @@ SOURCE_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 DIMENSIONS = ("advertiser", "campaign")
 FACTS = ("impressions", "clicks")
-
-
-class Engine(StrEnum):
-    CONNECTORX = "connectorx"
-    ADBC = "adbc"
 
 
 @dataclass(frozen=True)

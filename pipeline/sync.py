@@ -14,7 +14,6 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import StrEnum
 from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
@@ -29,30 +28,20 @@ from pipeline.changes import dimension_changes, full_load_rows
 from pipeline.clean import Cleaned, clean_advertisers, clean_campaigns, clean_facts, quarantine_arrow
 from pipeline.config import Settings
 from pipeline.errors import AdpipeError
-from pipeline.extract import DIMENSIONS, FACTS, Engine, SourceReader
+from pipeline.extract import DIMENSIONS, FACTS, SourceReader
 from pipeline.load import LOAD_ORDER, create_shadow, load_part, swap_in
 from pipeline.locks import exclusive_lock
+from pipeline.options import DEFAULT_CHUNK_ROWS, Engine, Mode, OnReset
 from pipeline.stage import Run, RunWriter, list_runs, new_run_id, remove_interrupted, state_runs
 from pipeline.state import FactState, Gap, SyncState, load_state, save_state
 from pipeline.warehouse import apply_schema
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CHUNK_ROWS = 1_000_000
 FULL_DIMENSION_VERSION = 1
 
 Progress = Callable[[str, int, int], None]
 """Called with (what, done, total) as work advances."""
-
-
-class Mode(StrEnum):
-    FULL = "full"
-    INCREMENTAL = "incremental"
-
-
-class OnReset(StrEnum):
-    STOP = "stop"
-    FULL = "full"
 
 
 @dataclass

@@ -1,0 +1,223 @@
+"""Commands that move data into the warehouse: `init`, `sync`, `status`, `replay`, `snapshots`."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from pipeline.cli.app import app, console, err_console
+from pipeline.options import DEFAULT_CHUNK_ROWS, Engine, Mode, OnReset
+
+if TYPE_CHECKING:
+    from pipeline.config import Settings
+    from pipeline.sync import SyncResult
+
+snapshots_app = typer.Typer(help="Inspect, verify and prune the staged Parquet runs.", no_args_is_help=True)
+app.add_typer(snapshots_app, name="snapshots")
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description:>12}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    )
+
+
+@app.command()
+def init() -> None:
+    """Create the ClickHouse database, tables and materialized views (idempotent)."""
+    from pipeline import clickhouse
+    from pipeline.config import load_settings
+    from pipeline.warehouse import apply_schema
+
+    settings = load_settings()
+    apply_schema(clickhouse.connect(settings))
+    console.print(f"Warehouse schema is in place in database [bold]{settings.clickhouse_database}[/].")
+
+
+@app.command()
+def sync(
+    mode: Annotated[
+        Mode, typer.Option(help="full: reload everything and swap it in; incremental: only changes.")
+    ] = Mode.INCREMENTAL,
+    engine: Annotated[Engine, typer.Option(help="Postgres reader.")] = Engine.CONNECTORX,
+    chunk_rows: Annotated[int, typer.Option(help="Ids read per chunk (bounds memory).")] = DEFAULT_CHUNK_ROWS,
+    partitions: Annotated[int, typer.Option(help="Parallel reads per chunk.")] = 2,
+    on_reset: Annotated[
+        OnReset, typer.Option(help="When the source was reset: stop, or run a full sync.")
+    ] = OnReset.STOP,
+    keep: Annotated[int | None, typer.Option(help="After success, prune staged runs to the newest N.")] = None,
+    verify: Annotated[bool, typer.Option("--verify", help="Reconcile the KPIs with DuckDB after loading.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")] = False,
+) -> None:
+    """Copy Postgres into ClickHouse through a staged Parquet snapshot, exactly once."""
+    from pipeline.config import load_settings
+    from pipeline.stage import prune_runs
+    from pipeline.sync import SyncOptions
+    from pipeline.sync import sync as run_sync
+
+    settings = load_settings()
+    with _progress() as progress:
+        tasks: dict[str, int] = {}
+
+        def advance(what: str, done: int, total: int) -> None:
+            if what not in tasks:
+                tasks[what] = progress.add_task(what, total=total)
+            progress.update(tasks[what], completed=done, total=total)
+
+        options = SyncOptions(mode, engine, chunk_rows, partitions, on_reset, advance)
+        result = run_sync(settings, options)
+    pruned = prune_runs(settings, keep) if keep is not None else []
+    if as_json:
+        console.print_json(json.dumps({**result.to_json(), "pruned_runs": pruned}))
+    else:
+        _print_sync_result(result, pruned)
+    if verify:
+        _verify(settings)
+
+
+def _verify(settings: Settings) -> None:
+    from pipeline.reconcile import reconcile, render_report
+
+    report = reconcile(settings)
+    render_report(report, console)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _print_sync_result(result: SyncResult, pruned: list[str]) -> None:
+    for run_id in result.recovered:
+        console.print(f"[yellow]Loaded run {run_id}, which an interrupted sync had staged.[/]")
+    table = Table(title=f"{result.mode} sync {result.run_id}")
+    for column in ("Table", "Extracted", "Loaded", "Quarantined", "Ids"):
+        table.add_column(column, justify="left" if column == "Table" else "right", no_wrap=True)
+    for name, t in result.tables.items():
+        ids = f"{t.min_id}-{t.max_id}" if t.min_id is not None else "-"
+        table.add_row(name, f"{t.extracted:,}", f"{t.loaded:,}", f"{t.quarantined:,}", ids)
+    console.print(table)
+    console.print(f"Done in {result.timings.get('total', 0):.2f} s.")
+    if pruned:
+        console.print(f"Pruned {len(pruned)} old staged runs.")
+
+
+@app.command()
+def status() -> None:
+    """Per table: Postgres vs ClickHouse rows and max id, rows behind, quarantined, and the last successful run."""
+    from pipeline import clickhouse
+    from pipeline.config import load_settings
+    from pipeline.status import warehouse_status
+    from pipeline.warehouse import apply_schema
+
+    settings = load_settings()
+    client = clickhouse.connect(settings)
+    apply_schema(client)
+    report = warehouse_status(settings, client)
+    table = Table(title="Postgres → ClickHouse")
+    for column in (
+        "Table",
+        "PG rows",
+        "PG max id",
+        "CH rows",
+        "CH max id",
+        "Behind",
+        "Quarantined",
+    ):
+        table.add_column(column, justify="left" if column == "Table" else "right", no_wrap=True)
+    for t in report.tables:
+        table.add_row(
+            t.table,
+            f"{t.postgres_rows:,}",
+            _text(t.postgres_max_id),
+            f"{t.clickhouse_rows:,}",
+            _text(t.clickhouse_max_id),
+            f"{t.behind:,}",
+            f"{t.quarantined:,}",
+        )
+    console.print(table)
+    if report.last_run_id is None:
+        console.print("No successful sync yet: run `adpipe sync --mode full`.")
+    else:
+        age = report.age_seconds
+        console.print(
+            f"Last successful run: {report.last_run_id}" + (f", {_duration(age)} ago." if age is not None else ".")
+        )
+
+
+def _text(value: object) -> str:
+    return "-" if value is None else f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+@app.command()
+def replay() -> None:
+    """Rebuild ClickHouse from the staged runs alone (latest full run, then the later ones), without Postgres."""
+    from pipeline.config import load_settings
+    from pipeline.sync import replay as run_replay
+
+    with _progress() as progress:
+        task = progress.add_task("replay", total=None)
+        replayed = run_replay(
+            load_settings(), lambda _w, done, total: progress.update(task, completed=done, total=total)
+        )
+    console.print(f"Replayed {len(replayed)} runs: {replayed[0]} … {replayed[-1]}.")
+
+
+@snapshots_app.command("list")
+def snapshots_list() -> None:
+    """The staged runs, oldest first, with their row counts and whether they are committed."""
+    from pipeline.config import load_settings
+    from pipeline.stage import list_runs
+    from pipeline.state import load_state
+
+    settings = load_settings()
+    last = load_state(settings.home).last_run_id
+    table = Table(title=f"Staged runs in {settings.staging_dir}")
+    for column in ("Run", "Mode", "Rows", "Quarantined", "Parts", "Committed"):
+        table.add_column(column, justify="left" if column in ("Run", "Mode") else "right")
+    for run in list_runs(settings.staging_dir):
+        tables = run.manifest["tables"]
+        rows = sum(t["rows"] for name, t in tables.items() if name != "quarantine")
+        quarantined = tables.get("quarantine", {}).get("rows", 0)
+        parts = sum(len(t["parts"]) for t in tables.values())
+        committed = "yes" if last is not None and run.run_id <= last else "no"
+        table.add_row(run.run_id, run.mode, f"{rows:,}", f"{quarantined:,}", str(parts), committed)
+    console.print(table)
+
+
+@snapshots_app.command("verify")
+def snapshots_verify() -> None:
+    """Re-hash every staged part against its manifest; exit 1 on any mismatch."""
+    from pipeline.config import load_settings
+    from pipeline.stage import list_runs, verify_runs
+
+    runs = list_runs(load_settings().staging_dir)
+    problems = list(verify_runs(runs))
+    for p in problems:
+        err_console.print(f"[red]{p.run_id}/{p.path}: {p.problem}[/]")
+    if problems:
+        raise typer.Exit(1)
+    parts = sum(len(run.parts(t)) for run in runs for t in run.manifest["tables"])
+    console.print(f"All {parts} parts of {len(runs)} runs match their checksums.")
+
+
+@snapshots_app.command("prune")
+def snapshots_prune(keep: Annotated[int, typer.Option(help="Staged runs to keep.")] = 10) -> None:
+    """Delete old staged runs, never those the warehouse state or the next sync needs."""
+    from pipeline.config import load_settings
+    from pipeline.stage import prune_runs
+
+    removed = prune_runs(load_settings(), keep)
+    console.print(f"Removed {len(removed)} staged runs." if removed else "Nothing to prune.")

@@ -1,0 +1,26 @@
+"""Choices the sync offers, kept free of heavy imports so the CLI can build its options quickly."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+DEFAULT_CHUNK_ROWS = 1_000_000
+
+
+class Mode(StrEnum):
+    FULL = "full"
+    INCREMENTAL = "incremental"
+
+
+class Engine(StrEnum):
+    """The Postgres reader: ConnectorX (parallel partitions) or ADBC (one COPY-based stream)."""
+
+    CONNECTORX = "connectorx"
+    ADBC = "adbc"
+
+
+class OnReset(StrEnum):
+    """What an incremental sync does when the source was reset: stop with advice, or run a full sync."""
+
+    STOP = "stop"
+    FULL = "full"

@@ -1,0 +1,71 @@
+"""How far the warehouse is behind the source: the numbers behind `adpipe status`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from clickhouse_connect.driver.client import Client
+
+from pipeline.config import Settings
+from pipeline.extract import DIMENSIONS, FACTS
+from pipeline.postgres import connect as connect_postgres
+from pipeline.state import load_state
+
+
+@dataclass(frozen=True)
+class TableStatus:
+    table: str
+    postgres_rows: int
+    postgres_max_id: int | None
+    clickhouse_rows: int
+    clickhouse_max_id: int | None
+    quarantined: int
+
+    @property
+    def behind(self) -> int:
+        """Source rows neither in the warehouse nor in quarantine (negative when source rows were deleted)."""
+        return self.postgres_rows - self.clickhouse_rows - self.quarantined
+
+
+@dataclass(frozen=True)
+class WarehouseStatus:
+    tables: list[TableStatus]
+    last_run_id: str | None
+    last_success_at: datetime | None
+
+    @property
+    def age_seconds(self) -> float | None:
+        if self.last_success_at is None:
+            return None
+        return (datetime.now(UTC) - self.last_success_at).total_seconds()
+
+
+def quarantine_counts(client: Client) -> dict[str, int]:
+    """Rows currently in quarantine per source table (resolved entries excluded)."""
+    rows = client.query("SELECT table_name, count() FROM quarantine FINAL GROUP BY table_name").result_rows
+    return {table: count for table, count in rows}
+
+
+def warehouse_status(settings: Settings, client: Client) -> WarehouseStatus:
+    quarantined = quarantine_counts(client)
+    tables = []
+    with connect_postgres(settings) as conn:
+        for table in (*DIMENSIONS, *FACTS):
+            pg_rows, pg_max = conn.execute(f"SELECT count(*), max(id) FROM {table}").fetchone()
+            final = " FINAL" if table in DIMENSIONS else ""
+            ch_rows, ch_max = client.query(f"SELECT count(), max(id) FROM {table}{final}").result_rows[0]
+            tables.append(
+                TableStatus(table, pg_rows, pg_max, ch_rows, ch_max if ch_rows else None, quarantined.get(table, 0))
+            )
+    state = load_state(settings.home)
+    finished = None
+    if state.last_run_id:
+        rows = client.query(
+            "SELECT max(finished_at) FROM sync_runs FINAL WHERE run_id = {run:String} AND status = 'success'",
+            parameters={"run": state.last_run_id},
+        ).result_rows
+        if rows and rows[0][0]:
+            # clickhouse-connect returns naive datetimes for UTC columns.
+            finished = rows[0][0].replace(tzinfo=UTC)
+    return WarehouseStatus(tables, state.last_run_id, finished)
