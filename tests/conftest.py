@@ -39,9 +39,7 @@ def chdb_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-def settings(
-    tmp_path: Path, pg_server_url: str, chdb_url: str, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Settings]:
+def settings(tmp_path: Path, pg_server_url: str, chdb_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
     """A fresh, empty adpipe environment: new Postgres database, new ClickHouse database, new dirs."""
     name = f"t_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(pg_server_url, autocommit=True) as conn:

@@ -1,0 +1,81 @@
+"""SIGKILL a real `adpipe sync` process at several points; the next run must converge to exactly the source.
+
+The killed processes use their own chDB data directory (chDB allows one process per directory,
+and this test process holds the session's), and the check runs in a subprocess too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+
+from pipeline.config import Settings
+from pipeline.generate import Generator
+
+COUNT_SCRIPT = """
+import json
+from pipeline import clickhouse
+from pipeline.config import load_settings
+client = clickhouse.connect(load_settings())
+q = lambda sql: client.query(sql).result_rows
+print(json.dumps({
+    "impressions": dict(q("SELECT campaign_id, count() FROM impressions GROUP BY campaign_id")),
+    "clicks": dict(q("SELECT campaign_id, count() FROM clicks GROUP BY campaign_id")),
+    "daily_impressions": dict(q("SELECT campaign_id, sum(impressions) FROM campaign_daily GROUP BY campaign_id")),
+    "daily_clicks": dict(q("SELECT campaign_id, sum(clicks) FROM campaign_daily GROUP BY campaign_id")),
+}))
+"""
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["ADPIPE_CLICKHOUSE_URL"] = f"chdb://{tmp_path / 'killed-clickhouse'}"
+    return env
+
+
+def _sync_killed_after(seconds: float, mode: str, env: dict[str, str]) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "sync", "--mode", mode, "--chunk-rows", "20000"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(seconds)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+def _per_campaign(pg: psycopg.Connection, table: str) -> dict[str, int]:
+    rows = pg.execute(f"SELECT campaign_id, count(*) FROM {table} GROUP BY campaign_id").fetchall()
+    return {str(campaign): count for campaign, count in rows}
+
+
+def test_sigkill_at_any_point_then_sync_converges(settings: Settings, pg: psycopg.Connection, tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    generator = Generator(pg, seed=21)
+    generator.batch(advertisers=2, campaigns=3, impressions=20_000, ctr=0.1)
+    for delay in (1.5, 2.5, 3.5):
+        _sync_killed_after(delay, "full", env)
+    subprocess.run(
+        [sys.executable, "-m", "pipeline", "sync", "--mode", "full"], env=env, check=True, capture_output=True
+    )
+    generator.batch(advertisers=1, campaigns=3, impressions=20_000, ctr=0.1)
+    for delay in (1.5, 2.5, 3.5):
+        _sync_killed_after(delay, "incremental", env)
+    subprocess.run([sys.executable, "-m", "pipeline", "sync"], env=env, check=True, capture_output=True)
+
+    counted = subprocess.run([sys.executable, "-c", COUNT_SCRIPT], env=env, check=True, capture_output=True, text=True)
+    warehouse = json.loads(counted.stdout)
+    impressions, clicks = _per_campaign(pg, "impressions"), _per_campaign(pg, "clicks")
+    assert sum(impressions.values()) == 9 * 20_000
+    assert warehouse["impressions"] == impressions
+    assert warehouse["daily_impressions"] == impressions
+    assert warehouse["clicks"] == clicks
+    assert warehouse["daily_clicks"] == {campaign: clicks.get(campaign, 0) for campaign in impressions}
