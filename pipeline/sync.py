@@ -405,20 +405,50 @@ def _note_ids(summary: TableSummary, ids: pl.Series) -> None:
     summary.max_id = high if summary.max_id is None else max(summary.max_id, high)
 
 
+_SYNC_RUNS_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("table_name", pa.string()),
+        ("mode", pa.string()),
+        ("rows_extracted", pa.uint64()),
+        ("rows_loaded", pa.uint64()),
+        ("rows_quarantined", pa.uint64()),
+        ("min_id", pa.int64()),
+        ("max_id", pa.int64()),
+        ("started_at", pa.timestamp("us", "UTC")),
+        ("finished_at", pa.timestamp("us", "UTC")),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("updated_at", pa.timestamp("us", "UTC")),
+    ]
+)
+
+
 def _record(client: Client, result: SyncResult, started: datetime, status: str, error: str | None = None) -> None:
     """Write this run's rows to sync_runs (one per table; newest updated_at wins)."""
     now = datetime.now(UTC)
-    finished = None if status == "running" else now
     tables = result.tables or {name: TableSummary() for name in (*DIMENSIONS, *FACTS)}
     rows = [
-        [result.run_id, name, result.mode, t.extracted, t.loaded, t.quarantined, t.min_id, t.max_id,
-         started, finished, status, error, now]
+        {
+            "run_id": result.run_id,
+            "table_name": name,
+            "mode": result.mode,
+            "rows_extracted": t.extracted,
+            "rows_loaded": t.loaded,
+            "rows_quarantined": t.quarantined,
+            "min_id": t.min_id,
+            "max_id": t.max_id,
+            "started_at": started,
+            "finished_at": None if status == "running" else now,
+            "status": status,
+            "error": error,
+            "updated_at": now,
+        }
         for name, t in tables.items()
     ]
-    columns = ["run_id", "table_name", "mode", "rows_extracted", "rows_loaded", "rows_quarantined",
-               "min_id", "max_id", "started_at", "finished_at", "status", "error", "updated_at"]
     try:
-        client.insert("sync_runs", rows, column_names=columns)
+        # Arrow, not Python rows: clickhouse-connect's row path imports pandas, seconds of start-up.
+        client.insert_arrow("sync_runs", pa.Table.from_pylist(rows, schema=_SYNC_RUNS_SCHEMA))
     except Exception:
         # The run's outcome matters more than its log line: never let bookkeeping mask the real error.
         log.exception("could not record run %s in sync_runs", result.run_id)

@@ -1,0 +1,156 @@
+"""Full and incremental sync throughput, side by side with what a user would otherwise do.
+
+    uv run python bench/bench_sync.py [--campaigns 500] [--impressions-per-campaign 10000] [--home /tmp/adpipe-bench]
+
+Same run, same data (default 5M impressions + 500k clicks in the embedded Postgres):
+  adpipe   `adpipe sync --mode full` in a subprocess (end to end, incl. Parquet snapshots), its peak RSS
+  (a)      ClickHouse pulling directly: INSERT … SELECT FROM postgresql(…) (no snapshots, no validation)
+  (b)      naive: psycopg fetchall + clickhouse-connect row inserts (measured on a slice, extrapolated)
+then an incremental sync of 10k new impressions over the existing rows.
+The data is generated once and kept in --home, so reruns skip the generation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+NAIVE_SLICE = 500_000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--campaigns", type=int, default=500)
+    parser.add_argument("--impressions-per-campaign", type=int, default=10_000)
+    parser.add_argument("--home", type=Path, default=Path("/tmp/adpipe-bench"))
+    args = parser.parse_args()
+
+    os.environ["ADPIPE_HOME"] = str(args.home)
+    os.environ["ADPIPE_STAGING_DIR"] = str(args.home / "staging")
+    os.environ.pop("ADPIPE_POSTGRES_URL", None)
+    os.environ.pop("ADPIPE_CLICKHOUSE_URL", None)
+    from pipeline.config import load_settings
+    from pipeline.postgres import connect, postgres_url
+
+    settings = load_settings()
+    expected = args.campaigns * args.impressions_per_campaign
+    with connect(settings) as pg:
+        pg.autocommit = True
+        _ensure_data(pg, args.campaigns, args.impressions_per_campaign)
+        impressions, clicks = (pg.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("impressions", "clicks"))
+    assert impressions == expected, (impressions, expected)
+    total_rows = impressions + clicks
+    print(f"source: {impressions:,} impressions + {clicks:,} clicks = {total_rows:,} rows")
+
+    adpipe_seconds, adpipe_rss, summary = _adpipe_sync(["--mode", "full"])
+    print(
+        f"adpipe full sync       : {adpipe_seconds:7.2f} s wall (process)  {total_rows / adpipe_seconds:12,.0f} rows/s"
+        f"  peak RSS {adpipe_rss / 1024:,.0f} MiB"
+    )
+    print(f"   stages (in-process) : {json.dumps(summary['timings_s'])}")
+    sync_seconds = summary["timings_s"]["total"]
+
+    url = postgres_url(settings)
+    direct_seconds = _clickhouse_pulls_directly(settings, url)
+    naive_rate = _naive(settings)
+    print(f"(a) CH postgresql()    : {direct_seconds:7.2f} s  {total_rows / direct_seconds:12,.0f} rows/s")
+    print(
+        f"(b) naive rows         : {min(NAIVE_SLICE, impressions):,} rows measured  {naive_rate:12,.0f} rows/s"
+        f"  (extrapolated {total_rows / naive_rate:,.0f} s)"
+    )
+    print(
+        f"ratio adpipe (sync only, {sync_seconds:.2f} s) vs (a): {direct_seconds / sync_seconds:.2f}x;"
+        f" process wall vs (a): {direct_seconds / adpipe_seconds:.2f}x"
+    )
+    print(f"ratio adpipe (process wall) vs (b): {(total_rows / adpipe_seconds) / naive_rate:.1f}x")
+
+    from pipeline import clickhouse
+
+    clickhouse.close_all()  # chDB serves one process at a time: hand it back to the child
+    subprocess.run(
+        [sys.executable, "-m", "pipeline", "impressions", "--campaign-id", "1", "--count", "10000"],
+        check=True,
+        capture_output=True,
+    )
+    inc_seconds, _, inc_summary = _adpipe_sync(["--mode", "incremental"])
+    print(
+        f"incremental, 10k new over {total_rows:,}: sync {inc_summary['timings_s']['total']:.2f} s"
+        f" (process wall incl. start-up {inc_seconds:.2f} s); loaded "
+        f"{inc_summary['tables']['impressions']['loaded']:,} impressions"
+    )
+
+
+def _ensure_data(pg: object, campaigns: int, per_campaign: int) -> None:
+    from pipeline.generate import Generator, reset
+
+    have = pg.execute("SELECT count(*) FROM impressions").fetchone()[0]
+    if have == campaigns * per_campaign:
+        return
+    print(f"generating {campaigns * per_campaign:,} impressions (once)…", flush=True)
+    reset(pg)
+    Generator(pg, seed=42).batch(
+        advertisers=max(campaigns // 10, 1), campaigns=min(campaigns, 10), impressions=per_campaign, ctr=0.1
+    )
+
+
+def _adpipe_sync(options: list[str]) -> tuple[float, int, dict]:
+    """Run `adpipe sync` in a child process; wall time, its peak RSS (KiB) and its --json summary."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    began = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "sync", *options, "--json"], check=True, capture_output=True, text=True
+    )
+    seconds = time.perf_counter() - began
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return seconds, max(rss, before), json.loads(done.stdout)
+
+
+def _clickhouse_pulls_directly(settings: object, url: str) -> float:
+    from urllib.parse import urlsplit
+
+    from pipeline import clickhouse
+
+    client = clickhouse.connect(settings)
+    parts = urlsplit(url)
+    began = time.perf_counter()
+    for table in ("impressions", "clicks"):
+        client.command(f"DROP TABLE IF EXISTS bench_direct_{table}")
+        client.command(f"CREATE TABLE bench_direct_{table} AS {table}")
+        client.command(
+            f"INSERT INTO bench_direct_{table} SELECT id, campaign_id, created_at "
+            f"FROM postgresql('{parts.hostname}:{parts.port}', 'postgres', '{table}', 'postgres', '')"
+        )
+    seconds = time.perf_counter() - began
+    for table in ("impressions", "clicks"):
+        client.command(f"DROP TABLE bench_direct_{table}")
+    return seconds
+
+
+def _naive(settings: object) -> float:
+    """psycopg fetchall, then clickhouse-connect inserts of Python rows: what a first script does."""
+    from pipeline import clickhouse
+    from pipeline.postgres import connect
+
+    client = clickhouse.connect(settings)
+    client.command("DROP TABLE IF EXISTS bench_naive")
+    client.command("CREATE TABLE bench_naive AS impressions")
+    began = time.perf_counter()
+    with connect(settings) as pg:
+        rows = pg.execute(
+            f"SELECT id, campaign_id, created_at FROM impressions ORDER BY id LIMIT {NAIVE_SLICE}"
+        ).fetchall()
+    for start in range(0, len(rows), 10_000):
+        client.insert("bench_naive", rows[start : start + 10_000], column_names=["id", "campaign_id", "created_at"])
+    seconds = time.perf_counter() - began
+    client.command("DROP TABLE bench_naive")
+    return len(rows) / seconds
+
+
+if __name__ == "__main__":
+    main()
