@@ -79,7 +79,7 @@ def sync(
     if as_json:
         console.print_json(json.dumps({**result.to_json(), "pruned_runs": pruned}))
     else:
-        _print_sync_result(result, pruned)
+        print_sync_result(result, pruned)
     if verify:
         _verify(settings)
 
@@ -93,7 +93,7 @@ def _verify(settings: Settings) -> None:
         raise typer.Exit(1)
 
 
-def _print_sync_result(result: SyncResult, pruned: list[str]) -> None:
+def print_sync_result(result: SyncResult, pruned: list[str]) -> None:
     for run_id in result.recovered:
         console.print(f"[yellow]Loaded run {run_id}, which an interrupted sync had staged.[/]")
     table = Table(title=f"{result.mode} sync {result.run_id}")
