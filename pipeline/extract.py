@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
+from typing import Any
 
 import psycopg
 import pyarrow as pa
@@ -50,13 +52,14 @@ class Snapshot:
 class SourceReader:
     """One run's view of the source. Use as a context manager; reads share the coordinator's snapshot."""
 
-    def __init__(self, settings: Settings, engine: Engine = Engine.CONNECTORX, partitions: int = 2) -> None:
+    def __init__(self, settings: Settings, engine: Engine = Engine.ADBC, partitions: int = 2) -> None:
         self.settings = settings
         self.engine = engine
         self.partitions = partitions
         self.url = postgres_url(settings)
         self._coordinator: psycopg.Connection | None = None
-        self._adbc = None
+        self._adbc: list = []  # one ADBC connection per partition, opened on first use
+        self._pool: ThreadPoolExecutor | None = None
         self.snapshot: Snapshot
 
     def __enter__(self) -> SourceReader:
@@ -74,8 +77,10 @@ class SourceReader:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._adbc is not None:
-            self._adbc.close()
+        for conn in self._adbc:
+            conn.close()
+        if self._pool is not None:
+            self._pool.shutdown()
         if self._coordinator is not None:
             self._coordinator.rollback()
             self._coordinator.close()
@@ -118,10 +123,7 @@ class SourceReader:
         return self.partitions if ids >= 200_000 else 1
 
     def _read(self, table: str, queries: list[str]) -> pa.Table:
-        if self.engine is Engine.ADBC:
-            result = pa.concat_tables([self._read_adbc(q) for q in queries])
-        else:
-            result = self._read_connectorx(queries)
+        result = self._read_adbc(queries) if self.engine is Engine.ADBC else self._read_connectorx(queries)
         return _plain_types(result)
 
     def _read_connectorx(self, queries: list[str]) -> pa.Table:
@@ -133,17 +135,30 @@ class SourceReader:
         ]
         return connectorx.read_sql(self.url, queries, return_type="arrow", pre_execution_query=attach)
 
-    def _read_adbc(self, query: str) -> pa.Table:
-        if self._adbc is None:
-            import adbc_driver_postgresql.dbapi as adbc
+    def _read_adbc(self, queries: list[str]) -> pa.Table:
+        """Each query on its own connection, in parallel threads (ADBC releases the GIL while fetching)."""
+        while len(self._adbc) < len(queries):
+            self._adbc.append(self._open_adbc())
+        if len(queries) == 1:
+            return _fetch_adbc(self._adbc[0], queries[0])
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.partitions)
+        return pa.concat_tables(self._pool.map(_fetch_adbc, self._adbc, queries))
 
-            self._adbc = adbc.connect(self.url, autocommit=True)
-            with self._adbc.cursor() as cursor:
-                cursor.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                cursor.execute(f"SET TRANSACTION SNAPSHOT '{self.snapshot.exported_id}'")
-        with self._adbc.cursor() as cursor:
-            cursor.execute(query)
-            return cursor.fetch_arrow_table()
+    def _open_adbc(self) -> Any:
+        import adbc_driver_postgresql.dbapi as adbc
+
+        conn = adbc.connect(self.url, autocommit=True)
+        with conn.cursor() as cursor:
+            cursor.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            cursor.execute(f"SET TRANSACTION SNAPSHOT '{self.snapshot.exported_id}'")
+        return conn
+
+
+def _fetch_adbc(conn: Any, query: str) -> pa.Table:
+    with conn.cursor() as cursor:
+        cursor.execute(query)
+        return cursor.fetch_arrow_table()
 
 
 def _columns(table: str) -> str:

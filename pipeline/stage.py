@@ -90,7 +90,9 @@ class RunWriter:
         path = self.tmp_dir / relative
         path.parent.mkdir(exist_ok=True)
         # Fixed writer options and no wall-clock metadata: the same rows give the same bytes.
-        pq.write_table(data, path, compression="zstd", compression_level=3)
+        # zstd level 1: measured 2.3x faster to write than level 3 and faster for ClickHouse to read,
+        # for files ~35% larger (bench notes in README).
+        pq.write_table(data, path, compression="zstd", compression_level=1)
         entry.parts.append(Part(relative, data.num_rows, sha256_file(path)))
         entry.rows += data.num_rows
         if "id" in data.column_names and data.num_rows:

@@ -74,7 +74,7 @@ class SyncResult:
 @dataclass
 class SyncOptions:
     mode: Mode = Mode.INCREMENTAL
-    engine: Engine = Engine.CONNECTORX
+    engine: Engine = Engine.ADBC
     chunk_rows: int = DEFAULT_CHUNK_ROWS
     partitions: int = 2
     on_reset: OnReset = OnReset.STOP

@@ -326,7 +326,7 @@ def test_missing_ranges() -> None:
 def test_adbc_engine_stages_the_same_rows_as_connectorx(settings: Settings, pg: psycopg.Connection) -> None:
     seed_hand_built(pg)
     Generator(pg, seed=13).batch(advertisers=1, campaigns=2, impressions=300, ctr=0.1)
-    full(settings)
+    full(settings, engine=Engine.CONNECTORX)
     full(settings, engine=Engine.ADBC)
     connectorx_run, adbc_run = list_runs(settings.staging_dir)
     for table in ("advertiser", "campaign", "impressions", "clicks"):

@@ -48,7 +48,7 @@ def sync(
     mode: Annotated[
         Mode, typer.Option(help="full: reload everything and swap it in; incremental: only changes.")
     ] = Mode.INCREMENTAL,
-    engine: Annotated[Engine, typer.Option(help="Postgres reader.")] = Engine.CONNECTORX,
+    engine: Annotated[Engine, typer.Option(help="Postgres reader.")] = Engine.ADBC,
     chunk_rows: Annotated[int, typer.Option(help="Ids read per chunk (bounds memory).")] = DEFAULT_CHUNK_ROWS,
     partitions: Annotated[int, typer.Option(help="Parallel reads per chunk.")] = 2,
     on_reset: Annotated[
