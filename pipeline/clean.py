@@ -43,9 +43,12 @@ def clean_facts(table: str, rows: pa.Table, now: datetime) -> Cleaned:
     """Impressions or clicks: a campaign and a created_at no later than `now` plus the tolerance."""
     frame = pl.from_arrow(rows)
     reason = (
-        pl.when(pl.col("campaign_id").is_null()).then(pl.lit("campaign_id is NULL"))
-        .when(pl.col("created_at").is_null()).then(pl.lit("created_at is NULL"))
-        .when(pl.col("created_at") > now + FUTURE_TOLERANCE).then(pl.lit("created_at in the future"))
+        pl.when(pl.col("campaign_id").is_null())
+        .then(pl.lit("campaign_id is NULL"))
+        .when(pl.col("created_at").is_null())
+        .then(pl.lit("created_at is NULL"))
+        .when(pl.col("created_at") > now + FUTURE_TOLERANCE)
+        .then(pl.lit("created_at in the future"))
     )
     valid, quarantined = _split(table, frame, reason)
     valid = valid.select(
@@ -75,9 +78,12 @@ def clean_campaigns(rows: pa.Table, advertiser_ids: pl.Series) -> Cleaned:
     reason = (
         pl.when(pl.col("advertiser_id").is_null() | ~pl.col("advertiser_id").is_in(advertiser_ids.implode()))
         .then(pl.lit("campaign without advertiser"))
-        .when(pl.col("bid") <= 0).then(pl.lit("bid <= 0"))
-        .when(pl.col("budget") <= 0).then(pl.lit("budget <= 0"))
-        .when(pl.col("end_date") < pl.col("start_date")).then(pl.lit("end_date before start_date"))
+        .when(pl.col("bid") <= 0)
+        .then(pl.lit("bid <= 0"))
+        .when(pl.col("budget") <= 0)
+        .then(pl.lit("budget <= 0"))
+        .when(pl.col("end_date") < pl.col("start_date"))
+        .then(pl.lit("end_date before start_date"))
     )
     valid, quarantined = _split("campaign", frame, reason)
     valid = valid.select(

@@ -89,9 +89,7 @@ class Generator:
 
     def _require(self, table: str, row_id: int, option: str) -> None:
         # FOR KEY SHARE keeps the parent from being deleted before our rows commit.
-        found = self.conn.execute(
-            f"SELECT 1 FROM {table} WHERE id = %s FOR KEY SHARE", (row_id,)
-        ).fetchone()
+        found = self.conn.execute(f"SELECT 1 FROM {table} WHERE id = %s FOR KEY SHARE", (row_id,)).fetchone()
         if found is None:
             raise AdpipeError(f"{option} {row_id}: no {table} with that id")
 

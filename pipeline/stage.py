@@ -110,7 +110,10 @@ class RunWriter:
             **manifest,
             "tables": {
                 name: {
-                    "rows": e.rows, "min_id": e.min_id, "max_id": e.max_id, "schema": e.schema,
+                    "rows": e.rows,
+                    "min_id": e.min_id,
+                    "max_id": e.max_id,
+                    "schema": e.schema,
                     "parts": [part.__dict__ for part in e.parts],
                 }
                 for name, e in sorted(self.tables.items())
@@ -161,7 +164,7 @@ def state_runs(runs: list[Run], upto_run_id: str | None) -> list[Run]:
         return []
     committed = [run for run in runs if run.run_id <= upto_run_id]
     fulls = [i for i, run in enumerate(committed) if run.mode == "full"]
-    return committed[fulls[-1]:] if fulls else []
+    return committed[fulls[-1] :] if fulls else []
 
 
 def current_state_files(settings: Settings) -> dict[str, list[Path]]:

@@ -100,8 +100,9 @@ def stats() -> None:
     for column in ("Table", "Rows", "Min id", "Max id", "First created_at", "Last created_at"):
         table.add_column(column, justify="right" if column in ("Rows", "Min id", "Max id") else "left", no_wrap=True)
     for s in rows:
-        table.add_row(s.table, f"{s.rows:,}", _text(s.min_id), _text(s.max_id),
-                      _text(s.min_created_at), _text(s.max_created_at))
+        table.add_row(
+            s.table, f"{s.rows:,}", _text(s.min_id), _text(s.max_id), _text(s.min_created_at), _text(s.max_created_at)
+        )
     console.print(table)
 
 

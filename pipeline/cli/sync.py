@@ -28,6 +28,7 @@ def _progress() -> Progress:
         TimeElapsedColumn(),
         console=err_console,
         transient=True,
+        disable=not err_console.is_terminal,  # bars are for people; logs and CI get the summary only
     )
 
 
@@ -185,15 +186,16 @@ def snapshots_list() -> None:
     settings = load_settings()
     last = load_state(settings.home).last_run_id
     table = Table(title=f"Staged runs in {settings.staging_dir}")
-    for column in ("Run", "Mode", "Rows", "Quarantined", "Parts", "Committed"):
-        table.add_column(column, justify="left" if column in ("Run", "Mode") else "right")
+    # The run id ends in the mode (…-full, …-incremental), so it needs no column of its own.
+    for column in ("Run", "Rows", "Quarantined", "Parts", "Committed"):
+        table.add_column(column, justify="left" if column == "Run" else "right", no_wrap=True)
     for run in list_runs(settings.staging_dir):
         tables = run.manifest["tables"]
         rows = sum(t["rows"] for name, t in tables.items() if name != "quarantine")
         quarantined = tables.get("quarantine", {}).get("rows", 0)
         parts = sum(len(t["parts"]) for t in tables.values())
         committed = "yes" if last is not None and run.run_id <= last else "no"
-        table.add_row(run.run_id, run.mode, f"{rows:,}", f"{quarantined:,}", str(parts), committed)
+        table.add_row(run.run_id, f"{rows:,}", f"{quarantined:,}", str(parts), committed)
     console.print(table)
 
 

@@ -1,0 +1,71 @@
+"""The sync commands as a user runs them: output, exit codes, JSON."""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+import pytest
+
+from pipeline.config import Settings
+from tests.conftest import run_cli
+from tests.test_sync import seed_hand_built
+
+
+def test_init_is_idempotent(settings: Settings) -> None:
+    for _ in range(2):
+        result = run_cli("init")
+        assert result.exit_code == 0, result.stderr
+        assert f"database {settings.clickhouse_database}" in result.stdout
+
+
+def test_sync_json_summary_and_status(settings: Settings, pg: psycopg.Connection) -> None:
+    seed_hand_built(pg)
+    pg.execute("INSERT INTO impressions (campaign_id, created_at) VALUES (NULL, '2026-11-21 01:00:00')")  # id 5
+    result = run_cli("sync", "--mode", "full", "--json")
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["mode"] == "full"
+    assert summary["tables"]["impressions"] == {
+        "extracted": 5,
+        "loaded": 4,
+        "quarantined": 1,
+        "min_id": 1,
+        "max_id": 4,
+    }
+    assert summary["tables"]["clicks"]["loaded"] == 2
+
+    pg.execute("INSERT INTO clicks (campaign_id, created_at) VALUES (2, '2026-11-21 09:00:00')")
+    status = run_cli("status")
+    assert status.exit_code == 0, status.stderr
+    lines = {line.split("│")[1].strip(): line for line in status.stdout.splitlines() if line.count("│") > 2}
+    # Table, PG rows, PG max id, CH rows, CH max id, Behind, Quarantined
+    assert [c.strip() for c in lines["impressions"].split("│")[2:8]] == ["5", "5", "4", "4", "0", "1"]
+    assert [c.strip() for c in lines["clicks"].split("│")[2:8]] == ["3", "3", "2", "2", "1", "0"]
+    assert f"Last successful run: {summary['run_id']}" in status.stdout
+
+
+def test_sync_against_unreachable_postgres_is_one_line(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ADPIPE_POSTGRES_URL", "postgresql://adpipe:s3cret@127.0.0.1:1/nowhere")
+    result = run_cli("sync")
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1
+    assert "cannot reach Postgres at postgresql://adpipe:***@127.0.0.1:1/nowhere" in result.stderr
+    assert "s3cret" not in result.stderr
+
+
+def test_invalid_chunk_rows_is_refused(settings: Settings) -> None:
+    result = run_cli("sync", "--chunk-rows", "0")
+    assert result.exit_code == 1
+    assert "--chunk-rows must be 1 or more, got 0" in result.stderr
+
+
+def test_prune_keeps_what_the_warehouse_needs(settings: Settings, pg: psycopg.Connection) -> None:
+    seed_hand_built(pg)
+    for mode in ("full", "incremental", "full", "incremental", "incremental"):
+        assert run_cli("sync", "--mode", mode).exit_code == 0
+    result = run_cli("snapshots", "prune", "--keep", "1")
+    assert result.exit_code == 0, result.stderr
+    assert "Removed 2 staged runs." in result.stdout  # the first full and its incremental; the rest rebuild the state
+    runs = [line.split("│")[1].strip() for line in run_cli("snapshots", "list").stdout.splitlines() if "│" in line]
+    assert [run.split("-")[1] for run in runs] == ["full", "incremental", "incremental"]
