@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 NAIVE_SLICE = 500_000
+PER_ROW_SLICE = 2_000
 
 
 def main() -> None:
@@ -59,6 +60,7 @@ def main() -> None:
     url = postgres_url(settings)
     direct_seconds = _clickhouse_pulls_directly(settings, url)
     naive_rate = _naive(settings)
+    per_row_rate = _naive_per_row(settings)
     print(f"(a) CH postgresql()    : {direct_seconds:7.2f} s  {total_rows / direct_seconds:12,.0f} rows/s")
     print(
         f"(b) naive rows         : {min(NAIVE_SLICE, impressions):,} rows measured  {naive_rate:12,.0f} rows/s"
@@ -68,7 +70,11 @@ def main() -> None:
         f"ratio adpipe (sync only, {sync_seconds:.2f} s) vs (a): {direct_seconds / sync_seconds:.2f}x;"
         f" process wall vs (a): {direct_seconds / adpipe_seconds:.2f}x"
     )
-    print(f"ratio adpipe (process wall) vs (b): {(total_rows / adpipe_seconds) / naive_rate:.1f}x")
+    print(f"(b') one INSERT per row: {PER_ROW_SLICE:,} rows measured  {per_row_rate:12,.0f} rows/s")
+    print(
+        f"ratio adpipe (process wall) vs (b): {(total_rows / adpipe_seconds) / naive_rate:.1f}x;"
+        f" vs (b'): {(total_rows / adpipe_seconds) / per_row_rate:,.0f}x"
+    )
 
     from pipeline import clickhouse
 
@@ -152,6 +158,29 @@ def _naive(settings: object) -> float:
         ).fetchall()
     for start in range(0, len(rows), 10_000):
         client.insert("bench_naive", rows[start : start + 10_000], column_names=["id", "campaign_id", "created_at"])
+    seconds = time.perf_counter() - began
+    client.command("DROP TABLE bench_naive")
+    return len(rows) / seconds
+
+
+def _naive_per_row(settings: object) -> float:
+    """The most literal naive loader: one INSERT statement per fetched row."""
+    from pipeline import clickhouse
+    from pipeline.postgres import connect
+
+    client = clickhouse.connect(settings)
+    client.command("DROP TABLE IF EXISTS bench_naive")
+    client.command("CREATE TABLE bench_naive AS impressions")
+    began = time.perf_counter()
+    with connect(settings) as pg:
+        rows = pg.execute(
+            f"SELECT id, campaign_id, created_at FROM impressions ORDER BY id LIMIT {PER_ROW_SLICE}"
+        ).fetchall()
+    for row_id, campaign_id, created_at in rows:
+        client.command(
+            "INSERT INTO bench_naive VALUES ({id:UInt64}, {campaign:UInt32}, {at:DateTime64(6)})",
+            parameters={"id": row_id, "campaign": campaign_id, "at": created_at},
+        )
     seconds = time.perf_counter() - began
     client.command("DROP TABLE bench_naive")
     return len(rows) / seconds

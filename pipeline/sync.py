@@ -8,14 +8,18 @@ anything else; its parts carry the same deduplication tokens, so nothing is coun
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version as package_version
 from pathlib import Path
+from queue import Empty, Queue
 from typing import Any
 
 import numpy as np
@@ -175,15 +179,14 @@ class _Pipeline:
         self.shadow = shadow
         self.pool = ThreadPoolExecutor(max_workers=1) if shadow else None
         self.pending: list[Future[None]] = []
-        self.load_seconds = 0.0
-        self.stage_seconds = 0.0
+        self.timings: dict[str, float] = defaultdict(float)
 
     def write(self, table: str, data: pa.Table) -> None:
         if data.num_rows == 0:
             return
         began = time.perf_counter()
         path = self.writer.write_part(table, data)
-        self.stage_seconds += time.perf_counter() - began
+        self.timings["stage_write"] += time.perf_counter() - began
         if self.pool is not None:
             sha = self.writer.tables[table].parts[-1].sha256
             while len(self.pending) >= 2:
@@ -193,7 +196,7 @@ class _Pipeline:
     def _load(self, table: str, path: Path, sha: str) -> None:
         began = time.perf_counter()
         load_part(self.client, table, path, sha, database=self.shadow)
-        self.load_seconds += time.perf_counter() - began
+        self.timings["load_overlapped"] += time.perf_counter() - began
 
     def finish(self) -> None:
         for future in self.pending:
@@ -246,9 +249,8 @@ def _stage_and_load(
     else:
         load_run(client, run)
     result.timings = {
+        **pipeline.timings,
         "extract_clean_stage": extract_seconds,
-        "stage_write": pipeline.stage_seconds,
-        "load_overlapped": pipeline.load_seconds,
         "load_after_stage": time.perf_counter() - load_began,
         "total": time.perf_counter() - began,
     }
@@ -332,7 +334,8 @@ def _sync_fact(
         _stage_fact_rows(pipeline, table, rows, now, quarantine, summary)
         gaps = _open_gaps(previous.gaps, rows.column("id").to_numpy(), reader.snapshot.xmin)
     high_water = reader.max_id(table)
-    for after, upto, rows in reader.read_id_range(table, previous.high_water, high_water, options.chunk_rows):
+    chunks = _prefetch(reader.read_id_range(table, previous.high_water, high_water, options.chunk_rows))
+    for after, upto, rows in _timed(chunks, pipeline.timings, "extract_wait"):
         _stage_fact_rows(pipeline, table, rows, now, quarantine, summary)
         ids = rows.column("id").to_numpy()
         gaps += [Gap(lo, hi, reader.snapshot.xmax) for lo, hi in missing_ranges(ids, after, upto)]
@@ -351,13 +354,64 @@ def _stage_fact_rows(
     quarantine: list[pl.DataFrame],
     summary: TableSummary,
 ) -> None:
+    began = time.perf_counter()
     cleaned: Cleaned = clean_facts(table, rows, now)
+    pipeline.timings["clean"] += time.perf_counter() - began
     pipeline.write(table, cleaned.valid.to_arrow())
     quarantine.append(cleaned.quarantined)
     summary.extracted += rows.num_rows
     summary.loaded += cleaned.valid.height
     summary.quarantined += cleaned.quarantined.height
     _note_ids(summary, cleaned.valid["id"])
+
+
+def _prefetch[T](chunks: Iterator[T]) -> Iterator[T]:
+    """Read the next chunk in a thread while the caller cleans, stages and loads the current one.
+
+    One chunk ahead at most, so memory stays bounded by two chunks. Errors reach the caller.
+    """
+    queue: Queue[tuple[bool, object]] = Queue(maxsize=1)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                if stop.is_set():
+                    return
+                queue.put((True, chunk))
+            queue.put((False, None))
+        except BaseException as exc:
+            queue.put((False, exc))
+
+    worker = threading.Thread(target=produce, name="adpipe-extract", daemon=True)
+    worker.start()
+    try:
+        while True:
+            more, item = queue.get()
+            if not more:
+                if isinstance(item, BaseException):
+                    raise item
+                return
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full queue, then let it finish
+            with contextlib.suppress(Empty):
+                queue.get(timeout=0.1)
+        worker.join()
+
+
+def _timed[T](items: Iterator[T], timings: dict[str, float], key: str) -> Iterator[T]:
+    """Yield from `items`, adding the time spent waiting for each to `timings[key]`."""
+    while True:
+        began = time.perf_counter()
+        try:
+            item = next(items)
+        except StopIteration:
+            return
+        finally:
+            timings[key] += time.perf_counter() - began
+        yield item
 
 
 def missing_ranges(ids: np.ndarray, after: int, upto: int) -> list[tuple[int, int]]:
