@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -78,16 +79,27 @@ def save_state(home: Path, state: SyncState) -> None:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON to a temp file in the same directory, fsync it, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
+    """Write JSON so that `path` holds either its old content or all of the new, never a torn file."""
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w") as handle:
             json.dump(data, handle, indent=2, sort_keys=True)
             handle.write("\n")
-            handle.flush()
+
+    write_atomic(path, write)
+
+
+def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Call `write` on a temp file in `path`'s directory, fsync it, then rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        with tmp.open("rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise

@@ -11,6 +11,8 @@ def test_demo_runs_end_to_end(settings: Settings) -> None:
     assert client.query("SELECT count() FROM impressions").result_rows == [(17_000,)]
     assert client.query("SELECT sum(clicks) FROM campaign_daily").result_rows == [(15 * 80 + 4 * 50,)]
     assert "incremental sync" in result.stdout
+    assert "=== 📊 ClickHouse Campaign CTR ===" in result.stdout
+    assert "All checks pass." in result.stdout
 
 
 def test_demo_refuses_to_empty_an_external_postgres_without_yes(settings: Settings) -> None:

@@ -18,12 +18,15 @@ def demo(
         bool, typer.Option("--yes", help="Allow the demo to empty an external Postgres (ADPIPE_POSTGRES_URL).")
     ] = False,
 ) -> None:
-    """Reset, generate, full sync, generate more, incremental sync, then the KPI report."""
+    """Reset, generate, full sync, generate more, incremental sync, the KPI report, then reconcile."""
+    from pipeline.chstats import chstats
+    from pipeline.cli.kpi import print_reconcile_report
     from pipeline.cli.sync import print_sync_result
     from pipeline.config import load_settings, mask_url
     from pipeline.generate import Generator, reset
     from pipeline.options import Mode
     from pipeline.postgres import connect
+    from pipeline.reconcile import reconcile
     from pipeline.sync import SyncOptions, sync
 
     settings = load_settings()
@@ -46,6 +49,13 @@ def demo(
         console.print(f"{second.impressions:,} impressions, {second.clicks:,} clicks")
     _step("5. Incremental sync: only the new rows")
     print_sync_result(sync(settings, SyncOptions(mode=Mode.INCREMENTAL)), [])
+    _step("6. The KPI report (`adpipe chstats`; every KPI: `adpipe kpi list`)")
+    console.print(chstats(settings), markup=False, highlight=False, end="")
+    _step("7. Reconcile: every KPI again with DuckDB over the snapshots, row counts against Postgres")
+    report = reconcile(settings)
+    print_reconcile_report(report)
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 def _step(title: str) -> None:

@@ -86,10 +86,11 @@ def sync(
 
 
 def _verify(settings: Settings) -> None:
-    from pipeline.reconcile import reconcile, render_report
+    from pipeline.cli.kpi import print_reconcile_report
+    from pipeline.reconcile import reconcile
 
     report = reconcile(settings)
-    render_report(report, console)
+    print_reconcile_report(report)
     if not report.ok:
         raise typer.Exit(1)
 

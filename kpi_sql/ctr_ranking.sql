@@ -1,0 +1,42 @@
+-- ctr_ranking — campaigns ranked by a CTR they can be trusted to have.
+-- Definition: campaigns with at least min_impressions impressions (default 100), ranked by the
+--   lower bound of the Wilson score 95% interval (z = 1.96) of their CTR, so a 1-of-1 campaign does
+--   not outrank a 500-of-10,000 one. wilson_low/high bound the true CTR with 95% confidence.
+-- Grain: one row per qualifying live campaign, ordered by rank (ties by campaign_id).
+-- Columns: rank, campaign_id, campaign_name, impressions, clicks, ctr, wilson_low, wilson_high.
+-- Edge cases: campaigns under the threshold are left out (their CTR is too uncertain to rank).
+-- Parameters (all optional): from_date, to_date, advertiser_id, campaign_id, min_impressions.
+WITH
+    live_campaign AS (
+        SELECT c.id, c.name
+        FROM campaign AS c FINAL
+        INNER JOIN (SELECT id FROM advertiser FINAL WHERE is_deleted = 0) AS a ON a.id = c.advertiser_id
+        WHERE c.is_deleted = 0
+          AND ({advertiser_id:Nullable(UInt32)} IS NULL OR c.advertiser_id = {advertiser_id:Nullable(UInt32)})
+          AND ({campaign_id:Nullable(UInt32)} IS NULL OR c.id = {campaign_id:Nullable(UInt32)})
+    ),
+    delivery AS (
+        SELECT d.campaign_id, lc.name AS campaign_name, sum(d.impressions) AS n, sum(d.clicks) AS k
+        FROM campaign_daily AS d
+        INNER JOIN live_campaign AS lc ON lc.id = d.campaign_id
+        WHERE ({from_date:Nullable(Date)} IS NULL OR d.day >= {from_date:Nullable(Date)})
+          AND ({to_date:Nullable(Date)} IS NULL OR d.day <= {to_date:Nullable(Date)})
+        GROUP BY d.campaign_id, lc.name
+        HAVING n >= coalesce({min_impressions:Nullable(UInt64)}, 100) AND n > 0
+    ),
+    scored AS (
+        SELECT
+            campaign_id, campaign_name, n AS impressions, k AS clicks,
+            k / n AS ctr,
+            1.96 * 1.96 AS z2,
+            (ctr + z2 / (2 * n)) / (1 + z2 / n) AS centre,
+            1.96 * sqrt(ctr * (1 - ctr) / n + z2 / (4 * n * n)) / (1 + z2 / n) AS margin
+        FROM delivery
+    )
+SELECT
+    toUInt64(row_number() OVER (ORDER BY centre - margin DESC, campaign_id)) AS rank,
+    campaign_id, campaign_name, impressions, clicks, ctr,
+    centre - margin AS wilson_low,
+    centre + margin AS wilson_high
+FROM scored
+ORDER BY rank

@@ -1,0 +1,143 @@
+"""The KPI library: `kpi_sql/<name>.sql` for ClickHouse, `kpi_sql/<name>.duckdb.sql` beside it for DuckDB.
+
+Each file opens with a comment that defines the KPI; its first line is `-- <name> — <summary>`.
+Filters are bound as query parameters by the engines' clients, never formatted into the SQL.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date
+from enum import StrEnum
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from clickhouse_connect.driver.client import Client
+
+from pipeline import clickhouse
+from pipeline.config import Settings
+from pipeline.errors import AdpipeError
+from pipeline.sqlfiles import KPI_DIR
+from pipeline.state import write_atomic
+
+SEED_REPORT = ("campaign_ctr", "daily_impressions_clicks", "advertiser_ctr")
+"""The seed's three KPIs, in the order `chstats` prints them."""
+
+
+@dataclass(frozen=True)
+class Filters:
+    from_date: date | None = None
+    to_date: date | None = None
+    advertiser_id: int | None = None
+    campaign_id: int | None = None
+    min_impressions: int | None = None
+    """For ctr_ranking: campaigns with fewer impressions are not ranked (the SQL's default is 100)."""
+
+    def __post_init__(self) -> None:
+        if self.from_date and self.to_date and self.from_date > self.to_date:
+            raise AdpipeError(f"--from {self.from_date} is after --to {self.to_date}")
+
+    def values(self) -> dict[str, Any]:
+        return {
+            "from_date": self.from_date,
+            "to_date": self.to_date,
+            "advertiser_id": self.advertiser_id,
+            "campaign_id": self.campaign_id,
+            "min_impressions": self.min_impressions,
+        }
+
+
+@dataclass(frozen=True)
+class Kpi:
+    name: str
+    clickhouse_path: Path
+    duckdb_path: Path
+
+    @cached_property
+    def summary(self) -> str:
+        first = self.clickhouse_path.read_text().splitlines()[0]
+        text = first.split("—", 1)[1].strip() if "—" in first else first.lstrip("- ")
+        return text[:1].upper() + text[1:]
+
+    def clickhouse_sql(self) -> str:
+        return self.clickhouse_path.read_text()
+
+    def duckdb_sql(self) -> str:
+        return self.duckdb_path.read_text()
+
+
+def list_kpis() -> list[Kpi]:
+    return [
+        Kpi(path.stem, path, path.with_name(f"{path.stem}.duckdb.sql"))
+        for path in sorted(KPI_DIR.glob("*.sql"))
+        if not path.name.endswith(".duckdb.sql")
+    ]
+
+
+def get_kpi(name: str) -> Kpi:
+    kpis = {kpi.name: kpi for kpi in list_kpis()}
+    if name not in kpis:
+        raise AdpipeError(f"unknown KPI {name!r}; known: {', '.join(kpis)}")
+    return kpis[name]
+
+
+def run_clickhouse(client: Client, kpi: Kpi, filters: Filters) -> pl.DataFrame:
+    sql = kpi.clickhouse_sql()
+    used = set(re.findall(r"\{(\w+):", sql))
+    parameters = {k: v for k, v in filters.values().items() if k in used}
+    return pl.from_arrow(client.query_arrow(sql, parameters=parameters))
+
+
+def run_duckdb(connection: Any, kpi: Kpi, filters: Filters) -> pl.DataFrame:
+    sql = kpi.duckdb_sql()
+    used = set(re.findall(r"\$(\w+)", sql))
+    parameters = {k: v for k, v in filters.values().items() if k in used}
+    return pl.from_arrow(connection.sql(sql, params=parameters).to_arrow_table())
+
+
+class OutputFormat(StrEnum):
+    TABLE = "table"
+    CSV = "csv"
+    JSON = "json"
+    PARQUET = "parquet"
+
+
+def output_format(requested: OutputFormat | None, out: Path | None) -> OutputFormat:
+    """The format asked for, else the one `--out`'s suffix names, else a table on the terminal."""
+    if requested is None and out is not None:
+        try:
+            requested = OutputFormat(out.suffix.lstrip(".").lower())
+        except ValueError:
+            raise AdpipeError(f"cannot tell the format from {out.name!r}: pass --format csv, json or parquet") from None
+    if requested is OutputFormat.TABLE and out is not None:
+        raise AdpipeError("a table is for the terminal: use --format csv, json or parquet with --out")
+    if requested is OutputFormat.PARQUET and out is None:
+        raise AdpipeError("--format parquet needs --out FILE")
+    return requested or OutputFormat.TABLE
+
+
+def write_frame(frame: pl.DataFrame, fmt: OutputFormat, out: Path) -> None:
+    """Write a KPI result to `out` atomically: a reader never sees half a file."""
+    if fmt is OutputFormat.PARQUET:
+        write_atomic(out, frame.write_parquet)
+    else:
+        write_atomic(out, lambda tmp: tmp.write_text(render_frame(frame, fmt)))
+
+
+def render_frame(frame: pl.DataFrame, fmt: OutputFormat) -> str:
+    """A KPI result as csv (header row first) or json (an array of objects, one per row)."""
+    if fmt is OutputFormat.CSV:
+        return frame.write_csv()
+    if fmt is OutputFormat.JSON:
+        # Exact decimals would become JSON strings; consumers of a JSON report expect numbers.
+        return frame.with_columns(pl.col(pl.Decimal).cast(pl.Float64)).write_json() + "\n"
+    raise ValueError(f"{fmt} is not a text format")
+
+
+def compute(settings: Settings, name: str, filters: Filters) -> pl.DataFrame:
+    """One KPI from the warehouse."""
+    kpi = get_kpi(name)
+    return run_clickhouse(clickhouse.connect(settings), kpi, filters)

@@ -1,0 +1,143 @@
+"""Reconciliation: every KPI recomputed by DuckDB from the Parquet snapshots, row counts from Postgres.
+
+DuckDB reads the staged files directly — an independent engine over the audit trail — through
+views named like the warehouse tables, so each KPI's DuckDB SQL reads like its ClickHouse twin.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+import polars as pl
+from clickhouse_connect.driver.client import Client
+
+from pipeline import clickhouse
+from pipeline.config import Settings
+from pipeline.errors import AdpipeError
+from pipeline.extract import DIMENSIONS, FACTS
+from pipeline.kpi import Filters, list_kpis, run_clickhouse, run_duckdb
+from pipeline.postgres import connect as connect_postgres
+from pipeline.stage import current_state_files
+
+RELATIVE_TOLERANCE = 1e-9
+"""Floating-point KPIs (ratios) may differ in the last bits between engines; counts must be equal."""
+
+_DIMENSION_VIEW = """
+CREATE VIEW {name} AS
+SELECT * EXCLUDE (row_hash, version, is_deleted, _rank) FROM (
+    SELECT *, row_number() OVER (PARTITION BY id ORDER BY version DESC) AS _rank
+    FROM read_parquet({files}, union_by_name = true)
+) WHERE _rank = 1 AND is_deleted = 0
+"""
+_AGGREGATE_VIEW = """
+CREATE VIEW campaign_{grain} AS
+SELECT campaign_id, {bucket} AS {column}, sum(impressions)::UBIGINT AS impressions, sum(clicks)::UBIGINT AS clicks
+FROM (
+    SELECT campaign_id, created_at, 1 AS impressions, 0 AS clicks FROM impressions
+    UNION ALL
+    SELECT campaign_id, created_at, 0 AS impressions, 1 AS clicks FROM clicks
+)
+GROUP BY ALL
+"""
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class ReconcileReport:
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(check.ok for check in self.checks)
+
+
+def snapshot_connection(settings: Settings) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with views over the committed snapshot files, named like the warehouse tables."""
+    files = current_state_files(settings)
+    if not files.get("advertiser") and not files.get("impressions"):
+        raise AdpipeError(f"no committed snapshot in {settings.staging_dir}: run `adpipe sync` first")
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    for table in (*DIMENSIONS, *FACTS):
+        paths = [str(p) for p in files.get(table, [])]
+        if not paths:
+            raise AdpipeError(f"the committed snapshot has no {table} files; run `adpipe sync --mode full`")
+        if table in DIMENSIONS:
+            con.execute(_DIMENSION_VIEW.format(name=table, files=paths))
+        else:
+            con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet({paths})")
+    con.execute(_AGGREGATE_VIEW.format(grain="daily", bucket="CAST(created_at AS DATE)", column="day"))
+    con.execute(_AGGREGATE_VIEW.format(grain="hourly", bucket="date_trunc('hour', created_at)", column="hour"))
+    return con
+
+
+def reconcile(settings: Settings, filters: Filters | None = None) -> ReconcileReport:
+    """Every KPI in ClickHouse vs DuckDB; row counts in Postgres vs ClickHouse vs the snapshots."""
+    filters = filters or Filters()
+    client = clickhouse.connect(settings)
+    snapshots = snapshot_connection(settings)
+    report = ReconcileReport()
+    for kpi in list_kpis():
+        warehouse = run_clickhouse(client, kpi, filters)
+        recomputed = run_duckdb(snapshots, kpi, filters)
+        report.checks.append(Check(f"kpi {kpi.name}", *_compare(warehouse, recomputed)))
+    report.checks.extend(_row_counts(settings, client, snapshots))
+    return report
+
+
+def _compare(left: pl.DataFrame, right: pl.DataFrame) -> tuple[bool, str]:
+    if left.columns != right.columns:
+        return False, f"columns differ: {left.columns} vs {right.columns}"
+    if left.height != right.height:
+        return False, f"{left.height} rows in ClickHouse vs {right.height} in DuckDB"
+    for column in left.columns:
+        for row, (a, b) in enumerate(zip(left[column].to_list(), right[column].to_list(), strict=True)):
+            if not _equal(a, b):
+                return False, f"row {row + 1}, {column}: ClickHouse {a!r} vs DuckDB {b!r}"
+    return True, f"{left.height} rows equal"
+
+
+def _equal(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=RELATIVE_TOLERANCE, abs_tol=1e-12)
+    if hasattr(a, "replace") and hasattr(b, "tzinfo") and getattr(a, "tzinfo", None) != b.tzinfo:
+        return a.replace(tzinfo=None) == b.replace(tzinfo=None)
+    return a == b
+
+
+def _row_counts(settings: Settings, client: Client, snapshots: duckdb.DuckDBPyConnection) -> list[Check]:
+    """Per table: source rows = warehouse rows + quarantined = snapshot rows + quarantined.
+
+    Source rows are counted up to the highest id the warehouse has seen (loaded or quarantined):
+    rows written to Postgres after the last sync are not a mismatch, just not synced yet.
+    """
+    quarantine = client.query(
+        "SELECT table_name, count(), max(source_id) FROM quarantine FINAL GROUP BY table_name"
+    ).result_rows
+    quarantined = {table: (count, max_id) for table, count, max_id in quarantine}
+    checks = []
+    with connect_postgres(settings) as pg:
+        for table in (*DIMENSIONS, *FACTS):
+            live = " FINAL WHERE is_deleted = 0" if table in DIMENSIONS else ""
+            ch_rows, ch_max = client.query(f"SELECT count(), max(id) FROM {table}{live}").result_rows[0]
+            q_rows, q_max = quarantined.get(table, (0, 0))
+            synced_max = max(ch_max if ch_rows else 0, q_max or 0)
+            pg_rows = pg.execute(f"SELECT count(*) FROM {table} WHERE id <= %s", (synced_max,)).fetchone()[0]
+            duck_rows = snapshots.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            ok = pg_rows == ch_rows + q_rows == duck_rows + q_rows
+            sign = "=" if ok else "≠"
+            detail = (
+                f"Postgres {pg_rows:,} {sign} ClickHouse {ch_rows:,} + quarantined {q_rows:,}"
+                f" {sign} snapshots {duck_rows:,} + quarantined {q_rows:,}"
+            )
+            checks.append(Check(f"rows {table}", ok, detail))
+    return checks
