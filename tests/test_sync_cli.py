@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import psycopg
 import pytest
@@ -69,3 +70,14 @@ def test_prune_keeps_what_the_warehouse_needs(settings: Settings, pg: psycopg.Co
     assert "Removed 2 staged runs." in result.stdout  # the first full and its incremental; the rest rebuild the state
     runs = [line.split("│")[1].strip() for line in run_cli("snapshots", "list").stdout.splitlines() if "│" in line]
     assert [run.split("-")[1] for run in runs] == ["full", "incremental", "incremental"]
+
+
+def test_sync_verify_reconciles_after_loading(settings: Settings, pg: psycopg.Connection) -> None:
+    seed_hand_built(pg)
+    pg.execute("INSERT INTO impressions (campaign_id, created_at) VALUES (NULL, '2026-11-21 01:00:00')")  # id 5
+    result = run_cli("sync", "--mode", "full", "--verify")
+    assert result.exit_code == 0, result.stderr
+    # Rich wraps long cells over several lines; without the box drawing the row reads as one sentence.
+    text = " ".join(re.sub(r"[│┃]", " ", result.stdout).split())
+    assert "rows impressions pass Postgres 5 = ClickHouse 4 + quarantined 1 = snapshots 4 + quarantined 1" in text
+    assert "All checks pass." in result.stdout
