@@ -49,6 +49,6 @@ SELECT
     start_date, end_date, flight_days, days_elapsed,
     flight_days - days_elapsed AS days_remaining,
     if(days_elapsed = 0, NULL, toFloat64(spend) / days_elapsed * flight_days) AS projected_spend,
-    spend > budget AS over_budget
+    toBool(spend > budget) AS over_budget
 FROM paced
 ORDER BY campaign_id

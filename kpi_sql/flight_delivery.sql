@@ -43,8 +43,8 @@ SELECT
     toUInt64(coalesce(d.in_flight, 0)) AS impressions_in_flight,
     toUInt64(coalesce(d.after_end, 0)) AS impressions_after_end,
     toUInt64(coalesce(d.last_2_days, 0)) AS impressions_last_2_days,
-    status = 'ended' AND impressions_after_end > 0 AS ended_but_delivering,
-    status = 'active' AND impressions_last_2_days = 0 AS active_but_silent
+    toBool(status = 'ended' AND impressions_after_end > 0) AS ended_but_delivering,
+    toBool(status = 'active' AND impressions_last_2_days = 0) AS active_but_silent
 FROM live_campaign AS lc
 LEFT JOIN delivery AS d ON d.campaign_id = lc.id
 ORDER BY campaign_id
