@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Annotated, Any
 
 import typer
@@ -13,7 +14,9 @@ from typer.exceptions import TyperException
 
 from pipeline.errors import describe_failure
 
-console = Console()
+# Output to a pipe or a file is not squeezed into 80 columns, where tables would cut values to "…".
+PIPED_WIDTH = 200
+console = Console(width=None if sys.stdout.isatty() else PIPED_WIDTH)
 err_console = Console(stderr=True)
 
 
