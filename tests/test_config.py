@@ -154,3 +154,20 @@ def test_unreachable_clickhouse_error_hides_the_password(clean_env: Path, monkey
     assert result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith("error: cannot reach ClickHouse at http://default:***@127.0.0.1:1/adpipe")
     assert "s3cret" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    ("url", "pool"),
+    [
+        ("https://default:s3cret@127.0.0.1:1/adpipe", "HTTPSConnectionPool"),  # https:// on any port means TLS
+        ("http://default:s3cret@127.0.0.1:1/adpipe", "HTTPConnectionPool"),
+        ("http://default:s3cret@127.0.0.1:8443/adpipe", "HTTPSConnectionPool"),  # clickhouse-connect: TLS port
+    ],
+)
+def test_clickhouse_url_scheme_chooses_tls(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, url: str, pool: str
+) -> None:
+    monkeypatch.setenv("ADPIPE_CLICKHOUSE_URL", url)
+    result = run_cli("init")
+    assert result.exit_code == 1
+    assert f"{pool}(host='127.0.0.1'" in result.stderr
