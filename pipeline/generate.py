@@ -27,7 +27,7 @@ BUDGET_RANGE = (50.0, 500.0)
 FLIGHT_DAYS = (7, 30)
 FLIGHT_START_MAX_DAYS_AGO = 14
 CHUNK_ROWS = 250_000
-"""Events generated and copied per step: memory stays bounded whatever the count."""
+"""Impressions generated, copied or read per step, so memory does not grow with their count."""
 
 
 @dataclass(frozen=True)
@@ -80,12 +80,12 @@ class Generator:
             return count
 
     def clicks(self, campaign_id: int, ratio: float) -> int:
-        """Clicks on round(ratio × impressions) distinct impressions the campaign already has."""
+        """Clicks on round(ratio × n) distinct impressions of the n the campaign already has (with a time)."""
         _check_ratio("--ratio", ratio)
         with self.conn.transaction():
             self._require("campaign", campaign_id, "--campaign-id")
-            # Read and write chunk by chunk, but into one buffer of clicks: COPY out and COPY in
-            # cannot interleave on one connection.
+            # The impressions are read chunk by chunk, but the clicks are written after the read ends:
+            # COPY out and COPY in cannot interleave on one connection. They are 8 bytes per click.
             seen = clicks = 0
             pending = []
             for times in self._impression_times_of(campaign_id):
@@ -100,11 +100,12 @@ class Generator:
     def _impression_times_of(self, campaign_id: int) -> Iterator[np.ndarray]:
         """The campaign's impression times in id order, CHUNK_ROWS at a time, read with COPY.
 
-        As microseconds since the epoch: exact, and independent of the session's DateStyle.
+        As microseconds since the epoch: exact, and independent of the session's DateStyle. An impression
+        without a time (the schema allows it) cannot be followed by a click, so it is skipped.
         """
         query = sql.SQL(
             "COPY (SELECT (extract(epoch FROM created_at) * 1000000)::bigint FROM impressions "
-            "WHERE campaign_id = {} ORDER BY id) TO STDOUT"
+            "WHERE campaign_id = {} AND created_at IS NOT NULL ORDER BY id) TO STDOUT"
         ).format(campaign_id)
         buffer = bytearray()
         with self.conn.cursor().copy(query) as copy:
@@ -151,8 +152,8 @@ class Generator:
             (advertiser_id, self.now, self.now, names, bids, budgets, starts, ends),
         )
 
-    def _insert_returning(self, sql: str, params: tuple[object, ...]) -> list[int]:
-        return sorted(row[0] for row in self.conn.execute(sql, params).fetchall())
+    def _insert_returning(self, query: str, params: tuple[object, ...]) -> list[int]:
+        return sorted(row[0] for row in self.conn.execute(query, params).fetchall())
 
     def _insert_impressions(self, campaign_id: int, count: int, ctr: float = 0.0) -> int:
         """Impressions spread uniformly over the last 7 days, clicked at `ctr`; returns the clicks written.

@@ -76,6 +76,13 @@ def test_single_commands_create_exact_counts(settings: Settings, pg: psycopg.Con
     assert "Created 0 advertisers." in ok("advertisers", "--count", "0")
 
 
+def test_clicks_skip_impressions_without_a_time(settings: Settings, pg: psycopg.Connection) -> None:
+    ok("batch", "--advertisers", "1", "--campaigns", "1", "--impressions", "9", "--ctr", "0")
+    pg.execute("INSERT INTO impressions (campaign_id, created_at) VALUES (1, NULL)")  # the schema allows it
+    assert "Created 9 clicks for campaign 1." in ok("clicks", "--campaign-id", "1", "--ratio", "1")
+    assert pg.execute(CLICKS_WITHOUT_IMPRESSION).fetchone() == (0,)
+
+
 def test_realised_ctr_over_10k_impressions(settings: Settings, pg: psycopg.Connection) -> None:
     ok("batch", "--advertisers", "1", "--campaigns", "1", "--impressions", "10000", "--ctr", "0.05")
     clicks, impressions = pg.execute(
