@@ -29,9 +29,19 @@ def counts(pg: psycopg.Connection) -> dict[str, int]:
     return {table: pg.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in SOURCE_TABLES}
 
 
-def fingerprint(pg: psycopg.Connection) -> dict[str, tuple[int, int | None]]:
-    """Rows and max id per table: enough to see any insert, even one rolled back after drawing ids."""
-    return {table: pg.execute(f"SELECT count(*), max(id) FROM {table}").fetchone() for table in SOURCE_TABLES}
+def fingerprint(pg: psycopg.Connection) -> dict[str, tuple[int, int | None, int | None]]:
+    """Rows, max id and the id sequence's last value per table.
+
+    The sequence also moves for an insert that was rolled back: an unchanged fingerprint shows the
+    input was refused before anything was written, not just that the transaction was undone.
+    """
+    return {
+        table: pg.execute(
+            f"SELECT count(*), max(id), (SELECT last_value FROM pg_sequences WHERE sequencename = '{table}_id_seq') "
+            f"FROM {table}"
+        ).fetchone()
+        for table in SOURCE_TABLES
+    }
 
 
 def ok(*args: str) -> str:
