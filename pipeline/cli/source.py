@@ -89,10 +89,10 @@ def add_clicks(
     campaign_id: Annotated[int, typer.Option(help="The campaign clicked.")],
     ratio: Annotated[float, typer.Option(help="Share of the campaign's impressions that get a click (0-1).")] = 0.08,
     seed: Seed = None,
-    now: Now = None,
 ) -> None:
     """Create clicks on a campaign's existing impressions, each 1-120 s after its impression."""
-    created = _generator(seed, now).clicks(campaign_id, ratio)
+    # No --now: click times follow the impressions' times, not the clock.
+    created = _generator(seed, None).clicks(campaign_id, ratio)
     console.print(f"Created {created:,} clicks for campaign {campaign_id}.")
 
 
