@@ -364,6 +364,7 @@ def test_embedded_server_serves_commands_and_down_stops_it(tmp_path: Path) -> No
         stopped = adpipe(home, "down")
         assert stopped.returncode == 0, stopped.stderr
         assert f"Stopped the embedded Postgres in {home / 'postgres'}." in stopped.stdout
+        assert first.stderr == second.stderr == stopped.stderr == ""  # no library warnings either
         assert server.running_port() is None
         assert "The embedded Postgres is not running." in adpipe(home, "down").stdout
     finally:
