@@ -98,7 +98,7 @@ class Generator:
             return clicks
 
     def _impression_times_of(self, campaign_id: int) -> Iterator[np.ndarray]:
-        """The campaign's impression times in id order, CHUNK_ROWS at a time, read with COPY.
+        """The campaign's impression times in id order (so a seed picks the same clicks), CHUNK_ROWS at a time.
 
         As microseconds since the epoch: exact, and independent of the session's DateStyle. An impression
         without a time (the schema allows it) cannot be followed by a click, so it is skipped.
