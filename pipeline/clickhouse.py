@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
@@ -77,9 +78,14 @@ def _lock_embedded(settings: Settings) -> int:
 
 def _open_client(settings: Settings) -> Client:
     url = settings.clickhouse_url
-    timeouts = {} if settings.clickhouse_is_embedded else {"connect_timeout": 10, "send_receive_timeout": 300}
+    options = {}
+    if not settings.clickhouse_is_embedded:
+        options = {"connect_timeout": 10, "send_receive_timeout": 300}
+        if urlsplit(url).scheme == "https":
+            # clickhouse-connect ignores the DSN's scheme (it uses TLS on ports 443/8443 only): https:// means TLS.
+            options["interface"] = "https"
     try:
-        client = clickhouse_connect.get_client(dsn=url, database="default", **timeouts)
+        client = clickhouse_connect.get_client(dsn=url, database="default", **options)
     except ClickHouseError as exc:
         raise AdpipeError(describe_error(exc, url)) from None
     log.info("connected to ClickHouse %s", mask_url(url))

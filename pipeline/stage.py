@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -182,6 +183,30 @@ def current_state_files(settings: Settings) -> dict[str, list[Path]]:
         for table in run.manifest["tables"]:
             files.setdefault(table, []).extend(run.files(table))
     return files
+
+
+QUARANTINE_KEY = ("table_name", "source_id", "reason")
+
+
+def quarantined_rows(settings: Settings) -> dict[str, int]:
+    """Source table → rows in quarantine as of the committed warehouse state, from the staged files alone.
+
+    The answer `quarantine FINAL` gives in ClickHouse (per entry the latest version wins, the later
+    file on a tie, and resolved entries vanish), without opening the warehouse: the embedded engine
+    serves one process at a time, and a server may be unreachable. The quarantine parts are small.
+    """
+    files = current_state_files(settings).get("quarantine", [])
+    if not files:
+        return {}
+    entries = pl.concat(
+        pl.read_parquet(path, columns=[*QUARANTINE_KEY, "version", "is_resolved"]).with_columns(
+            pl.lit(position).alias("file")
+        )
+        for position, path in enumerate(files)
+    )
+    latest = entries.group_by(QUARANTINE_KEY).agg(pl.col("is_resolved").sort_by(["version", "file"]).last())
+    counts = latest.filter(pl.col("is_resolved") == 0).group_by("table_name").len()
+    return dict(zip(counts["table_name"].to_list(), counts["len"].to_list(), strict=True))
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Annotated, Any
 
 import typer
@@ -13,7 +14,9 @@ from typer.exceptions import TyperException
 
 from pipeline.errors import describe_failure
 
-console = Console()
+# Output to a pipe or a file is not squeezed into 80 columns, where tables would cut values to "…".
+PIPED_WIDTH = 200
+console = Console(width=None if sys.stdout.isatty() else PIPED_WIDTH)
 err_console = Console(stderr=True)
 
 
@@ -55,7 +58,18 @@ def _global_options(
     ] = 0,
 ) -> None:
     level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
-    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=err_console)])
+    handler = RichHandler(console=err_console)
+    if verbose == 0:
+        handler.addFilter(_quiet_drivers)
+    logging.basicConfig(level=level, format="%(message)s", handlers=[handler])
+
+
+def _quiet_drivers(record: logging.LogRecord) -> bool:
+    """Drop the HTTP drivers' warnings (retries before a failure we report in one line anyway); -v shows them.
+
+    A handler filter, because clickhouse-connect resets urllib3's logger level when it is imported.
+    """
+    return record.levelno >= logging.ERROR or not record.name.startswith(("urllib3", "clickhouse_connect"))
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

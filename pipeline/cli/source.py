@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -13,15 +14,22 @@ if TYPE_CHECKING:
     from pipeline.generate import Generator
 
 Seed = Annotated[int | None, typer.Option(help="Random seed: the same seed writes the same data.")]
+Now = Annotated[
+    datetime | None,
+    typer.Option(
+        help="Generate as of this UTC time (e.g. 2026-11-20T12:00:00) instead of the clock; "
+        "with --seed, the rows are identical."
+    ),
+]
 
 
-def _generator(seed: int | None) -> Generator:
+def _generator(seed: int | None, now: datetime | None) -> Generator:
     # Imports inside commands keep `adpipe --help` fast.
     from pipeline.config import load_settings
     from pipeline.generate import Generator
     from pipeline.postgres import connect
 
-    return Generator(connect(load_settings()), seed=seed)
+    return Generator(connect(load_settings()), seed=seed, now=now)
 
 
 @app.command()
@@ -31,9 +39,10 @@ def batch(
     impressions: Annotated[int, typer.Option(help="Impressions per campaign.")] = 1000,
     ctr: Annotated[float, typer.Option(help="Share of impressions that get a click (0-1).")] = 0.08,
     seed: Seed = None,
+    now: Now = None,
 ) -> None:
     """Create advertisers with campaigns, impressions and clicks, in one transaction."""
-    result = _generator(seed).batch(advertisers, campaigns, impressions, ctr)
+    result = _generator(seed, now).batch(advertisers, campaigns, impressions, ctr)
     console.print(
         f"Created {result.advertisers:,} advertisers, {result.campaigns:,} campaigns, "
         f"{result.impressions:,} impressions, {result.clicks:,} clicks."
@@ -44,9 +53,10 @@ def batch(
 def add_advertisers(
     count: Annotated[int, typer.Option(help="Advertisers to create.")] = 1,
     seed: Seed = None,
+    now: Now = None,
 ) -> None:
     """Create advertisers."""
-    ids = _generator(seed).advertisers(count)
+    ids = _generator(seed, now).advertisers(count)
     console.print(f"Created {len(ids):,} advertisers{_id_range(ids)}.")
 
 
@@ -55,9 +65,10 @@ def add_campaigns(
     advertiser_id: Annotated[int, typer.Option(help="The advertiser that owns the campaigns.")],
     count: Annotated[int, typer.Option(help="Campaigns to create.")] = 1,
     seed: Seed = None,
+    now: Now = None,
 ) -> None:
     """Create campaigns for an advertiser."""
-    ids = _generator(seed).campaigns(advertiser_id, count)
+    ids = _generator(seed, now).campaigns(advertiser_id, count)
     console.print(f"Created {len(ids):,} campaigns for advertiser {advertiser_id}{_id_range(ids)}.")
 
 
@@ -66,9 +77,10 @@ def add_impressions(
     campaign_id: Annotated[int, typer.Option(help="The campaign served.")],
     count: Annotated[int, typer.Option(help="Impressions to create.")] = 1000,
     seed: Seed = None,
+    now: Now = None,
 ) -> None:
     """Create impressions for a campaign, spread over the last 7 days."""
-    created = _generator(seed).impressions(campaign_id, count)
+    created = _generator(seed, now).impressions(campaign_id, count)
     console.print(f"Created {created:,} impressions for campaign {campaign_id}.")
 
 
@@ -79,7 +91,8 @@ def add_clicks(
     seed: Seed = None,
 ) -> None:
     """Create clicks on a campaign's existing impressions, each 1-120 s after its impression."""
-    created = _generator(seed).clicks(campaign_id, ratio)
+    # No --now: click times follow the impressions' times, not the clock.
+    created = _generator(seed, None).clicks(campaign_id, ratio)
     console.print(f"Created {created:,} clicks for campaign {campaign_id}.")
 
 
@@ -89,25 +102,37 @@ def _id_range(ids: list[int]) -> str:
 
 @app.command()
 def stats() -> None:
-    """Rows, id range and created_at range of each source table."""
+    """Rows, id range and created_at range of each source table, and its rows quarantined by the last sync."""
     from pipeline.config import load_settings
     from pipeline.generate import table_stats
     from pipeline.postgres import connect
+    from pipeline.stage import quarantined_rows
 
-    with connect(load_settings()) as conn:
+    settings = load_settings()
+    with connect(settings) as conn:
         rows = table_stats(conn)
+    # From the staged snapshots: no ClickHouse connection, so stats never waits on a busy warehouse.
+    quarantined = quarantined_rows(settings)
     table = Table(title="Postgres source tables")
-    for column in ("Table", "Rows", "Min id", "Max id", "First created_at", "Last created_at"):
-        table.add_column(column, justify="right" if column in ("Rows", "Min id", "Max id") else "left", no_wrap=True)
+    numeric = ("Rows", "Min id", "Max id", "Quarantined")
+    for column in ("Table", "Rows", "Min id", "Max id", "First created_at", "Last created_at", "Quarantined"):
+        table.add_column(column, justify="right" if column in numeric else "left", no_wrap=True)
     for s in rows:
         table.add_row(
-            s.table, f"{s.rows:,}", _text(s.min_id), _text(s.max_id), _text(s.min_created_at), _text(s.max_created_at)
+            s.table,
+            f"{s.rows:,}",
+            _text(s.min_id),
+            _text(s.max_id),
+            _text(s.min_created_at),
+            _text(s.max_created_at),
+            f"{quarantined.get(s.table, 0):,}",
         )
     console.print(table)
+    console.print("Quarantined: rows the last committed sync set aside (see `adpipe status`).")
 
 
 def _text(value: object) -> str:
-    return "-" if value is None else str(value)
+    return "-" if value is None else f"{value:,}" if isinstance(value, int) else str(value)
 
 
 @app.command()

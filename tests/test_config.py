@@ -1,0 +1,173 @@
+"""Settings from the environment and `.env`, and passwords kept out of everything printed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from pipeline.config import load_settings, mask_url
+from tests.conftest import run_cli
+
+VARIABLES = (
+    "ADPIPE_HOME",
+    "ADPIPE_POSTGRES_URL",
+    "ADPIPE_CLICKHOUSE_URL",
+    "ADPIPE_CLICKHOUSE_DATABASE",
+    "ADPIPE_STAGING_DIR",
+    "POSTGRES_HOST",
+    "POSTGRES_PORT",
+    "POSTGRES_DB",
+    "POSTGRES_USER",
+    "POSTGRES_PASSWORD",
+)
+
+
+@pytest.fixture
+def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No adpipe variable set, cwd an empty directory; returns it.
+
+    Each variable is set then deleted so monkeypatch restores it afterwards, even when `.env`
+    loading (which writes into os.environ) sets it during the test.
+    """
+    for name in VARIABLES:
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_defaults_run_embedded_under_cwd(clean_env: Path) -> None:
+    settings = load_settings()
+    assert settings.home == clean_env / ".adpipe"
+    assert settings.postgres_url is None
+    assert settings.embedded_postgres_dir == clean_env / ".adpipe" / "postgres"
+    assert settings.clickhouse_url == f"chdb://{clean_env}/.adpipe/clickhouse"
+    assert settings.clickhouse_is_embedded
+    assert settings.clickhouse_database == "adpipe"
+    assert settings.staging_dir == clean_env / "staging"
+
+
+def test_dotenv_is_read_but_the_environment_wins(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (clean_env / ".env").write_text(
+        "ADPIPE_HOME=/srv/from-dotenv\nADPIPE_STAGING_DIR=/srv/staging-from-dotenv\nADPIPE_CLICKHOUSE_DATABASE=dotenv_db\n"
+    )
+    monkeypatch.setenv("ADPIPE_STAGING_DIR", "/srv/staging-from-env")
+    settings = load_settings()
+    assert settings.home == Path("/srv/from-dotenv")
+    assert settings.clickhouse_url == "chdb:///srv/from-dotenv/clickhouse"
+    assert settings.staging_dir == Path("/srv/staging-from-env")
+    assert settings.clickhouse_database == "dotenv_db"
+
+
+def test_seed_postgres_variables_make_the_url(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POSTGRES_HOST", "db.example")
+    monkeypatch.setenv("POSTGRES_PORT", "6543")
+    monkeypatch.setenv("POSTGRES_DB", "ads")
+    monkeypatch.setenv("POSTGRES_USER", "ad min")
+    monkeypatch.setenv("POSTGRES_PASSWORD", "p@ss:w/rd")
+    url = load_settings().postgres_url
+    assert url == "postgresql://ad%20min:p%40ss%3Aw%2Frd@db.example:6543/ads"
+    # libpq reads back exactly what was configured.
+    parsed = psycopg.conninfo.conninfo_to_dict(url)
+    assert (parsed["user"], parsed["password"], parsed["host"], parsed["port"], parsed["dbname"]) == (
+        "ad min",
+        "p@ss:w/rd",
+        "db.example",
+        "6543",
+        "ads",
+    )
+
+
+def test_seed_variables_defaults_and_precedence(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POSTGRES_HOST", "db.example")
+    assert load_settings().postgres_url == "postgresql://postgres@db.example:5432/postgres"
+    monkeypatch.setenv("ADPIPE_POSTGRES_URL", "postgresql://u@elsewhere/x")
+    assert load_settings().postgres_url == "postgresql://u@elsewhere/x"
+
+
+@pytest.mark.parametrize(
+    ("url", "database"),
+    [
+        ("http://default:pw@localhost:8123/adpipe", "adpipe"),
+        ("https://ch.example:8443/sales", "sales"),
+        ("http://localhost:8123", "adpipe"),
+    ],
+)
+def test_clickhouse_database_from_server_url_path(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, url: str, database: str
+) -> None:
+    monkeypatch.setenv("ADPIPE_CLICKHOUSE_URL", url)
+    settings = load_settings()
+    assert not settings.clickhouse_is_embedded
+    assert settings.clickhouse_database == database
+    monkeypatch.setenv("ADPIPE_CLICKHOUSE_DATABASE", "explicit")
+    assert load_settings().clickhouse_database == "explicit"
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("postgresql://adpipe:s3cret@db:5432/ads", "postgresql://adpipe:***@db:5432/ads"),
+        ("postgresql://:s3cret@db/ads", "postgresql://:***@db/ads"),
+        ("http://default:s3cret@localhost:8123/adpipe", "http://default:***@localhost:8123/adpipe"),
+        (
+            "postgresql://adpipe@db/ads?sslmode=require&password=s3cret",
+            "postgresql://adpipe@db/ads?sslmode=require&password=***",
+        ),
+        ("postgresql://a:s3cret@db/ads?Password=s3cret", "postgresql://a:***@db/ads?Password=***"),
+        ("postgresql://adpipe@db/ads", "postgresql://adpipe@db/ads"),
+        ("chdb:///tmp/home/clickhouse", "chdb:///tmp/home/clickhouse"),
+    ],
+)
+def test_mask_url(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["postgresql://adpipe:s3cret@127.0.0.1:1/ads", "postgresql://adpipe@127.0.0.1:1/ads?password=s3cret"],
+)
+def test_unreachable_postgres_error_hides_the_password(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.setenv("ADPIPE_POSTGRES_URL", url)
+    result = run_cli("stats")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: cannot reach Postgres at postgresql://adpipe")
+    assert result.stderr.count("\n") == 1
+    assert "***" in result.stderr
+    assert "s3cret" not in result.stderr + result.stdout
+
+
+def test_unreachable_clickhouse_error_hides_the_password(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ADPIPE_CLICKHOUSE_URL", "http://default:s3cret@127.0.0.1:1/adpipe")
+    # A real process: in-process runs share pytest's logging setup, which would hide the driver's warnings.
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "init"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 1
+    # One line: the HTTP driver's retry warnings are not shown without -v.
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("error: cannot reach ClickHouse at http://default:***@127.0.0.1:1/adpipe")
+    assert "s3cret" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    ("url", "pool"),
+    [
+        ("https://default:s3cret@127.0.0.1:1/adpipe", "HTTPSConnectionPool"),  # https:// on any port means TLS
+        ("http://default:s3cret@127.0.0.1:1/adpipe", "HTTPConnectionPool"),
+        ("http://default:s3cret@127.0.0.1:8443/adpipe", "HTTPSConnectionPool"),  # clickhouse-connect: TLS port
+    ],
+)
+def test_clickhouse_url_scheme_chooses_tls(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, url: str, pool: str
+) -> None:
+    monkeypatch.setenv("ADPIPE_CLICKHOUSE_URL", url)
+    result = run_cli("init")
+    assert result.exit_code == 1
+    assert f"{pool}(host='127.0.0.1'" in result.stderr
