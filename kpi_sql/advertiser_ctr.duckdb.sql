@@ -1,12 +1,12 @@
 -- advertiser_ctr, recomputed by DuckDB from the Parquet snapshots (see advertiser_ctr.sql).
 WITH
-    live_advertiser AS (
-        SELECT id, name FROM advertiser WHERE ($advertiser_id IS NULL OR id = $advertiser_id)
+    selected_advertiser AS (
+        SELECT id, name FROM live_advertiser WHERE ($advertiser_id IS NULL OR id = $advertiser_id)
     ),
     delivery AS (
         SELECT c.advertiser_id, sum(d.impressions) AS impressions, sum(d.clicks) AS clicks
         FROM campaign_daily AS d
-        JOIN campaign AS c ON c.id = d.campaign_id
+        JOIN live_campaign AS c ON c.id = d.campaign_id
         WHERE ($from_date IS NULL OR d.day >= $from_date)
           AND ($to_date IS NULL OR d.day <= $to_date)
           AND ($campaign_id IS NULL OR c.id = $campaign_id)
@@ -18,6 +18,6 @@ SELECT
     coalesce(d.impressions, 0)::UBIGINT AS impressions,
     coalesce(d.clicks, 0)::UBIGINT AS clicks,
     CASE WHEN coalesce(d.impressions, 0) = 0 THEN NULL ELSE d.clicks / d.impressions END AS ctr
-FROM live_advertiser AS la
+FROM selected_advertiser AS la
 LEFT JOIN delivery AS d ON d.advertiser_id = la.id
 ORDER BY advertiser_id

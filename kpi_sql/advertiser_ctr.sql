@@ -7,16 +7,15 @@
 --   a deleted advertiser is absent.
 -- Parameters (all optional, NULL = no filter): from_date, to_date, advertiser_id, campaign_id.
 WITH
-    live_advertiser AS (
+    selected_advertiser AS (
         SELECT id, name
-        FROM advertiser FINAL
-        WHERE is_deleted = 0
-          AND ({advertiser_id:Nullable(UInt32)} IS NULL OR id = {advertiser_id:Nullable(UInt32)})
+        FROM live_advertiser
+        WHERE ({advertiser_id:Nullable(UInt32)} IS NULL OR id = {advertiser_id:Nullable(UInt32)})
     ),
     delivery AS (
         SELECT c.advertiser_id, sum(d.impressions) AS impressions, sum(d.clicks) AS clicks
         FROM campaign_daily AS d
-        INNER JOIN (SELECT id, advertiser_id FROM campaign FINAL WHERE is_deleted = 0) AS c ON c.id = d.campaign_id
+        INNER JOIN live_campaign AS c ON c.id = d.campaign_id
         WHERE ({from_date:Nullable(Date)} IS NULL OR d.day >= {from_date:Nullable(Date)})
           AND ({to_date:Nullable(Date)} IS NULL OR d.day <= {to_date:Nullable(Date)})
           AND ({campaign_id:Nullable(UInt32)} IS NULL OR c.id = {campaign_id:Nullable(UInt32)})
@@ -28,7 +27,7 @@ SELECT
     toUInt64(coalesce(d.impressions, 0)) AS impressions,
     toUInt64(coalesce(d.clicks, 0)) AS clicks,
     if(impressions = 0, NULL, clicks / impressions) AS ctr
-FROM live_advertiser AS la
+FROM selected_advertiser AS la
 LEFT JOIN delivery AS d ON d.advertiser_id = la.id
 ORDER BY advertiser_id
 SETTINGS join_use_nulls = 1

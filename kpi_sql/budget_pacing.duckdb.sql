@@ -1,17 +1,16 @@
 -- budget_pacing, recomputed by DuckDB from the Parquet snapshots (see budget_pacing.sql).
 WITH
     params AS (SELECT coalesce($to_date::DATE, current_date) AS as_of),
-    live_campaign AS (
+    selected_campaign AS (
         SELECT c.id, c.name, c.bid, c.budget, c.start_date, c.end_date
-        FROM campaign AS c
-        JOIN advertiser AS a ON a.id = c.advertiser_id
+        FROM live_campaign AS c
         WHERE ($advertiser_id IS NULL OR c.advertiser_id = $advertiser_id)
           AND ($campaign_id IS NULL OR c.id = $campaign_id)
     ),
     flight_clicks AS (
         SELECT d.campaign_id, sum(d.clicks) AS clicks
         FROM campaign_daily AS d
-        JOIN live_campaign AS lc ON lc.id = d.campaign_id
+        JOIN selected_campaign AS lc ON lc.id = d.campaign_id
         WHERE d.day >= lc.start_date AND d.day <= least(lc.end_date, (SELECT as_of FROM params))
         GROUP BY d.campaign_id
     ),
@@ -28,7 +27,7 @@ WITH
             (lc.end_date - lc.start_date + 1)::BIGINT AS flight_days,
             greatest(0, least(lc.end_date - lc.start_date + 1, (SELECT as_of FROM params) - lc.start_date + 1))::BIGINT
                 AS days_elapsed
-        FROM live_campaign AS lc
+        FROM selected_campaign AS lc
         LEFT JOIN flight_clicks AS fc ON fc.campaign_id = lc.id
     )
 SELECT

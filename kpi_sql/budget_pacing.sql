@@ -11,18 +11,16 @@
 -- Parameters (all optional): to_date (the as-of day), advertiser_id, campaign_id.
 WITH
     params AS (SELECT coalesce({to_date:Nullable(Date)}, toDate(now('UTC'))) AS as_of),
-    live_campaign AS (
+    selected_campaign AS (
         SELECT c.id, c.name, c.bid, c.budget, c.start_date, c.end_date
-        FROM campaign AS c FINAL
-        INNER JOIN (SELECT id FROM advertiser FINAL WHERE is_deleted = 0) AS a ON a.id = c.advertiser_id
-        WHERE c.is_deleted = 0
-          AND ({advertiser_id:Nullable(UInt32)} IS NULL OR c.advertiser_id = {advertiser_id:Nullable(UInt32)})
+        FROM live_campaign AS c
+        WHERE ({advertiser_id:Nullable(UInt32)} IS NULL OR c.advertiser_id = {advertiser_id:Nullable(UInt32)})
           AND ({campaign_id:Nullable(UInt32)} IS NULL OR c.id = {campaign_id:Nullable(UInt32)})
     ),
     flight_clicks AS (
         SELECT d.campaign_id, sum(d.clicks) AS clicks
         FROM campaign_daily AS d
-        INNER JOIN live_campaign AS lc ON lc.id = d.campaign_id
+        INNER JOIN selected_campaign AS lc ON lc.id = d.campaign_id
         WHERE d.day >= lc.start_date AND d.day <= least(lc.end_date, (SELECT as_of FROM params))
         GROUP BY d.campaign_id
     ),
@@ -39,7 +37,7 @@ WITH
             toInt64(dateDiff('day', lc.start_date, lc.end_date) + 1) AS flight_days,
             toInt64(greatest(0, least(flight_days, dateDiff('day', lc.start_date, (SELECT as_of FROM params)) + 1)))
                 AS days_elapsed
-        FROM live_campaign AS lc
+        FROM selected_campaign AS lc
         LEFT JOIN flight_clicks AS fc ON fc.campaign_id = lc.id
         SETTINGS join_use_nulls = 1
     )

@@ -1,9 +1,8 @@
 -- campaign_ctr, recomputed by DuckDB from the Parquet snapshots (see campaign_ctr.sql for the definition).
 WITH
-    live_campaign AS (
+    selected_campaign AS (
         SELECT c.id, c.name
-        FROM campaign AS c
-        JOIN advertiser AS a ON a.id = c.advertiser_id
+        FROM live_campaign AS c
         WHERE ($advertiser_id IS NULL OR c.advertiser_id = $advertiser_id)
           AND ($campaign_id IS NULL OR c.id = $campaign_id)
     ),
@@ -20,6 +19,6 @@ SELECT
     coalesce(d.impressions, 0)::UBIGINT AS impressions,
     coalesce(d.clicks, 0)::UBIGINT AS clicks,
     CASE WHEN coalesce(d.impressions, 0) = 0 THEN NULL ELSE d.clicks / d.impressions END AS ctr
-FROM live_campaign AS lc
+FROM selected_campaign AS lc
 LEFT JOIN delivery AS d ON d.campaign_id = lc.id
 ORDER BY campaign_id

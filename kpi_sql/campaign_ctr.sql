@@ -7,12 +7,10 @@
 --   error); quarantined rows never reached the warehouse, so they are not counted.
 -- Parameters (all optional, NULL = no filter): from_date, to_date, advertiser_id, campaign_id.
 WITH
-    live_campaign AS (
+    selected_campaign AS (
         SELECT c.id, c.name
-        FROM campaign AS c FINAL
-        INNER JOIN (SELECT id FROM advertiser FINAL WHERE is_deleted = 0) AS a ON a.id = c.advertiser_id
-        WHERE c.is_deleted = 0
-          AND ({advertiser_id:Nullable(UInt32)} IS NULL OR c.advertiser_id = {advertiser_id:Nullable(UInt32)})
+        FROM live_campaign AS c
+        WHERE ({advertiser_id:Nullable(UInt32)} IS NULL OR c.advertiser_id = {advertiser_id:Nullable(UInt32)})
           AND ({campaign_id:Nullable(UInt32)} IS NULL OR c.id = {campaign_id:Nullable(UInt32)})
     ),
     delivery AS (
@@ -28,7 +26,7 @@ SELECT
     toUInt64(coalesce(d.impressions, 0)) AS impressions,
     toUInt64(coalesce(d.clicks, 0)) AS clicks,
     if(impressions = 0, NULL, clicks / impressions) AS ctr
-FROM live_campaign AS lc
+FROM selected_campaign AS lc
 LEFT JOIN delivery AS d ON d.campaign_id = lc.id
 ORDER BY campaign_id
 SETTINGS join_use_nulls = 1

@@ -1,8 +1,7 @@
 -- ctr_heatmap, recomputed by DuckDB from the Parquet snapshots (see ctr_heatmap.sql).
-WITH live_campaign AS (
+WITH selected_campaign AS (
     SELECT c.id
-    FROM campaign AS c
-    JOIN advertiser AS a ON a.id = c.advertiser_id
+    FROM live_campaign AS c
     WHERE ($advertiser_id IS NULL OR c.advertiser_id = $advertiser_id)
       AND ($campaign_id IS NULL OR c.id = $campaign_id)
 )
@@ -13,7 +12,7 @@ SELECT
     sum(h.clicks)::UBIGINT AS clicks,
     CASE WHEN sum(h.impressions) = 0 THEN NULL ELSE sum(h.clicks) / sum(h.impressions) END AS ctr
 FROM campaign_hourly AS h
-WHERE h.campaign_id IN (SELECT id FROM live_campaign)
+WHERE h.campaign_id IN (SELECT id FROM selected_campaign)
   AND ($from_date IS NULL OR CAST(h.hour AS DATE) >= $from_date)
   AND ($to_date IS NULL OR CAST(h.hour AS DATE) <= $to_date)
 GROUP BY ALL

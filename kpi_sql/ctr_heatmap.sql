@@ -5,12 +5,10 @@
 -- Columns: weekday, hour, impressions, clicks, ctr.
 -- Edge cases: a bucket with clicks but no impressions has ctr NULL; empty buckets are absent.
 -- Parameters (all optional, NULL = no filter): from_date, to_date, advertiser_id, campaign_id.
-WITH live_campaign AS (
+WITH selected_campaign AS (
     SELECT c.id
-    FROM campaign AS c FINAL
-    INNER JOIN (SELECT id FROM advertiser FINAL WHERE is_deleted = 0) AS a ON a.id = c.advertiser_id
-    WHERE c.is_deleted = 0
-      AND ({advertiser_id:Nullable(UInt32)} IS NULL OR c.advertiser_id = {advertiser_id:Nullable(UInt32)})
+    FROM live_campaign AS c
+    WHERE ({advertiser_id:Nullable(UInt32)} IS NULL OR c.advertiser_id = {advertiser_id:Nullable(UInt32)})
       AND ({campaign_id:Nullable(UInt32)} IS NULL OR c.id = {campaign_id:Nullable(UInt32)})
 )
 SELECT
@@ -20,7 +18,7 @@ SELECT
     sum(h.clicks) AS clicks,
     if(impressions = 0, NULL, clicks / impressions) AS ctr
 FROM campaign_hourly AS h
-WHERE h.campaign_id IN (SELECT id FROM live_campaign)
+WHERE h.campaign_id IN (SELECT id FROM selected_campaign)
   AND ({from_date:Nullable(Date)} IS NULL OR toDate(h.hour) >= {from_date:Nullable(Date)})
   AND ({to_date:Nullable(Date)} IS NULL OR toDate(h.hour) <= {to_date:Nullable(Date)})
 GROUP BY weekday, hour

@@ -1,16 +1,15 @@
 -- ctr_ranking, recomputed by DuckDB from the Parquet snapshots (see ctr_ranking.sql).
 WITH
-    live_campaign AS (
+    selected_campaign AS (
         SELECT c.id, c.name
-        FROM campaign AS c
-        JOIN advertiser AS a ON a.id = c.advertiser_id
+        FROM live_campaign AS c
         WHERE ($advertiser_id IS NULL OR c.advertiser_id = $advertiser_id)
           AND ($campaign_id IS NULL OR c.id = $campaign_id)
     ),
     delivery AS (
         SELECT d.campaign_id, lc.name AS campaign_name, sum(d.impressions) AS n, sum(d.clicks) AS k
         FROM campaign_daily AS d
-        JOIN live_campaign AS lc ON lc.id = d.campaign_id
+        JOIN selected_campaign AS lc ON lc.id = d.campaign_id
         WHERE ($from_date IS NULL OR d.day >= $from_date)
           AND ($to_date IS NULL OR d.day <= $to_date)
         GROUP BY d.campaign_id, lc.name

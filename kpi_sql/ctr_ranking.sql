@@ -7,18 +7,16 @@
 -- Edge cases: campaigns under the threshold are left out (their CTR is too uncertain to rank).
 -- Parameters (all optional): from_date, to_date, advertiser_id, campaign_id, min_impressions.
 WITH
-    live_campaign AS (
+    selected_campaign AS (
         SELECT c.id, c.name
-        FROM campaign AS c FINAL
-        INNER JOIN (SELECT id FROM advertiser FINAL WHERE is_deleted = 0) AS a ON a.id = c.advertiser_id
-        WHERE c.is_deleted = 0
-          AND ({advertiser_id:Nullable(UInt32)} IS NULL OR c.advertiser_id = {advertiser_id:Nullable(UInt32)})
+        FROM live_campaign AS c
+        WHERE ({advertiser_id:Nullable(UInt32)} IS NULL OR c.advertiser_id = {advertiser_id:Nullable(UInt32)})
           AND ({campaign_id:Nullable(UInt32)} IS NULL OR c.id = {campaign_id:Nullable(UInt32)})
     ),
     delivery AS (
         SELECT d.campaign_id, lc.name AS campaign_name, sum(d.impressions) AS n, sum(d.clicks) AS k
         FROM campaign_daily AS d
-        INNER JOIN live_campaign AS lc ON lc.id = d.campaign_id
+        INNER JOIN selected_campaign AS lc ON lc.id = d.campaign_id
         WHERE ({from_date:Nullable(Date)} IS NULL OR d.day >= {from_date:Nullable(Date)})
           AND ({to_date:Nullable(Date)} IS NULL OR d.day <= {to_date:Nullable(Date)})
         GROUP BY d.campaign_id, lc.name

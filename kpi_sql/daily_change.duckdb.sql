@@ -1,16 +1,15 @@
 -- daily_change, recomputed by DuckDB from the Parquet snapshots (see daily_change.sql).
 WITH
-    live_campaign AS (
+    selected_campaign AS (
         SELECT c.id
-        FROM campaign AS c
-        JOIN advertiser AS a ON a.id = c.advertiser_id
+        FROM live_campaign AS c
         WHERE ($advertiser_id IS NULL OR c.advertiser_id = $advertiser_id)
           AND ($campaign_id IS NULL OR c.id = $campaign_id)
     ),
     days AS (
         SELECT day, sum(impressions)::BIGINT AS impressions, sum(clicks)::BIGINT AS clicks
         FROM campaign_daily
-        WHERE campaign_id IN (SELECT id FROM live_campaign)
+        WHERE campaign_id IN (SELECT id FROM selected_campaign)
           AND ($from_date IS NULL OR day >= $from_date::DATE - 1)
           AND ($to_date IS NULL OR day <= $to_date)
         GROUP BY day

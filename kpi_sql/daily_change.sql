@@ -8,18 +8,16 @@
 --   impressions, and ctr_change is NULL when either day's ctr is.
 -- Parameters (all optional, NULL = no filter): from_date, to_date, advertiser_id, campaign_id.
 WITH
-    live_campaign AS (
+    selected_campaign AS (
         SELECT c.id
-        FROM campaign AS c FINAL
-        INNER JOIN (SELECT id FROM advertiser FINAL WHERE is_deleted = 0) AS a ON a.id = c.advertiser_id
-        WHERE c.is_deleted = 0
-          AND ({advertiser_id:Nullable(UInt32)} IS NULL OR c.advertiser_id = {advertiser_id:Nullable(UInt32)})
+        FROM live_campaign AS c
+        WHERE ({advertiser_id:Nullable(UInt32)} IS NULL OR c.advertiser_id = {advertiser_id:Nullable(UInt32)})
           AND ({campaign_id:Nullable(UInt32)} IS NULL OR c.id = {campaign_id:Nullable(UInt32)})
     ),
     days AS (
         SELECT day, toInt64(sum(impressions)) AS impressions, toInt64(sum(clicks)) AS clicks
         FROM campaign_daily
-        WHERE campaign_id IN (SELECT id FROM live_campaign)
+        WHERE campaign_id IN (SELECT id FROM selected_campaign)
           AND ({from_date:Nullable(Date)} IS NULL OR day >= {from_date:Nullable(Date)} - 1)
           AND ({to_date:Nullable(Date)} IS NULL OR day <= {to_date:Nullable(Date)})
         GROUP BY day

@@ -1,8 +1,7 @@
 -- daily_impressions_clicks, recomputed by DuckDB from the Parquet snapshots (see daily_impressions_clicks.sql).
-WITH live_campaign AS (
+WITH selected_campaign AS (
     SELECT c.id
-    FROM campaign AS c
-    JOIN advertiser AS a ON a.id = c.advertiser_id
+    FROM live_campaign AS c
     WHERE ($advertiser_id IS NULL OR c.advertiser_id = $advertiser_id)
       AND ($campaign_id IS NULL OR c.id = $campaign_id)
 )
@@ -12,7 +11,7 @@ SELECT
     sum(d.clicks)::UBIGINT AS clicks,
     CASE WHEN sum(d.impressions) = 0 THEN NULL ELSE sum(d.clicks) / sum(d.impressions) END AS ctr
 FROM campaign_daily AS d
-WHERE d.campaign_id IN (SELECT id FROM live_campaign)
+WHERE d.campaign_id IN (SELECT id FROM selected_campaign)
   AND ($from_date IS NULL OR day >= $from_date)
   AND ($to_date IS NULL OR day <= $to_date)
 GROUP BY day

@@ -1,9 +1,8 @@
 -- effective_cpm_cpc, recomputed by DuckDB from the Parquet snapshots (see effective_cpm_cpc.sql).
 WITH
-    live_campaign AS (
+    selected_campaign AS (
         SELECT c.id, c.name, c.bid
-        FROM campaign AS c
-        JOIN advertiser AS a ON a.id = c.advertiser_id
+        FROM live_campaign AS c
         WHERE ($advertiser_id IS NULL OR c.advertiser_id = $advertiser_id)
           AND ($campaign_id IS NULL OR c.id = $campaign_id)
     ),
@@ -21,7 +20,7 @@ WITH
             coalesce(d.impressions, 0)::UBIGINT AS impressions,
             coalesce(d.clicks, 0)::UBIGINT AS clicks,
             CAST(coalesce(d.clicks, 0) * lc.bid AS DECIMAL(18, 2)) AS spend
-        FROM live_campaign AS lc
+        FROM selected_campaign AS lc
         LEFT JOIN delivery AS d ON d.campaign_id = lc.id
     )
 SELECT

@@ -6,12 +6,10 @@
 -- Edge cases: no impressions → ecpm NULL; no clicks → ecpc NULL.
 -- Parameters (all optional, NULL = no filter): from_date, to_date, advertiser_id, campaign_id.
 WITH
-    live_campaign AS (
+    selected_campaign AS (
         SELECT c.id, c.name, c.bid
-        FROM campaign AS c FINAL
-        INNER JOIN (SELECT id FROM advertiser FINAL WHERE is_deleted = 0) AS a ON a.id = c.advertiser_id
-        WHERE c.is_deleted = 0
-          AND ({advertiser_id:Nullable(UInt32)} IS NULL OR c.advertiser_id = {advertiser_id:Nullable(UInt32)})
+        FROM live_campaign AS c
+        WHERE ({advertiser_id:Nullable(UInt32)} IS NULL OR c.advertiser_id = {advertiser_id:Nullable(UInt32)})
           AND ({campaign_id:Nullable(UInt32)} IS NULL OR c.id = {campaign_id:Nullable(UInt32)})
     ),
     delivery AS (
@@ -29,7 +27,7 @@ SELECT
     CAST(clicks * lc.bid AS Decimal(18, 2)) AS spend,
     if(impressions = 0, NULL, toFloat64(spend) / impressions * 1000) AS ecpm,
     if(clicks = 0, NULL, toFloat64(spend) / clicks) AS ecpc
-FROM live_campaign AS lc
+FROM selected_campaign AS lc
 LEFT JOIN delivery AS d ON d.campaign_id = lc.id
 ORDER BY campaign_id
 SETTINGS join_use_nulls = 1

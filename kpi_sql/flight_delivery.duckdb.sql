@@ -1,10 +1,9 @@
 -- flight_delivery, recomputed by DuckDB from the Parquet snapshots (see flight_delivery.sql).
 WITH
     params AS (SELECT coalesce($to_date::DATE, current_date) AS as_of),
-    live_campaign AS (
+    selected_campaign AS (
         SELECT c.id, c.name, c.start_date, c.end_date
-        FROM campaign AS c
-        JOIN advertiser AS a ON a.id = c.advertiser_id
+        FROM live_campaign AS c
         WHERE ($advertiser_id IS NULL OR c.advertiser_id = $advertiser_id)
           AND ($campaign_id IS NULL OR c.id = $campaign_id)
     ),
@@ -15,7 +14,7 @@ WITH
             sum(d.impressions) FILTER (WHERE d.day > lc.end_date) AS after_end,
             sum(d.impressions) FILTER (WHERE d.day >= (SELECT as_of FROM params) - 1) AS last_2_days
         FROM campaign_daily AS d
-        JOIN live_campaign AS lc ON lc.id = d.campaign_id
+        JOIN selected_campaign AS lc ON lc.id = d.campaign_id
         WHERE d.day <= (SELECT as_of FROM params)
         GROUP BY d.campaign_id
     ),
@@ -33,7 +32,7 @@ WITH
             coalesce(d.in_flight, 0)::UBIGINT AS impressions_in_flight,
             coalesce(d.after_end, 0)::UBIGINT AS impressions_after_end,
             coalesce(d.last_2_days, 0)::UBIGINT AS impressions_last_2_days
-        FROM live_campaign AS lc
+        FROM selected_campaign AS lc
         LEFT JOIN delivery AS d ON d.campaign_id = lc.id
     )
 SELECT

@@ -11,12 +11,10 @@
 -- Parameters (all optional): to_date (the as-of day), advertiser_id, campaign_id.
 WITH
     params AS (SELECT coalesce({to_date:Nullable(Date)}, toDate(now('UTC'))) AS as_of),
-    live_campaign AS (
+    selected_campaign AS (
         SELECT c.id, c.name, c.start_date, c.end_date
-        FROM campaign AS c FINAL
-        INNER JOIN (SELECT id FROM advertiser FINAL WHERE is_deleted = 0) AS a ON a.id = c.advertiser_id
-        WHERE c.is_deleted = 0
-          AND ({advertiser_id:Nullable(UInt32)} IS NULL OR c.advertiser_id = {advertiser_id:Nullable(UInt32)})
+        FROM live_campaign AS c
+        WHERE ({advertiser_id:Nullable(UInt32)} IS NULL OR c.advertiser_id = {advertiser_id:Nullable(UInt32)})
           AND ({campaign_id:Nullable(UInt32)} IS NULL OR c.id = {campaign_id:Nullable(UInt32)})
     ),
     delivery AS (
@@ -26,7 +24,7 @@ WITH
             sumIf(d.impressions, d.day > lc.end_date) AS after_end,
             sumIf(d.impressions, d.day >= (SELECT as_of FROM params) - 1) AS last_2_days
         FROM campaign_daily AS d
-        INNER JOIN live_campaign AS lc ON lc.id = d.campaign_id
+        INNER JOIN selected_campaign AS lc ON lc.id = d.campaign_id
         WHERE d.day <= (SELECT as_of FROM params)
         GROUP BY d.campaign_id
     )
@@ -45,7 +43,7 @@ SELECT
     toUInt64(coalesce(d.last_2_days, 0)) AS impressions_last_2_days,
     toBool(status = 'ended' AND impressions_after_end > 0) AS ended_but_delivering,
     toBool(status = 'active' AND impressions_last_2_days = 0) AS active_but_silent
-FROM live_campaign AS lc
+FROM selected_campaign AS lc
 LEFT JOIN delivery AS d ON d.campaign_id = lc.id
 ORDER BY campaign_id
 SETTINGS join_use_nulls = 1

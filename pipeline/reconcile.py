@@ -32,6 +32,13 @@ SELECT * EXCLUDE (row_hash, version, is_deleted, _rank) FROM (
     FROM read_parquet({files}, union_by_name = true)
 ) WHERE _rank = 1 AND is_deleted = 0
 """
+# The same liveness rule as schemas/clickhouse/007_live_dimensions.sql; the dimension views above already hold
+# only the latest, undeleted version of each row.
+_LIVE_VIEWS = (
+    "CREATE VIEW live_advertiser AS SELECT id, name FROM advertiser",
+    "CREATE VIEW live_campaign AS SELECT id, name, bid, budget, start_date, end_date, advertiser_id FROM campaign"
+    " WHERE advertiser_id IN (SELECT id FROM live_advertiser)",
+)
 _AGGREGATE_VIEW = """
 CREATE VIEW campaign_{grain} AS
 SELECT campaign_id, {bucket} AS {column}, sum(impressions)::UBIGINT AS impressions, sum(clicks)::UBIGINT AS clicks
@@ -75,6 +82,8 @@ def snapshot_connection(settings: Settings) -> duckdb.DuckDBPyConnection:
             con.execute(_DIMENSION_VIEW.format(name=table, files=paths))
         else:
             con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet({paths})")
+    for view in _LIVE_VIEWS:
+        con.execute(view)
     con.execute(_AGGREGATE_VIEW.format(grain="daily", bucket="CAST(created_at AS DATE)", column="day"))
     con.execute(_AGGREGATE_VIEW.format(grain="hourly", bucket="date_trunc('hour', created_at)", column="hour"))
     return con
