@@ -112,10 +112,11 @@ def report(
         print(json.dumps(frame.with_columns(hour=frame.get_column("hour").dt.strftime("%Y-%m-%dT%H:%M:%S")).to_dicts()))
     else:
         table = Table(title="Referral reports (UTC hours)")
-        for name in frame.columns:
-            table.add_column(name, justify="left" if name == "hour" else "right", no_wrap=True)
-        for row in frame.iter_rows():
-            table.add_row(*("" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
+        for label in ("customer", "hour", "loads", "clicks", "users", "related", "ctr"):
+            table.add_column(label, justify="left" if label == "hour" else "right", no_wrap=True)
+        for customer_id, hour, *counts, ctr in frame.iter_rows():
+            cells = [str(customer_id), f"{hour:%Y-%m-%d %H:%M}", *map(str, counts), "" if ctr is None else f"{ctr:.4f}"]
+            table.add_row(*cells)
         console.print(table)
         if frame.is_empty():
             console.print("No report rows match.")
