@@ -4,6 +4,7 @@ both modes, and ClickHouse agreeing with Postgres. Expected numbers are worked o
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -164,3 +165,35 @@ def test_bad_input_fails_before_writing(settings: Settings, tmp_path: Path) -> N
     with pytest.raises(AdpipeError, match="--window must be between 0 and 3600 seconds, got -1"):
         load_files(settings, [good], window_seconds=-1)
     assert not (settings.staging_dir / "referral_events").exists()
+
+
+def test_batch_and_stream_give_identical_reports(settings: Settings, pg: psycopg.Connection, tmp_path: Path) -> None:
+    from pipeline.referral.generate import generate_file
+
+    path = tmp_path / "generated.jsonl"
+    generate_file(path, 20_000, customers=4, users=300, seed=11)  # ~1.4 h of events, with every defect
+    batch = load_files(settings, [path], LoadMode.BATCH, 120)
+    in_batch = reports(settings)
+    shutil.rmtree(settings.staging_dir)
+    pg.execute(
+        "TRUNCATE referral.page_loads, referral.clicks, referral.unique_user_clicks, referral.click_through_rate"
+    )
+    stream = load_files(settings, [path], LoadMode.STREAM, 120, block_bytes=64 * 1024)  # ~50 chunks
+    assert reports(settings) == in_batch
+    assert stream.hours_from_stream == len(in_batch) == 8  # from the stream aggregates, not a recomputation
+    assert stream.quarantined == batch.quarantined  # nothing late in a time-ordered file
+    assert (stream.valid, stream.duplicates) == (batch.valid, batch.duplicates)
+    assert sum(row[5] for row in in_batch) > 0  # some related clicks
+
+
+def test_stream_quarantines_late_events(settings: Settings, tmp_path: Path) -> None:
+    lines = [
+        event("a", 1, 1, "01/05/2022, 10:00:00", PL),
+        event("b", 1, 2, "01/05/2022, 10:30:00", PL),
+        event("b", 1, 2, "01/05/2022, 10:31:00", CL),
+        event("c", 1, 3, "01/05/2022, 10:20:59", PL),  # 10 min 1 s behind the newest event: late
+        event("d", 1, 3, "01/05/2022, 10:21:00", PL),  # exactly the 10 min tolerance: on time
+    ]
+    summary = load_files(settings, [write(tmp_path / "late.jsonl", lines)], LoadMode.STREAM, block_bytes=200)
+    assert summary.quarantined == {"late": 1}
+    assert reports(settings) == [(1, H10, 3, 1, 1, 1, 1 / 3)]
