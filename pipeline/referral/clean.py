@@ -38,67 +38,91 @@ class Cleaned:
 
 def clean_chunk(chunk: LineChunk, source: str) -> Cleaned:
     """Split a chunk of lines into valid, typed events and quarantined lines."""
-    fields, is_json = _decode(chunk.lines)
-    frame = fields.with_columns(line_number=chunk.line_numbers, is_json=is_json)
-    customer_id = pl.col("customer_id").cast(pl.Int64, strict=False)
-    user_id = pl.col("user_id").cast(pl.Int64, strict=False)
-    fired_at = _parse_fired_at(frame.get_column("fired_at"))
-    frame = frame.with_columns(fired_at_parsed=fired_at)
+    fields, is_json = _decode(chunk)
+    frame = fields.with_columns(
+        pl.col("customer_id").cast(pl.Int64, strict=False).alias("customer_int"),
+        pl.col("user_id").cast(pl.Int64, strict=False).alias("user_int"),
+        fired_at_parsed=_parse_fired_at(fields.get_column("fired_at")),
+        line_number=chunk.line_numbers,
+        is_json=is_json,
+    )
+    valid = (
+        pl.col("is_json")
+        & pl.col("event_id").is_not_null()
+        & (pl.col("event_id") != "")
+        & pl.col("customer_int").is_not_null()
+        & pl.col("user_int").is_not_null()
+        & pl.col("event_type").is_in(EVENT_TYPES)
+        & pl.col("fired_at_parsed").is_not_null()
+    )
+    frame = frame.with_columns(valid=valid)
+    events = frame.filter("valid").select(
+        "event_id",
+        pl.col("customer_int").alias("customer_id"),
+        pl.col("user_int").alias("user_id"),
+        pl.col("fired_at_parsed").alias("fired_at"),
+        "event_type",
+        "line_number",
+    )
+    # The reasons are worked out for the few failing lines only.
+    quarantined = frame.filter(~pl.col("valid")).select(
+        pl.lit(source).alias("source"), "line_number", _reason().alias("reason"), "event_id"
+    )
+    return Cleaned(events.cast(dict(EVENT_SCHEMA)), quarantined.cast(dict(QUARANTINE_SCHEMA)))
+
+
+def _reason() -> pl.Expr:
+    """The first rule a line breaks, in the order a reader would check them."""
     reason = pl.when(~pl.col("is_json")).then(pl.lit("bad JSON"))
     for name in _FIELDS:
         reason = reason.when(pl.col(name).is_null() | (pl.col(name) == "")).then(pl.lit(f"missing {name}"))
-    reason = (
-        reason.when(customer_id.is_null())
+    return (
+        reason.when(pl.col("customer_int").is_null())
         .then(pl.lit("customer_id is not an integer"))
-        .when(user_id.is_null())
+        .when(pl.col("user_int").is_null())
         .then(pl.lit("user_id is not an integer"))
         .when(~pl.col("event_type").is_in(EVENT_TYPES))
         .then(pl.lit("invalid event_type"))
-        .when(pl.col("fired_at_parsed").is_null())
-        .then(pl.lit("unparseable fired_at"))
+        .otherwise(pl.lit("unparseable fired_at"))
     )
-    frame = frame.with_columns(reason=reason)
-    valid = frame.filter(pl.col("reason").is_null()).select(
-        pl.col("event_id"),
-        customer_id,
-        user_id,
-        pl.col("fired_at_parsed").alias("fired_at"),
-        pl.col("event_type"),
-        pl.col("line_number"),
-    )
-    quarantined = frame.filter(pl.col("reason").is_not_null()).select(
-        pl.lit(source).alias("source"), "line_number", "reason", "event_id"
-    )
-    return Cleaned(valid.cast(dict(EVENT_SCHEMA)), quarantined.cast(dict(QUARANTINE_SCHEMA)))
 
 
-def _decode(lines: pl.Series) -> tuple[pl.DataFrame, pl.Series]:
+def _decode(chunk: LineChunk) -> tuple[pl.DataFrame, pl.Series]:
     """The fields of each line as text (nulls for a line that is not a JSON object) and a validity mask.
 
-    Lines that cannot be an object are swapped for `{}` so the decoder sees one object per line and its
-    rows stay aligned with the lines, without gathering and scattering columns."""
-    looks_like_object = lines.str.starts_with("{") & lines.str.ends_with("}\n")
-    if not looks_like_object.all():  # rarer shapes: surrounding whitespace, \r\n, no object at all
-        stripped = lines.str.strip_chars()
-        looks_like_object = looks_like_object | (stripped.str.starts_with("{") & stripped.str.ends_with("}"))
-        lines = pl.select(pl.when(looks_like_object).then(lines).otherwise(pl.lit("{}\n"))).to_series()
-    fields, ok = _decode_objects(lines)
+    The decoder reads the chunk's bytes as they are, with each line that cannot be an object overwritten
+    in place by `{}` and spaces (same length), so its rows stay aligned with the lines."""
+    first, last = chunk.first_and_last_bytes()
+    plain_object = (first == ord("{")) & (last == ord("}"))
+    if plain_object.all():
+        return _decode_objects(chunk, chunk.data)
+    # Rarer shapes: surrounding whitespace, \r\n, or no object at all.
+    lines = chunk.lines
+    stripped = lines.str.strip_chars()
+    looks_like_object = pl.Series(plain_object) | (stripped.str.starts_with("{") & stripped.str.ends_with("}"))
+    patched = bytearray(chunk.data)
+    for row in looks_like_object.not_().arg_true().to_list():
+        start, end = int(chunk.offsets[row]), int(chunk.offsets[row + 1])
+        patched[start:end] = (b"{}" + b" " * (end - start - 3) + b"\n") if end - start >= 3 else b"\n" * (end - start)
+    fields, ok = _decode_objects(lines, bytes(patched))
     return fields, ok & looks_like_object
 
 
-def _decode_objects(lines: pl.Series) -> tuple[pl.DataFrame, pl.Series]:
-    """Decode lines that look like JSON objects (each ends with its newline) with Polars' NDJSON reader.
+def _decode_objects(lines: pl.Series | LineChunk, data: bytes | None = None) -> tuple[pl.DataFrame, pl.Series]:
+    """Decode lines that look like JSON objects with Polars' NDJSON reader (`data`: the lines' bytes).
 
     It fails a whole batch on one malformed line, so a failing batch is halved until the malformed lines
     are isolated; lines that look like objects but are not are rare, so this stays near one pass."""
     try:
-        fields = pl.read_ndjson(_concatenated(lines), schema=_AS_TEXT.to_schema())
+        fields = pl.read_ndjson(data if data is not None else _concatenated(lines), schema=_AS_TEXT.to_schema())
         if len(fields) == len(lines):
             return fields, pl.repeat(True, len(lines), eager=True)
     except pl.exceptions.PolarsError:
         pass
     if len(lines) == 1:
         return pl.DataFrame({name: pl.Series(name, [None], pl.String) for name in _FIELDS}), pl.Series([False])
+    if isinstance(lines, LineChunk):
+        lines = lines.lines
     middle = len(lines) // 2
     left, left_ok = _decode_objects(lines.slice(0, middle))
     right, right_ok = _decode_objects(lines.slice(middle))
@@ -129,5 +153,11 @@ def _parse_fired_at(text: pl.Series) -> pl.Series:
 
 
 def dedup_earliest(events: pl.DataFrame) -> pl.DataFrame:
-    """One event per key: the earliest (see ORDER, then the first in the file). The result is in time order."""
-    return events.sort([*ORDER, "line_number"]).unique(KEY, keep="first", maintain_order=True)
+    """One event per key: the earliest (see ORDER, then the first in the file), in time order.
+
+    Only the rows whose key repeats (about 1%) are sorted to pick one; hashing finds them in one pass."""
+    repeated = events.select(pl.struct(KEY).is_duplicated()).to_series()
+    if not repeated.any():
+        return events.sort("fired_at", maintain_order=True)
+    picked = events.filter(repeated).sort([*ORDER, "line_number"]).unique(KEY, keep="first", maintain_order=True)
+    return pl.concat([events.filter(~repeated), picked]).sort("fired_at", maintain_order=True)

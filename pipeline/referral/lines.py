@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -24,14 +25,35 @@ DEFAULT_BLOCK_BYTES = 32 << 20
 class LineChunk:
     first_line: int
     """1-based number of the chunk's first line in its file."""
-    lines: pl.Series
-    """The lines as strings, each with its line ending (JSON ignores trailing whitespace)."""
+    data: bytes
+    """The lines back to back, each with its newline (valid UTF-8)."""
+    offsets: np.ndarray
+    """Start of each line in `data`, then the end of the last one."""
     bytes_read: int
     """Bytes of the file read so far, for progress."""
 
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @cached_property
+    def lines(self) -> pl.Series:
+        """The lines as strings, each with its line ending, viewing `data` (made only when needed)."""
+        array = pa.LargeStringArray.from_buffers(len(self), pa.py_buffer(self.offsets), pa.py_buffer(self.data))
+        return pl.Series("line", array)
+
+    def first_and_last_bytes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each line's first byte and the byte before its newline (0 for an empty line), without a string
+        per line: the quick test for "looks like a JSON object"."""
+        raw = np.frombuffer(self.data, dtype=np.uint8)
+        starts, ends = self.offsets[:-1], self.offsets[1:] - 1
+        empty = starts == ends
+        first = np.where(empty, 0, raw[np.minimum(starts, len(raw) - 1)])
+        last = np.where(empty, 0, raw[np.maximum(ends - 1, 0)])
+        return first, last
+
     @property
     def line_numbers(self) -> pl.Series:
-        return pl.int_range(self.first_line, self.first_line + len(self.lines), dtype=pl.Int64, eager=True)
+        return pl.int_range(self.first_line, self.first_line + len(self), dtype=pl.Int64, eager=True)
 
 
 def check_readable(path: Path) -> None:
@@ -53,32 +75,23 @@ def iter_line_chunks(path: Path, block_bytes: int | None = DEFAULT_BLOCK_BYTES) 
     read = 0
     carry = b""
     with path.open("rb") as handle:
-        while True:
-            block = handle.read(block_bytes) if block_bytes else handle.read()
-            at_end = not block
+        while block := handle.read(block_bytes) if block_bytes else handle.read():
             read += len(block)
-            data = carry + block
-            if at_end:
-                if data:
-                    data += b"\n"  # the last line may lack its newline
-                else:
-                    return
-            cut = data.rfind(b"\n") + 1
-            carry = data[cut:]
-            if cut:
-                lines = _split(data[:cut])
-                yield LineChunk(next_line, lines, read)
-                next_line += len(lines)
-            if at_end or not block_bytes:
-                if not at_end and carry:
-                    data, carry = carry + b"\n", b""
-                    lines = _split(data)
-                    yield LineChunk(next_line, lines, read)
-                return
+            cut = block.rfind(b"\n") + 1
+            if cut == 0:  # no line ends in this block
+                carry += block
+                continue
+            # One copy: the previous block's unfinished line joined to this block's complete lines.
+            chunk = _chunk(next_line, b"".join((carry, memoryview(block)[:cut])), read)
+            carry = block[cut:]
+            next_line += len(chunk)
+            yield chunk
+    if carry:  # the last line lacks its newline
+        yield _chunk(next_line, carry + b"\n", read)
 
 
-def _split(data: bytes) -> pl.Series:
-    """`data` ends with a newline; one string per line."""
+def _chunk(first_line: int, data: bytes, bytes_read: int) -> LineChunk:
+    """`data` ends with a newline; find the lines and make sure the text is UTF-8."""
     ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10) + 1
     offsets = np.concatenate(([0], ends)).astype(np.int64)
     array = pa.LargeStringArray.from_buffers(len(ends), pa.py_buffer(offsets), pa.py_buffer(data))
@@ -86,5 +99,5 @@ def _split(data: bytes) -> pl.Series:
         array.validate(full=True)
     except pa.ArrowInvalid:
         # Not UTF-8 somewhere: replace the bad bytes so the line can still be judged (and quarantined).
-        return _split(data.decode("utf-8", errors="replace").encode())
-    return pl.Series("line", array)
+        return _chunk(first_line, data.decode("utf-8", errors="replace").encode(), bytes_read)
+    return LineChunk(first_line, data, offsets, bytes_read)

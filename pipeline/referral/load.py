@@ -70,6 +70,8 @@ class LoadSummary:
     days: int = 0
     clickhouse_rows: int = 0
     seconds: float = 0.0
+    timings_s: dict[str, float] = field(default_factory=dict)
+    """Wall time per stage: read_clean_stage, reports, postgres, clickhouse."""
 
     @property
     def events_per_second(self) -> float:
@@ -115,15 +117,19 @@ def load_files(
                 own = _independent(file_touched, before)
                 streamed.append(file_streamed.join(own, on=HOUR_KEY, how="semi"))
                 recompute.append(file_touched.join(own, on=HOUR_KEY, how="anti"))
+        mark = _lap(summary, "read_clean_stage", started)
         all_touched = pl.concat(touched).unique()
         to_recompute = pl.concat(recompute).unique()
         from_stream = pl.concat(streamed).join(to_recompute, on=HOUR_KEY, how="anti") if streamed else None
         hourly = pl.concat(
             [_recompute(root, to_recompute, window), *([from_stream] if from_stream is not None else [])]
         )
+        mark = _lap(summary, "reports", mark)
         write_reports(conn, all_touched.sort(HOUR_KEY), hourly.sort(HOUR_KEY))
+        mark = _lap(summary, "postgres", mark)
         days = sorted(set(all_touched.get_column("hour").dt.date().to_list()))
         summary.clickhouse_rows = replace_event_days(client, root, days)
+        _lap(summary, "clickhouse", mark)
         summary.hours = len(all_touched)
         summary.hours_from_stream = 0 if from_stream is None else len(from_stream)
         summary.days = len(days)
@@ -131,6 +137,12 @@ def load_files(
         conn.close()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _lap(summary: LoadSummary, stage: str, since: float) -> float:
+    now = time.perf_counter()
+    summary.timings_s[stage] = round(now - since, 3)
+    return now
 
 
 def _load_file(
@@ -149,7 +161,7 @@ def _load_file(
     touched: list[pl.DataFrame] = []
     new_days: set[date] = set()
     for chunk in iter_line_chunks(path, block_bytes if aggregator else None):
-        summary.lines += len(chunk.lines)
+        summary.lines += len(chunk)
         cleaned = clean_chunk(chunk, str(path))
         quarantined.append(cleaned.quarantined)
         if aggregator is None:
