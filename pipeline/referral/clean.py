@@ -38,13 +38,13 @@ class Cleaned:
 
 def clean_chunk(chunk: LineChunk, source: str) -> Cleaned:
     """Split a chunk of lines into valid, typed events and quarantined lines."""
-    fields, is_json = _decode(chunk)
+    fields, rows, decoded = _decode(chunk)
     frame = fields.with_columns(
         pl.col("customer_id").cast(pl.Int64, strict=False).alias("customer_int"),
         pl.col("user_id").cast(pl.Int64, strict=False).alias("user_int"),
         fired_at_parsed=_parse_fired_at(fields.get_column("fired_at")),
-        line_number=chunk.line_numbers,
-        is_json=is_json,
+        line_number=pl.Series(rows + chunk.first_line, dtype=pl.Int64),
+        is_json=decoded,
     )
     valid = (
         pl.col("is_json")
@@ -65,10 +65,16 @@ def clean_chunk(chunk: LineChunk, source: str) -> Cleaned:
         "line_number",
     )
     # The reasons are worked out for the few failing lines only.
-    quarantined = frame.filter(~pl.col("valid")).select(
+    failing = frame.filter(~pl.col("valid")).select(
         pl.lit(source).alias("source"), "line_number", _reason().alias("reason"), "event_id"
     )
-    return Cleaned(events.cast(dict(EVENT_SCHEMA)), quarantined.cast(dict(QUARANTINE_SCHEMA)))
+    not_objects = np.setdiff1d(np.arange(len(chunk)), rows, assume_unique=True) + chunk.first_line
+    not_json = pl.DataFrame(
+        {"source": source, "line_number": not_objects, "reason": "bad JSON", "event_id": None},
+        schema=QUARANTINE_SCHEMA,
+    )
+    quarantined = pl.concat([failing.cast(dict(QUARANTINE_SCHEMA)), not_json]).sort("line_number")
+    return Cleaned(events.cast(dict(EVENT_SCHEMA)), quarantined)
 
 
 def _reason() -> pl.Expr:
@@ -87,45 +93,54 @@ def _reason() -> pl.Expr:
     )
 
 
-def _decode(chunk: LineChunk) -> tuple[pl.DataFrame, pl.Series]:
-    """The fields of each line as text (nulls for a line that is not a JSON object) and a validity mask.
+def _decode(chunk: LineChunk) -> tuple[pl.DataFrame, np.ndarray, pl.Series]:
+    """Decode the lines that look like JSON objects: (their fields as text, their row numbers in the chunk,
+    whether each really decoded). The other lines are bad JSON.
 
-    The decoder reads the chunk's bytes as they are, with each line that cannot be an object overwritten
-    in place by `{}` and spaces (same length), so its rows stay aligned with the lines."""
+    The decoder reads the chunk's bytes as they are, or the runs of object-like lines joined (one copy;
+    there are as many runs as bad lines, which are few)."""
     first, last = chunk.first_and_last_bytes()
-    plain_object = (first == ord("{")) & (last == ord("}"))
-    if plain_object.all():
-        return _decode_objects(chunk, chunk.data)
+    candidate = (first == ord("{")) & (last == ord("}"))
+    if candidate.all():
+        return _whole(chunk)
     # Rarer shapes: surrounding whitespace, \r\n, or no object at all.
-    lines = chunk.lines
-    stripped = lines.str.strip_chars()
-    looks_like_object = pl.Series(plain_object) | (stripped.str.starts_with("{") & stripped.str.ends_with("}"))
-    patched = bytearray(chunk.data)
-    for row in looks_like_object.not_().arg_true().to_list():
-        start, end = int(chunk.offsets[row]), int(chunk.offsets[row + 1])
-        patched[start:end] = (b"{}" + b" " * (end - start - 3) + b"\n") if end - start >= 3 else b"\n" * (end - start)
-    fields, ok = _decode_objects(lines, bytes(patched))
-    return fields, ok & looks_like_object
+    stripped = chunk.lines.str.strip_chars()
+    candidate |= (stripped.str.starts_with("{") & stripped.str.ends_with("}")).to_numpy()
+    rows = np.flatnonzero(candidate)
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], candidate.astype(np.int8), [0]))))
+    view, offsets = memoryview(chunk.data), chunk.offsets
+    data = b"".join(view[offsets[start] : offsets[end]] for start, end in zip(edges[::2], edges[1::2], strict=True))
+    fields, ok = _decode_objects(
+        chunk.lines.gather(rows) if len(rows) else pl.Series([], dtype=pl.String), data, len(rows)
+    )
+    return fields, rows, ok
 
 
-def _decode_objects(lines: pl.Series | LineChunk, data: bytes | None = None) -> tuple[pl.DataFrame, pl.Series]:
-    """Decode lines that look like JSON objects with Polars' NDJSON reader (`data`: the lines' bytes).
+def _whole(chunk: LineChunk) -> tuple[pl.DataFrame, np.ndarray, pl.Series]:
+    fields, ok = _decode_objects(chunk, chunk.data, len(chunk))
+    return fields, np.arange(len(chunk)), ok
+
+
+def _decode_objects(lines: pl.Series | LineChunk, data: bytes | None, count: int) -> tuple[pl.DataFrame, pl.Series]:
+    """Decode `count` lines that look like JSON objects with Polars' NDJSON reader (`data`: their bytes).
 
     It fails a whole batch on one malformed line, so a failing batch is halved until the malformed lines
     are isolated; lines that look like objects but are not are rare, so this stays near one pass."""
+    if count == 0:
+        return pl.DataFrame(schema=_AS_TEXT.to_schema()), pl.Series([], dtype=pl.Boolean)
     try:
         fields = pl.read_ndjson(data if data is not None else _concatenated(lines), schema=_AS_TEXT.to_schema())
-        if len(fields) == len(lines):
-            return fields, pl.repeat(True, len(lines), eager=True)
+        if len(fields) == count:
+            return fields, pl.repeat(True, count, eager=True)
     except pl.exceptions.PolarsError:
         pass
-    if len(lines) == 1:
+    if count == 1:
         return pl.DataFrame({name: pl.Series(name, [None], pl.String) for name in _FIELDS}), pl.Series([False])
     if isinstance(lines, LineChunk):
         lines = lines.lines
-    middle = len(lines) // 2
-    left, left_ok = _decode_objects(lines.slice(0, middle))
-    right, right_ok = _decode_objects(lines.slice(middle))
+    middle = count // 2
+    left, left_ok = _decode_objects(lines.slice(0, middle), None, middle)
+    right, right_ok = _decode_objects(lines.slice(middle), None, count - middle)
     return pl.concat([left, right]), left_ok.append(right_ok)
 
 

@@ -31,17 +31,15 @@ def write_reports(conn: psycopg.Connection, keys: pl.DataFrame, hourly: pl.DataF
     Delete and insert in one transaction: readers see the old hours or the new ones, never a mix, and a
     key that no longer has events loses its rows.
     """
-    hourly = hourly.join(keys, on=HOUR_KEY, how="semi")
-    params = {
-        "key_customers": keys.get_column("customer_id").to_list(),
-        "key_hours": keys.get_column("hour").to_list(),
-        **{name: hourly.get_column(name).to_list() for name in HOURLY_SCHEMA.names()},
-        "customer_ids": hourly.get_column("customer_id").to_list(),
-        "hours": hourly.get_column("hour").to_list(),
-    }
-    with conn.transaction():
+    hourly = hourly.join(keys, on=HOUR_KEY, how="semi").select(HOURLY_SCHEMA.names())
+    copies = iter([keys.select(HOUR_KEY), hourly])
+    with conn.transaction(), conn.cursor() as cursor:
         for statement in statements(SQL_DIR / "postgres_replace_hours.sql"):
-            conn.execute(statement, params)
+            if statement.startswith("COPY"):
+                with cursor.copy(statement) as copy:
+                    copy.write(next(copies).write_csv(include_header=False, datetime_format="%Y-%m-%d %H:%M:%S"))
+            else:
+                cursor.execute(statement)
     log.info("replaced %d report hours (%d with events)", len(keys), len(hourly))
 
 

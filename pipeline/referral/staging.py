@@ -60,7 +60,12 @@ def read_range(root: Path, start: datetime, end: datetime) -> pl.DataFrame:
 
 
 def dedup_staged(frame: pl.DataFrame) -> pl.DataFrame:
-    return frame.sort(ORDER).unique(KEY, keep="first", maintain_order=True)
+    """One row per key, the first in ORDER, in time order. Only keys that repeat are sorted to pick one."""
+    repeated = frame.select(pl.struct(KEY).is_duplicated()).to_series()
+    if repeated.any():
+        picked = frame.filter(repeated).sort(ORDER).unique(KEY, keep="first", maintain_order=True)
+        frame = pl.concat([frame.filter(~repeated), picked])
+    return frame.sort("fired_at", maintain_order=True)
 
 
 def days_between(first: datetime, last: datetime) -> list[date]:
