@@ -103,25 +103,37 @@ def _decode(chunk: LineChunk) -> tuple[pl.DataFrame, np.ndarray, pl.Series]:
     candidate = (first == ord("{")) & (last == ord("}"))
     if candidate.all():
         return _whole(chunk)
-    # Rarer shapes: surrounding whitespace, \r\n, or no object at all.
-    stripped = chunk.lines.str.strip_chars()
-    candidate |= (stripped.str.starts_with("{") & stripped.str.ends_with("}")).to_numpy()
+    # Rarer shapes (surrounding whitespace, \r\n) or no object at all: judged one by one, they are few.
+    data, offsets = chunk.data, chunk.offsets
+    for row in np.flatnonzero(~candidate).tolist():
+        text = data[offsets[row] : offsets[row + 1]].strip()
+        candidate[row] = text.startswith(b"{") and text.endswith(b"}")
     rows = np.flatnonzero(candidate)
     edges = np.flatnonzero(np.diff(np.concatenate(([0], candidate.astype(np.int8), [0]))))
-    view, offsets = memoryview(chunk.data), chunk.offsets
-    data = b"".join(view[offsets[start] : offsets[end]] for start, end in zip(edges[::2], edges[1::2], strict=True))
-    fields, ok = _decode_objects(
-        chunk.lines.gather(rows) if len(rows) else pl.Series([], dtype=pl.String), data, len(rows)
-    )
+    view = memoryview(data)
+    runs = b"".join(view[offsets[start] : offsets[end]] for start, end in zip(edges[::2], edges[1::2], strict=True))
+    fields, ok = _decode_objects(_Lines(chunk, rows), runs, len(rows))
     return fields, rows, ok
 
 
 def _whole(chunk: LineChunk) -> tuple[pl.DataFrame, np.ndarray, pl.Series]:
-    fields, ok = _decode_objects(chunk, chunk.data, len(chunk))
-    return fields, np.arange(len(chunk)), ok
+    rows = np.arange(len(chunk))
+    fields, ok = _decode_objects(_Lines(chunk, rows), chunk.data, len(chunk))
+    return fields, rows, ok
 
 
-def _decode_objects(lines: pl.Series | LineChunk, data: bytes | None, count: int) -> tuple[pl.DataFrame, pl.Series]:
+@dataclass(frozen=True)
+class _Lines:
+    """Some rows of a chunk, made into strings only if the fast decode fails and they must be bisected."""
+
+    chunk: LineChunk
+    rows: np.ndarray
+
+    def series(self) -> pl.Series:
+        return self.chunk.lines.gather(self.rows)
+
+
+def _decode_objects(lines: pl.Series | _Lines, data: bytes | None, count: int) -> tuple[pl.DataFrame, pl.Series]:
     """Decode `count` lines that look like JSON objects with Polars' NDJSON reader (`data`: their bytes).
 
     It fails a whole batch on one malformed line, so a failing batch is halved until the malformed lines
@@ -136,8 +148,8 @@ def _decode_objects(lines: pl.Series | LineChunk, data: bytes | None, count: int
         pass
     if count == 1:
         return pl.DataFrame({name: pl.Series(name, [None], pl.String) for name in _FIELDS}), pl.Series([False])
-    if isinstance(lines, LineChunk):
-        lines = lines.lines
+    if isinstance(lines, _Lines):
+        lines = lines.series()
     middle = count // 2
     left, left_ok = _decode_objects(lines.slice(0, middle), None, middle)
     right, right_ok = _decode_objects(lines.slice(middle), None, count - middle)

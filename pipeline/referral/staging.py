@@ -75,7 +75,7 @@ def days_between(first: datetime, last: datetime) -> list[date]:
 def write_events(root: Path, events: pl.DataFrame) -> int:
     """Stage `events` (EVENT_SCHEMA), one part per UTC day; returns the number of parts written."""
     written = 0
-    events = events.select(EVENT_SCHEMA.names()).sort(ORDER)
+    events = events.select(EVENT_SCHEMA.names()).sort("fired_at", maintain_order=True)
     for (day,), part in events.group_by(pl.col("fired_at").dt.date(), maintain_order=True):
         written += _write_part(root / f"day={day.isoformat()}", part)
     return written
