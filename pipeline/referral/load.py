@@ -103,7 +103,8 @@ def load_files(
         apply_schema(client)
         root = events_root(settings.staging_dir)
         summary = LoadSummary(mode.value, window_seconds, [str(p) for p in files])
-        keys = StagedKeys(root, staged_days(root))
+        staged_before = staged_days(root)
+        keys = StagedKeys(root, set(staged_before))
         touched: list[pl.DataFrame] = []
         streamed: list[pl.DataFrame] = []
         recompute: list[pl.DataFrame] = []
@@ -128,7 +129,7 @@ def load_files(
         write_reports(conn, all_touched.sort(HOUR_KEY), hourly.sort(HOUR_KEY))
         mark = _lap(summary, "postgres", mark)
         days = sorted(set(all_touched.get_column("hour").dt.date().to_list()))
-        summary.clickhouse_rows = replace_event_days(client, root, days)
+        summary.clickhouse_rows = replace_event_days(client, root, days, staged_before | keys.replaced_days)
         _lap(summary, "clickhouse", mark)
         summary.hours = len(all_touched)
         summary.hours_from_stream = 0 if from_stream is None else len(from_stream)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import polars as pl
 import psycopg
+import pyarrow.parquet as pq
 from clickhouse_connect.driver.client import Client
 
 from pipeline import postgres
@@ -16,7 +17,7 @@ from pipeline.config import Settings
 from pipeline.errors import AdpipeError
 from pipeline.referral.events import EVENT_SCHEMA, HORIZON
 from pipeline.referral.report import HOUR_KEY, HOURLY_SCHEMA
-from pipeline.referral.staging import dedup_staged, read_days
+from pipeline.referral.staging import day_parts, dedup_staged, read_days
 from pipeline.sqlfiles import statements
 
 log = logging.getLogger(__name__)
@@ -64,19 +65,27 @@ def read_reports(
     return pl.DataFrame(rows, schema={**dict(HOURLY_SCHEMA), "ctr": pl.Float64}, orient="row")
 
 
-def replace_event_days(client: Client, root: Path, days: list[date]) -> int:
+def replace_event_days(client: Client, root: Path, days: list[date], mixed_days: set[date]) -> int:
     """Make each day of `referral_events` equal to the staged day (one copy per event); returns rows sent.
 
-    Dropping the day's partition and inserting the staged day is idempotent, so a re-load or a crash
-    between the two statements converges on the next load.
+    A day whose parts all come from this load holds each event once, so its Parquet parts are sent as they
+    are (ClickHouse reads Parquet natively); a day in `mixed_days` (staged before, or with a copy replaced)
+    is deduplicated first. Dropping the day's partition and inserting the staged day is idempotent, so a
+    re-load, or a crash between the two statements, converges on the next load.
     """
     sent = 0
     for day in days:
-        events = dedup_staged(read_days(root, [day])).select(EVENT_SCHEMA.names())
         client.command(f"ALTER TABLE {EVENTS_TABLE} DROP PARTITION %(day)s", parameters={"day": day.isoformat()})
+        if day not in mixed_days:
+            for path in day_parts(root, day):
+                client.raw_insert(EVENTS_TABLE, insert_block=path.read_bytes(), fmt="Parquet")
+                sent += pq.read_metadata(path).num_rows
+            continue
+        events = dedup_staged(read_days(root, [day])).select(EVENT_SCHEMA.names())
         if not events.is_empty():
-            arrow = events.with_columns(pl.col("fired_at").dt.replace_time_zone("UTC")).to_arrow()
-            client.insert_arrow(EVENTS_TABLE, arrow)
+            client.insert_arrow(
+                EVENTS_TABLE, events.with_columns(pl.col("fired_at").dt.replace_time_zone("UTC")).to_arrow()
+            )
             sent += len(events)
     return sent
 

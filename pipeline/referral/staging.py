@@ -113,6 +113,8 @@ class StagedKeys:
         self.days = days
         """Days staged before this load: only those can hold an earlier copy."""
         self._cache: dict[date, pl.DataFrame] = {}
+        self.replaced_days: set[date] = set()
+        """Days where a staged copy was replaced by an earlier one: they now hold two copies of an event."""
 
     def split(self, events: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
         """(events to stage, events already staged, staged copies that a new earlier copy replaces)."""
@@ -137,6 +139,7 @@ class StagedKeys:
             pl.col("fired_at_staged").alias("fired_at"),
             "event_type",
         )
+        self.replaced_days |= set(replaced.get_column("fired_at").dt.date().unique().to_list())
         return fresh, seen, replaced
 
     def add_days(self, days: set[date]) -> None:
