@@ -114,3 +114,13 @@ def test_source_schema_still_applied_with_referral(pg: psycopg.Connection) -> No
         ).fetchall()
     }
     assert {"public.advertiser", "public.clicks", "referral.page_loads", "referral.click_through_rate"} <= tables
+
+
+def test_referral_schema_added_to_an_existing_source_database(settings: Settings, pg: psycopg.Connection) -> None:
+    from pipeline.postgres import connect
+
+    pg.execute("INSERT INTO advertiser (name) VALUES ('kept')")
+    pg.execute("DROP SCHEMA referral CASCADE")  # a database from before this feature: V1 only
+    with connect(settings) as conn:
+        assert conn.execute("SELECT to_regclass('referral.clicks') IS NOT NULL").fetchone()[0]
+        assert conn.execute("SELECT name FROM advertiser").fetchall() == [("kept",)]
