@@ -17,8 +17,8 @@ import pyarrow as pa
 
 from pipeline.errors import AdpipeError
 
-DEFAULT_BLOCK_BYTES = 32 << 20
-"""Stream mode reads 32 MiB at a time (~150,000 lines of a typical file): memory is bounded by this."""
+DEFAULT_BLOCK_BYTES = 16 << 20
+"""Stream mode reads 16 MiB at a time (~85,000 lines of a typical file): memory is bounded by this."""
 
 
 @dataclass(frozen=True)
