@@ -197,3 +197,17 @@ def test_stream_quarantines_late_events(settings: Settings, tmp_path: Path) -> N
     summary = load_files(settings, [write(tmp_path / "late.jsonl", lines)], LoadMode.STREAM, block_bytes=200)
     assert summary.quarantined == {"late": 1}
     assert reports(settings) == [(1, H10, 3, 1, 1, 1, 1 / 3)]
+
+
+def test_one_load_at_a_time(settings: Settings, tmp_path: Path) -> None:
+    import os
+
+    from pipeline.locks import acquire_lock
+
+    fd = acquire_lock(settings.home / "events-load.lock", "events load")
+    try:
+        with pytest.raises(AdpipeError, match="events load is busy"):
+            load_files(settings, [write(tmp_path / "events.jsonl", LINES)])
+    finally:
+        os.close(fd)
+    assert load_files(settings, [tmp_path / "events.jsonl"]).staged == 13

@@ -29,6 +29,7 @@ import polars as pl
 from pipeline import clickhouse, postgres
 from pipeline.config import Settings
 from pipeline.errors import AdpipeError
+from pipeline.locks import exclusive_lock
 from pipeline.referral.clean import QUARANTINE_SCHEMA, clean_chunk, dedup_earliest
 from pipeline.referral.events import HORIZON, MAX_WINDOW_SECONDS, PAGE_LOAD
 from pipeline.referral.lines import DEFAULT_BLOCK_BYTES, check_readable, iter_line_chunks
@@ -97,12 +98,26 @@ def load_files(
     for path in files:
         check_readable(path)
     window = timedelta(seconds=window_seconds)
+    # One load at a time per ADPIPE_HOME: two would race on the staged days and the touched hours.
+    with exclusive_lock(settings.home / "events-load.lock", "events load"):
+        return _load(settings, files, mode, window, progress, block_bytes, started)
+
+
+def _load(
+    settings: Settings,
+    files: list[Path],
+    mode: LoadMode,
+    window: timedelta,
+    progress: Progress | None,
+    block_bytes: int,
+    started: float,
+) -> LoadSummary:
     conn = postgres.connect(settings)
     try:
         client = clickhouse.connect(settings)
         apply_schema(client)
         root = events_root(settings.staging_dir)
-        summary = LoadSummary(mode.value, window_seconds, [str(p) for p in files])
+        summary = LoadSummary(mode.value, int(window.total_seconds()), [str(p) for p in files])
         staged_before = staged_days(root)
         keys = StagedKeys(root, set(staged_before))
         touched: list[pl.DataFrame] = []
