@@ -51,10 +51,6 @@ class LineChunk:
         last = np.where(empty, 0, raw[np.maximum(ends - 1, 0)])
         return first, last
 
-    @property
-    def line_numbers(self) -> pl.Series:
-        return pl.int_range(self.first_line, self.first_line + len(self), dtype=pl.Int64, eager=True)
-
 
 def check_readable(path: Path) -> None:
     """Refuse a path that is missing, not a file, or unreadable, before anything is written."""

@@ -31,7 +31,7 @@ from pipeline.config import Settings
 from pipeline.errors import AdpipeError
 from pipeline.locks import exclusive_lock
 from pipeline.referral.clean import QUARANTINE_SCHEMA, clean_chunk, dedup_earliest
-from pipeline.referral.events import HORIZON, MAX_WINDOW_SECONDS, PAGE_LOAD
+from pipeline.referral.events import DEFAULT_WINDOW_SECONDS, HORIZON, MAX_WINDOW_SECONDS, PAGE_LOAD
 from pipeline.referral.lines import DEFAULT_BLOCK_BYTES, check_readable, iter_line_chunks
 from pipeline.referral.publish import replace_event_days, write_reports
 from pipeline.referral.report import HOUR_KEY, HOURLY_SCHEMA, hour_of, hourly_reports
@@ -86,7 +86,7 @@ def load_files(
     settings: Settings,
     files: list[Path],
     mode: LoadMode = LoadMode.BATCH,
-    window_seconds: int = 300,
+    window_seconds: int = DEFAULT_WINDOW_SECONDS,
     progress: Progress | None = None,
     block_bytes: int = DEFAULT_BLOCK_BYTES,
 ) -> LoadSummary:

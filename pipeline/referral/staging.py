@@ -45,12 +45,12 @@ def day_parts(root: Path, day: date) -> list[Path]:
     return sorted((root / f"day={day.isoformat()}").glob("part-*.parquet"))
 
 
-def read_days(root: Path, days: list[date], columns: list[str] | None = None) -> pl.DataFrame:
+def read_days(root: Path, days: list[date]) -> pl.DataFrame:
     """Every staged row of `days` (duplicates included)."""
     files = [path for day in days for path in day_parts(root, day)]
     if not files:
-        return pl.DataFrame(schema=EVENT_SCHEMA).select(columns or EVENT_SCHEMA.names())
-    return pl.read_parquet(files, columns=columns)
+        return pl.DataFrame(schema=EVENT_SCHEMA)
+    return pl.read_parquet(files)
 
 
 def read_range(root: Path, start: datetime, end: datetime) -> pl.DataFrame:
