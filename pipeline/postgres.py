@@ -122,16 +122,21 @@ def connect(settings: Settings, *, ensure_schema: bool = True) -> psycopg.Connec
     return conn
 
 
-def apply_source_schema(conn: psycopg.Connection) -> None:
-    """Create the four source tables if this Postgres does not have them yet.
+SCHEMA_MARKERS = {"V1": "public.advertiser", "V2": "referral.click_through_rate"}
+"""For each schema version, a relation it creates: where it exists, that version was applied (by us or Flyway)."""
 
-    An advisory lock makes concurrent first uses safe. A database managed by Flyway
-    (the compose stack) already has the tables, so this is a no-op there.
+
+def apply_source_schema(conn: psycopg.Connection) -> None:
+    """Apply each `schemas/postgres/V*__*.sql` whose marker relation this Postgres does not have yet.
+
+    An advisory lock makes concurrent first uses safe. A database managed by Flyway (the compose
+    stack) already has every version, so this is a no-op there.
     """
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('adpipe.source_schema'))")
-        exists = conn.execute("SELECT to_regclass('public.advertiser') IS NOT NULL").fetchone()[0]
-        if not exists:
-            log.info("creating the source schema")
-            for path in sorted(SCHEMA_DIR.glob("V*__*.sql")):
+        for path in sorted(SCHEMA_DIR.glob("V*__*.sql"), key=lambda p: int(p.name[1:].split("__")[0])):
+            version = path.name.split("__")[0]
+            marker = SCHEMA_MARKERS[version]
+            if not conn.execute("SELECT to_regclass(%s) IS NOT NULL", (marker,)).fetchone()[0]:
+                log.info("applying %s", path.name)
                 conn.execute(path.read_text())

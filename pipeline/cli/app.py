@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
@@ -76,3 +77,16 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     """Print one error line to stderr and exit with `code`."""
     err_console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def progress_bars() -> Progress:
+    """Progress bars on stderr for long work; shown only on a terminal."""
+    return Progress(
+        TextColumn("{task.description:>12}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+        disable=not err_console.is_terminal,  # bars are for people; logs and CI get the summary only
+    )

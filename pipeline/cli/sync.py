@@ -6,10 +6,9 @@ import json
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pipeline.cli.app import app, console, err_console
+from pipeline.cli.app import app, console, err_console, progress_bars
 from pipeline.options import DEFAULT_CHUNK_ROWS, Engine, Mode, OnReset
 
 if TYPE_CHECKING:
@@ -18,18 +17,6 @@ if TYPE_CHECKING:
 
 snapshots_app = typer.Typer(help="Inspect, verify and prune the staged Parquet runs.", no_args_is_help=True)
 app.add_typer(snapshots_app, name="snapshots")
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description:>12}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-        disable=not err_console.is_terminal,  # bars are for people; logs and CI get the summary only
-    )
 
 
 @app.command()
@@ -66,7 +53,7 @@ def sync(
     from pipeline.sync import sync as run_sync
 
     settings = load_settings()
-    with _progress() as progress:
+    with progress_bars() as progress:
         tasks: dict[str, int] = {}
 
         def advance(what: str, done: int, total: int) -> None:
@@ -169,7 +156,7 @@ def replay() -> None:
     from pipeline.config import load_settings
     from pipeline.sync import replay as run_replay
 
-    with _progress() as progress:
+    with progress_bars() as progress:
         task = progress.add_task("replay", total=None)
         replayed = run_replay(
             load_settings(), lambda _w, done, total: progress.update(task, completed=done, total=total)

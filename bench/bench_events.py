@@ -1,0 +1,218 @@
+"""Referral events: `adpipe events load --mode stream` side by side with DuckDB and pandas on the same file.
+
+    uv run python bench/bench_events.py [--events 10000000] [--cache /tmp/adpipe-bench-events] [--pandas-lines N]
+
+The file is generated once into --cache (reruns reuse it). Then, in one run:
+  adpipe   `adpipe events load FILE --mode stream --json` in a subprocess, from an empty staging directory:
+           end to end (clean, stage Parquet, reports into Postgres, events into ClickHouse), and its peak RSS
+  duckdb   read_json + the same hourly aggregates (page loads, clicks, unique users, related clicks) in SQL,
+           then checked row for row against what adpipe wrote to Postgres
+  pandas   the usual approach: read_json(lines=True) + groupby (+ merge_asof for related clicks). It cannot
+           read a file with malformed lines, so it gets the well-formed lines (filtered beforehand, untimed);
+           with --pandas-lines it runs on the first N of them and its rate is quoted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+WINDOW = 300
+DUCKDB_SQL = """
+WITH raw AS (
+    SELECT * FROM read_json($path, format = 'newline_delimited', ignore_errors = true,
+        columns = {event_id: 'VARCHAR', customer_id: 'BIGINT', user_id: 'BIGINT', fired_at: 'VARCHAR',
+                   event_type: 'VARCHAR'})
+),
+valid AS (
+    SELECT event_id, customer_id, user_id, event_type,
+           coalesce(try_strptime(fired_at, '%m/%d/%Y, %H:%M:%S'), try_strptime(fired_at, '%Y-%m-%dT%H:%M:%SZ'))
+               AS fired_at
+    FROM raw
+    WHERE event_id IS NOT NULL AND customer_id IS NOT NULL AND user_id IS NOT NULL
+      AND event_type IN ('ReferralPageLoad', 'ReferralRecommendClick', 'FaqClick')
+),
+events AS (
+    SELECT * FROM valid WHERE fired_at IS NOT NULL
+    QUALIFY row_number() OVER (PARTITION BY event_id, event_type ORDER BY fired_at, customer_id, user_id) = 1
+),
+loads AS (SELECT customer_id, user_id, event_id, fired_at FROM events WHERE event_type = 'ReferralPageLoad'),
+clicks AS (SELECT customer_id, user_id, event_id, fired_at FROM events WHERE event_type = 'ReferralRecommendClick'),
+related AS (
+    -- a hash join on customer and user, then the time conditions (an ASOF join was 60x slower here)
+    SELECT DISTINCT c.event_id FROM clicks c JOIN loads l USING (customer_id, user_id)
+    WHERE l.fired_at <= c.fired_at
+      AND (l.fired_at >= c.fired_at - to_seconds($window)
+           OR (l.event_id = c.event_id AND l.fired_at >= c.fired_at - INTERVAL 1 HOUR))
+),
+click_hours AS (
+    SELECT customer_id, date_trunc('hour', fired_at) AS hour, count(*) AS clicks,
+           count(DISTINCT user_id) AS unique_user_clicks,
+           count(related.event_id) AS related_clicks
+    FROM clicks LEFT JOIN related USING (event_id)
+    GROUP BY ALL
+),
+load_hours AS (
+    SELECT customer_id, date_trunc('hour', fired_at) AS hour, count(*) AS page_loads FROM loads GROUP BY ALL
+)
+SELECT customer_id, hour, coalesce(page_loads, 0) AS page_loads, coalesce(clicks, 0) AS clicks,
+       coalesce(unique_user_clicks, 0) AS unique_user_clicks, coalesce(related_clicks, 0) AS related_clicks
+FROM load_hours FULL JOIN click_hours USING (customer_id, hour)
+ORDER BY customer_id, hour
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=10_000_000)
+    parser.add_argument("--customers", type=int, default=100)
+    parser.add_argument("--users", type=int, default=200_000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/adpipe-bench-events"))
+    parser.add_argument("--pandas-lines", type=int, default=None, help="pandas on the first N lines only")
+    args = parser.parse_args()
+
+    args.cache.mkdir(parents=True, exist_ok=True)
+    path = args.cache / f"events-{args.events}-{args.customers}-{args.users}-{args.seed}.jsonl"
+    if not path.exists():
+        started = time.perf_counter()
+        _adpipe(
+            "events",
+            "generate",
+            "--out",
+            str(path),
+            "--events",
+            str(args.events),
+            "--customers",
+            str(args.customers),
+            "--users",
+            str(args.users),
+            "--seed",
+            str(args.seed),
+        )
+        print(f"generated {path} in {time.perf_counter() - started:.1f} s")
+    lines = args.events
+    print(f"file: {path} ({path.stat().st_size / 2**20:,.0f} MiB, {lines:,} lines)")
+
+    os.environ["ADPIPE_HOME"] = str(args.cache / "home")
+    os.environ["ADPIPE_STAGING_DIR"] = str(args.cache / "staging")
+    shutil.rmtree(args.cache / "staging", ignore_errors=True)
+    adpipe_seconds, rss, summary = _adpipe_stream(path)
+    print(
+        f"adpipe stream load : {adpipe_seconds:7.2f} s wall (process) {lines / adpipe_seconds:12,.0f} events/s"
+        f"  peak RSS {rss / 1024:,.0f} MiB"
+    )
+    print(f"   in-process      : {summary['seconds']:.2f} s {json.dumps(summary['timings_s'])}")
+    core = summary["timings_s"]["read_clean_stage"] + summary["timings_s"]["reports"]
+
+    duck_seconds, duck = _duckdb(path)
+    print(f"duckdb aggregates  : {duck_seconds:7.2f} s {lines / duck_seconds:12,.0f} events/s")
+    ours = _postgres_reports()
+    print(f"   duckdb rows == adpipe's Postgres rows: {duck == ours} ({len(duck):,} vs {len(ours):,} rows)")
+
+    pandas_lines, pandas_seconds = _pandas(path, args.cache, args.pandas_lines)
+    print(
+        f"pandas read_json   : {pandas_seconds:7.2f} s {pandas_lines / pandas_seconds:12,.0f} events/s"
+        f" (on {pandas_lines:,} well-formed lines)"
+    )
+
+    rate = {
+        "adpipe": lines / adpipe_seconds,
+        "core": lines / core,
+        "duckdb": lines / duck_seconds,
+        "pandas": pandas_lines / pandas_seconds,
+    }
+    print()
+    print("| run | events/s | vs pandas | vs DuckDB |")
+    print("|---|---|---|---|")
+    for name, label in (
+        ("adpipe", "adpipe events load --mode stream (end to end, process wall)"),
+        ("core", "  of which read+clean+stage+reports (in-process)"),
+        ("duckdb", "DuckDB read_json + SQL aggregates"),
+        ("pandas", "pandas read_json(lines=True) + groupby"),
+    ):
+        print(
+            f"| {label} | {rate[name]:,.0f} | {rate[name] / rate['pandas']:.1f}× | {rate[name] / rate['duckdb']:.2f}× |"
+        )
+    print(f"\npeak RSS of the stream load: {rss / 1024:,.0f} MiB")
+
+
+def _adpipe(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], check=True, capture_output=True, text=True)
+
+
+def _adpipe_stream(path: Path) -> tuple[float, int, dict]:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    started = time.perf_counter()
+    done = _adpipe("events", "load", str(path), "--mode", "stream", "--window", str(WINDOW), "--json")
+    seconds = time.perf_counter() - started
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if rss <= before:
+        print("   (peak RSS not above an earlier child's; figure is a lower bound)")
+    return seconds, rss, json.loads(done.stdout)
+
+
+def _duckdb(path: Path) -> tuple[float, list[tuple]]:
+    import duckdb
+
+    con = duckdb.connect()
+    started = time.perf_counter()
+    rows = con.execute(DUCKDB_SQL, {"path": str(path), "window": WINDOW}).fetchall()
+    return time.perf_counter() - started, rows
+
+
+def _postgres_reports() -> list[tuple]:
+    from pipeline.config import load_settings
+    from pipeline.postgres import connect
+    from pipeline.referral.publish import read_reports
+
+    with connect(load_settings()) as conn:
+        return [row[:6] for row in read_reports(conn, None, None, None).rows()]
+
+
+def _pandas(path: Path, cache: Path, limit: int | None) -> tuple[int, float]:
+    import pandas as pd
+
+    well_formed = cache / f"{path.stem}-well-formed-{limit or 'all'}.jsonl"
+    if not well_formed.exists():
+        import polars as pl
+
+        lines = pl.read_csv(path, has_header=False, separator="\x1f", quote_char=None, new_columns=["l"])["l"]
+        lines = lines.filter(lines.str.ends_with("}"))
+        if limit:
+            lines = lines.head(limit)
+        well_formed.write_text("\n".join(lines.to_list()) + "\n")
+    started = time.perf_counter()
+    frame = pd.read_json(well_formed, lines=True, dtype=False)
+    frame = frame[frame["event_type"].isin(["ReferralPageLoad", "ReferralRecommendClick", "FaqClick"])]
+    frame = frame.dropna(subset=["event_id", "customer_id", "user_id", "fired_at"])
+    frame["fired_at"] = pd.to_datetime(frame["fired_at"], format="mixed", errors="coerce", utc=True)
+    frame = frame.dropna(subset=["fired_at"]).sort_values("fired_at")
+    frame = frame.drop_duplicates(["event_id", "event_type"])
+    frame["hour"] = frame["fired_at"].dt.floor("h")
+    loads = frame[frame["event_type"] == "ReferralPageLoad"]
+    clicks = frame[frame["event_type"] == "ReferralRecommendClick"]
+    page_loads = loads.groupby(["customer_id", "hour"]).size()
+    click_stats = clicks.groupby(["customer_id", "hour"]).agg(clicks=("user_id", "size"), users=("user_id", "nunique"))
+    latest = pd.merge_asof(
+        clicks,
+        loads[["customer_id", "user_id", "fired_at"]].rename(columns={"fired_at": "load_at"}),
+        left_on="fired_at",
+        right_on="load_at",
+        by=["customer_id", "user_id"],
+    )
+    latest["related"] = (latest["fired_at"] - latest["load_at"]) <= pd.Timedelta(seconds=WINDOW)
+    related = latest.groupby(["customer_id", "hour"])["related"].sum()
+    pd.concat([page_loads.rename("page_loads"), click_stats, related], axis=1)
+    return len(frame), time.perf_counter() - started
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""`adpipe events …`: referral event logs → hourly referral reports (generate, load, report)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+
+from pipeline.cli.app import app, console, progress_bars
+
+if TYPE_CHECKING:
+    from pipeline.referral.load import LoadSummary
+
+events_app = typer.Typer(help="Referral event logs → hourly referral reports in Postgres.", no_args_is_help=True)
+app.add_typer(events_app, name="events")
+
+
+class Mode(StrEnum):
+    BATCH = "batch"
+    STREAM = "stream"
+
+
+class Format(StrEnum):
+    TABLE = "table"
+    CSV = "csv"
+    JSON = "json"
+
+
+@events_app.command()
+def generate(
+    out: Annotated[Path, typer.Option(help="The JSON-lines file to write.")],
+    events: Annotated[int, typer.Option(help="Lines to write.")] = 10_000,
+    customers: Annotated[int, typer.Option(help="Customers (referral pages).")] = 20,
+    users: Annotated[int, typer.Option(help="Distinct users.")] = 1_000,
+    seed: Annotated[int | None, typer.Option(help="Random seed: the same seed writes the same file.")] = None,
+) -> None:
+    """Write a realistic, time-ordered event file with a controlled share of every defect."""
+    from pipeline.referral.generate import generate_file
+
+    written = generate_file(out, events, customers, users, seed)
+    console.print(f"Wrote {written.lines:,} lines to {out} ({written.defects:,} with a defect, by design).")
+
+
+@events_app.command()
+def load(
+    files: Annotated[list[Path], typer.Argument(help="JSON-lines event files.", show_default=False)],
+    mode: Annotated[Mode, typer.Option(help="batch: each file in memory; stream: bounded chunks.")] = Mode.BATCH,
+    window: Annotated[int, typer.Option(help="Seconds before a click in which a page load makes it related.")] = 300,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")] = False,
+) -> None:
+    """Clean the files, stage the events, recompute the hourly reports they touch, mirror to ClickHouse."""
+    from pipeline.config import load_settings
+    from pipeline.referral.load import LoadMode, load_files
+
+    with progress_bars() as progress:
+        tasks: dict[str, int] = {}
+
+        def advance(what: str, done: int, total: int) -> None:
+            if what not in tasks:
+                tasks[what] = progress.add_task(what, total=total)
+            progress.update(tasks[what], completed=done, total=total)
+
+        summary = load_files(load_settings(), files, LoadMode(mode.value), window, advance)
+    if as_json:
+        console.print_json(json.dumps(summary.to_json()))
+    else:
+        _print_summary(summary)
+
+
+def _print_summary(summary: LoadSummary) -> None:
+    table = Table(title=f"events load ({summary.mode}, window {summary.window_seconds} s)")
+    table.add_column("", no_wrap=True)
+    table.add_column("count", justify="right")
+    rows = [
+        ("lines read", summary.lines),
+        ("valid events", summary.valid),
+        ("newly staged", summary.staged),
+        ("duplicates dropped", summary.duplicates),
+        *((f"quarantined: {reason}", n) for reason, n in sorted(summary.quarantined.items())),
+        ("report hours replaced", summary.hours),
+        ("events in ClickHouse (touched days)", summary.clickhouse_rows),
+    ]
+    for label, count in rows:
+        table.add_row(label, f"{count:,}")
+    console.print(table)
+    console.print(f"Done in {summary.seconds:.2f} s ({summary.events_per_second:,.0f} lines/s).")
+
+
+@events_app.command()
+def report(
+    customer: Annotated[int | None, typer.Option(help="Only this customer.")] = None,
+    start: Annotated[
+        datetime | None, typer.Option("--from", help="First hour (UTC), inclusive.", show_default=False)
+    ] = None,
+    end: Annotated[datetime | None, typer.Option("--to", help="End (UTC), exclusive.", show_default=False)] = None,
+    output: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.TABLE,
+) -> None:
+    """The hourly referral reports: page loads, clicks, unique clicking users, related clicks and CTR."""
+    from pipeline.config import load_settings
+    from pipeline.referral.publish import query_reports
+
+    frame = query_reports(load_settings(), customer, start, end)
+    if output is Format.CSV:
+        print(frame.write_csv(), end="")
+    elif output is Format.JSON:
+        print(json.dumps(frame.with_columns(hour=frame.get_column("hour").dt.strftime("%Y-%m-%dT%H:%M:%S")).to_dicts()))
+    else:
+        table = Table(title="Referral reports (UTC hours)")
+        for label in ("customer", "hour", "loads", "clicks", "users", "related", "ctr"):
+            table.add_column(label, justify="left" if label == "hour" else "right", no_wrap=True)
+        for customer_id, hour, *counts, ctr in frame.iter_rows():
+            cells = [str(customer_id), f"{hour:%Y-%m-%d %H:%M}", *map(str, counts), "" if ctr is None else f"{ctr:.4f}"]
+            table.add_row(*cells)
+        console.print(table)
+        if frame.is_empty():
+            console.print("No report rows match.")

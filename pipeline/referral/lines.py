@@ -1,0 +1,99 @@
+"""Reading a JSON-lines file as chunks of lines with their line numbers, without a Python object per line.
+
+A block of bytes is cut at its last newline; numpy finds the newlines and Arrow wraps the block as a
+string array over those offsets (no copy), which Polars then takes over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from pipeline.errors import AdpipeError
+
+DEFAULT_BLOCK_BYTES = 16 << 20
+"""Stream mode reads 16 MiB at a time (~85,000 lines of a typical file): memory is bounded by this."""
+
+
+@dataclass(frozen=True)
+class LineChunk:
+    first_line: int
+    """1-based number of the chunk's first line in its file."""
+    data: bytes
+    """The lines back to back, each with its newline (valid UTF-8)."""
+    offsets: np.ndarray
+    """Start of each line in `data`, then the end of the last one."""
+    bytes_read: int
+    """Bytes of the file read so far, for progress."""
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @cached_property
+    def lines(self) -> pl.Series:
+        """The lines as strings, each with its line ending, viewing `data` (made only when needed)."""
+        array = pa.LargeStringArray.from_buffers(len(self), pa.py_buffer(self.offsets), pa.py_buffer(self.data))
+        return pl.Series("line", array)
+
+    def first_and_last_bytes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each line's first byte and the byte before its newline (0 for an empty line), without a string
+        per line: the quick test for "looks like a JSON object"."""
+        raw = np.frombuffer(self.data, dtype=np.uint8)
+        starts, ends = self.offsets[:-1], self.offsets[1:] - 1
+        empty = starts == ends
+        first = np.where(empty, 0, raw[np.minimum(starts, len(raw) - 1)])
+        last = np.where(empty, 0, raw[np.maximum(ends - 1, 0)])
+        return first, last
+
+
+def check_readable(path: Path) -> None:
+    """Refuse a path that is missing, not a file, or unreadable, before anything is written."""
+    if not path.exists():
+        raise AdpipeError(f"{path}: no such file")
+    if not path.is_file():
+        raise AdpipeError(f"{path}: not a file")
+    try:
+        with path.open("rb") as handle:
+            handle.read(1)
+    except OSError as exc:
+        raise AdpipeError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def iter_line_chunks(path: Path, block_bytes: int | None = DEFAULT_BLOCK_BYTES) -> Iterator[LineChunk]:
+    """The file's lines in chunks of about `block_bytes` (None: the whole file as one chunk)."""
+    next_line = 1
+    read = 0
+    carry = b""
+    with path.open("rb") as handle:
+        while block := handle.read(block_bytes) if block_bytes else handle.read():
+            read += len(block)
+            cut = block.rfind(b"\n") + 1
+            if cut == 0:  # no line ends in this block
+                carry += block
+                continue
+            # One copy: the previous block's unfinished line joined to this block's complete lines.
+            chunk = _chunk(next_line, b"".join((carry, memoryview(block)[:cut])), read)
+            carry = block[cut:]
+            next_line += len(chunk)
+            yield chunk
+    if carry:  # the last line lacks its newline
+        yield _chunk(next_line, carry + b"\n", read)
+
+
+def _chunk(first_line: int, data: bytes, bytes_read: int) -> LineChunk:
+    """`data` ends with a newline; find the lines and make sure the text is UTF-8."""
+    ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10) + 1
+    offsets = np.concatenate(([0], ends)).astype(np.int64)
+    array = pa.LargeStringArray.from_buffers(len(ends), pa.py_buffer(offsets), pa.py_buffer(data))
+    try:
+        array.validate(full=True)
+    except pa.ArrowInvalid:
+        # Not UTF-8 somewhere: replace the bad bytes so the line can still be judged (and quarantined).
+        return _chunk(first_line, data.decode("utf-8", errors="replace").encode(), bytes_read)
+    return LineChunk(first_line, data, offsets, bytes_read)

@@ -1,0 +1,249 @@
+"""`adpipe events load`: event files → clean → staged day partitions → hourly reports in Postgres, and the
+cleaned events in ClickHouse.
+
+1. Check every input first (files readable, --window, Postgres and ClickHouse reachable): bad input
+   fails before anything is written.
+2. Per file: clean each chunk (batch: the whole file is one chunk), drop repeats, stage what is new.
+3. The *touched* hours are the (customer, hour) of every valid event read (also those already staged, so
+   a re-load after a crash repairs its hours), the next hour after each page load (a click there may
+   relate to it) and the hours of staged copies a new earlier copy replaced.
+4. Their reports come from the stream aggregates where this load alone holds the events they depend on,
+   otherwise they are recomputed from the staged events (a day at a time, plus HORIZON before it), so
+   reports stay right across files: a second file recomputes only the hours it touches.
+5. One Postgres transaction replaces the touched hours; the touched days are mirrored to ClickHouse.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import date, timedelta
+from enum import StrEnum
+from pathlib import Path
+
+import polars as pl
+
+from pipeline import clickhouse, postgres
+from pipeline.config import Settings
+from pipeline.errors import AdpipeError
+from pipeline.locks import exclusive_lock
+from pipeline.referral.clean import QUARANTINE_SCHEMA, clean_chunk, dedup_earliest
+from pipeline.referral.events import DEFAULT_WINDOW_SECONDS, HORIZON, MAX_WINDOW_SECONDS, PAGE_LOAD
+from pipeline.referral.lines import DEFAULT_BLOCK_BYTES, check_readable, iter_line_chunks
+from pipeline.referral.publish import replace_event_days, write_reports
+from pipeline.referral.report import HOUR_KEY, HOURLY_SCHEMA, hour_of, hourly_reports
+from pipeline.referral.staging import StagedKeys, events_root, read_range, staged_days, write_events, write_quarantine
+from pipeline.referral.stream import StreamAggregator
+from pipeline.warehouse import apply_schema
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+"""(what, done, total) — bytes of a file read so far."""
+
+LATE_REASON = "late"
+
+
+class LoadMode(StrEnum):
+    BATCH = "batch"
+    STREAM = "stream"
+
+
+@dataclass
+class LoadSummary:
+    mode: str
+    window_seconds: int
+    files: list[str] = field(default_factory=list)
+    lines: int = 0
+    valid: int = 0
+    """Valid, on-time events after dropping repeats within the file."""
+    staged: int = 0
+    """Of those, events not staged before (the rest were: a re-load)."""
+    duplicates: int = 0
+    quarantined: dict[str, int] = field(default_factory=dict)
+    """Lines per reason (including `late` in stream mode)."""
+    hours: int = 0
+    """(customer, hour) keys recomputed."""
+    hours_from_stream: int = 0
+    days: int = 0
+    clickhouse_rows: int = 0
+    seconds: float = 0.0
+    timings_s: dict[str, float] = field(default_factory=dict)
+    """Wall time per stage: read_clean_stage, reports, postgres, clickhouse."""
+
+    @property
+    def events_per_second(self) -> float:
+        return self.lines / self.seconds if self.seconds else 0.0
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "events_per_second": round(self.events_per_second)}
+
+
+def load_files(
+    settings: Settings,
+    files: list[Path],
+    mode: LoadMode = LoadMode.BATCH,
+    window_seconds: int = DEFAULT_WINDOW_SECONDS,
+    progress: Progress | None = None,
+    block_bytes: int = DEFAULT_BLOCK_BYTES,
+) -> LoadSummary:
+    started = time.perf_counter()
+    if not files:
+        raise AdpipeError("no event files given")
+    if not 0 <= window_seconds <= MAX_WINDOW_SECONDS:
+        raise AdpipeError(f"--window must be between 0 and {MAX_WINDOW_SECONDS} seconds, got {window_seconds}")
+    for path in files:
+        check_readable(path)
+    window = timedelta(seconds=window_seconds)
+    # One load at a time per ADPIPE_HOME: two would race on the staged days and the touched hours.
+    with exclusive_lock(settings.home / "events-load.lock", "events load"):
+        return _load(settings, files, mode, window, progress, block_bytes, started)
+
+
+def _load(
+    settings: Settings,
+    files: list[Path],
+    mode: LoadMode,
+    window: timedelta,
+    progress: Progress | None,
+    block_bytes: int,
+    started: float,
+) -> LoadSummary:
+    conn = postgres.connect(settings)
+    try:
+        client = clickhouse.connect(settings)
+        apply_schema(client)
+        root = events_root(settings.staging_dir)
+        summary = LoadSummary(mode.value, int(window.total_seconds()), [str(p) for p in files])
+        staged_before = staged_days(root)
+        keys = StagedKeys(root, set(staged_before))
+        touched: list[pl.DataFrame] = []
+        streamed: list[pl.DataFrame] = []
+        recompute: list[pl.DataFrame] = []
+        for path in files:
+            before = set(keys.days)
+            file_touched, file_streamed = _load_file(path, mode, window, keys, summary, progress, block_bytes)
+            touched.append(file_touched)
+            if file_streamed is None:
+                recompute.append(file_touched)
+            else:
+                own = _independent(file_touched, before)
+                streamed.append(file_streamed.join(own, on=HOUR_KEY, how="semi"))
+                recompute.append(file_touched.join(own, on=HOUR_KEY, how="anti"))
+        mark = _lap(summary, "read_clean_stage", started)
+        all_touched = pl.concat(touched).unique()
+        to_recompute = pl.concat(recompute).unique()
+        from_stream = pl.concat(streamed).join(to_recompute, on=HOUR_KEY, how="anti") if streamed else None
+        hourly = pl.concat(
+            [_recompute(root, to_recompute, window), *([from_stream] if from_stream is not None else [])]
+        )
+        mark = _lap(summary, "reports", mark)
+        write_reports(conn, all_touched.sort(HOUR_KEY), hourly.sort(HOUR_KEY))
+        mark = _lap(summary, "postgres", mark)
+        days = sorted(set(all_touched.get_column("hour").dt.date().to_list()))
+        summary.clickhouse_rows = replace_event_days(client, root, days, staged_before | keys.replaced_days)
+        _lap(summary, "clickhouse", mark)
+        summary.hours = len(all_touched)
+        summary.hours_from_stream = 0 if from_stream is None else len(from_stream)
+        summary.days = len(days)
+    finally:
+        conn.close()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _lap(summary: LoadSummary, stage: str, since: float) -> float:
+    now = time.perf_counter()
+    summary.timings_s[stage] = round(now - since, 3)
+    return now
+
+
+def _load_file(
+    path: Path,
+    mode: LoadMode,
+    window: timedelta,
+    keys: StagedKeys,
+    summary: LoadSummary,
+    progress: Progress | None,
+    block_bytes: int,
+) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    """Clean and stage one file; returns its touched keys and, in stream mode, its streamed reports."""
+    size = path.stat().st_size
+    aggregator = StreamAggregator(window) if mode is LoadMode.STREAM else None
+    quarantined: list[pl.DataFrame] = []
+    touched: list[pl.DataFrame] = []
+    new_days: set[date] = set()
+    for chunk in iter_line_chunks(path, block_bytes if aggregator else None):
+        summary.lines += len(chunk)
+        cleaned = clean_chunk(chunk, str(path))
+        quarantined.append(cleaned.quarantined)
+        if aggregator is None:
+            events = dedup_earliest(cleaned.events)
+            summary.duplicates += len(cleaned.events) - len(events)
+        else:
+            before = aggregator.duplicates
+            events, late = aggregator.push(cleaned.events)
+            summary.duplicates += aggregator.duplicates - before
+            quarantined.append(
+                late.select(
+                    pl.lit(str(path)).alias("source"), "line_number", pl.lit(LATE_REASON).alias("reason"), "event_id"
+                )
+            )
+        fresh, _seen, replaced = keys.split(events)
+        write_events(keys.root, fresh)
+        new_days |= set(fresh.get_column("fired_at").dt.date().unique().to_list())
+        summary.valid += len(events)
+        summary.staged += len(fresh)
+        touched += [_touched_keys(events), _touched_keys(replaced)]
+        if progress:
+            progress(path.name, chunk.bytes_read, size)
+    keys.add_days(new_days)
+    if quarantined:  # written even when empty: a re-load replaces the file's earlier quarantine
+        quarantine = pl.concat(quarantined).cast(dict(QUARANTINE_SCHEMA))
+        write_quarantine(keys.root.parent, _source_key(path), quarantine)
+        for reason, count in quarantine.group_by("reason").len().iter_rows():
+            summary.quarantined[reason] = summary.quarantined.get(reason, 0) + count
+    keys_frame = pl.concat(touched).unique() if touched else pl.DataFrame(schema=_KEY_SCHEMA)
+    return keys_frame, aggregator.finish() if aggregator else None
+
+
+_KEY_SCHEMA = {"customer_id": pl.Int64, "hour": pl.Datetime("us")}
+
+
+def _touched_keys(events: pl.DataFrame) -> pl.DataFrame:
+    """The hours whose reports `events` can change: their own, and for page loads the next one."""
+    spill = events.filter(pl.col("event_type") == PAGE_LOAD).select(
+        "customer_id", (pl.col("fired_at") + HORIZON).dt.truncate("1h").alias("hour")
+    )
+    return pl.concat([events.select("customer_id", hour_of()), spill]).unique().cast(_KEY_SCHEMA)
+
+
+def _independent(keys: pl.DataFrame, staged_before: set[date]) -> pl.DataFrame:
+    """The keys whose reports depend only on events of this file: nothing was staged, before the file, on
+    the day of the hour or on the day HORIZON before it."""
+    if not staged_before:
+        return keys
+    before = pl.Series(sorted(staged_before), dtype=pl.Date)
+    return keys.filter(
+        ~pl.col("hour").dt.date().is_in(before.implode())
+        & ~(pl.col("hour") - HORIZON).dt.date().is_in(before.implode())
+    )
+
+
+def _recompute(root: Path, keys: pl.DataFrame, window: timedelta) -> pl.DataFrame:
+    """Reports of `keys` from the staged events, a day at a time (plus HORIZON before it for related clicks)."""
+    frames = [pl.DataFrame(schema=HOURLY_SCHEMA)]
+    for (day,), day_keys in keys.group_by(pl.col("hour").dt.date()):
+        start = pl.select(pl.lit(day).cast(pl.Datetime("us"))).item()
+        events = read_range(root, start - HORIZON, start + timedelta(days=1))
+        frames.append(hourly_reports(events, window).join(day_keys, on=HOUR_KEY, how="semi"))
+    return pl.concat(frames)
+
+
+def _source_key(path: Path) -> str:
+    """Names the file's quarantine: the same file (path, size, mtime) re-loaded replaces it."""
+    stat = path.stat()
+    return hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:24]

@@ -1,0 +1,100 @@
+"""Writing a load's results: the reports of the touched hours to Postgres (one transaction), the touched
+days of cleaned events to ClickHouse, and reading the reports back."""
+
+from __future__ import annotations
+
+import logging
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+import psycopg
+import pyarrow.parquet as pq
+from clickhouse_connect.driver.client import Client
+
+from pipeline import postgres
+from pipeline.config import Settings
+from pipeline.errors import AdpipeError
+from pipeline.referral.events import EVENT_SCHEMA, HORIZON
+from pipeline.referral.report import HOUR_KEY, HOURLY_SCHEMA
+from pipeline.referral.staging import day_parts, dedup_staged, read_days
+from pipeline.sqlfiles import statements
+
+log = logging.getLogger(__name__)
+
+SQL_DIR = Path(__file__).resolve().parent / "sql"
+EVENTS_TABLE = "referral_events"
+
+
+def write_reports(conn: psycopg.Connection, keys: pl.DataFrame, hourly: pl.DataFrame) -> None:
+    """Replace the reports of `keys` (customer_id, hour) with `hourly` (HOURLY_SCHEMA rows of those keys).
+
+    Delete and insert in one transaction: readers see the old hours or the new ones, never a mix, and a
+    key that no longer has events loses its rows.
+    """
+    hourly = hourly.join(keys, on=HOUR_KEY, how="semi").select(HOURLY_SCHEMA.names())
+    copies = iter([keys.select(HOUR_KEY), hourly])
+    with conn.transaction(), conn.cursor() as cursor:
+        for statement in statements(SQL_DIR / "postgres_replace_hours.sql"):
+            if statement.startswith("COPY"):
+                with cursor.copy(statement) as copy:
+                    copy.write(next(copies).write_csv(include_header=False, datetime_format="%Y-%m-%d %H:%M:%S"))
+            else:
+                cursor.execute(statement)
+    log.info("replaced %d report hours (%d with events)", len(keys), len(hourly))
+
+
+def query_reports(
+    settings: Settings, customer_id: int | None, start: datetime | None, end: datetime | None
+) -> pl.DataFrame:
+    """`adpipe events report`: the reports, optionally for one customer and hours in [start, end)."""
+    if start is not None and end is not None and start >= end:
+        raise AdpipeError(f"--from ({start:%Y-%m-%d %H:%M:%S}) must be before --to ({end:%Y-%m-%d %H:%M:%S})")
+    with postgres.connect(settings) as conn:
+        return read_reports(conn, customer_id, start, end)
+
+
+def read_reports(
+    conn: psycopg.Connection, customer_id: int | None, start: datetime | None, end: datetime | None
+) -> pl.DataFrame:
+    """The four reports side by side: customer_id, hour, page_loads, clicks, unique_user_clicks,
+    related_clicks, ctr."""
+    (query,) = statements(SQL_DIR / "postgres_report.sql")
+    params = {"customer_id": customer_id, "from": start, "to": end}
+    rows = conn.execute(query, params).fetchall()
+    return pl.DataFrame(rows, schema={**dict(HOURLY_SCHEMA), "ctr": pl.Float64}, orient="row")
+
+
+def replace_event_days(client: Client, root: Path, days: list[date], mixed_days: set[date]) -> int:
+    """Make each day of `referral_events` equal to the staged day (one copy per event); returns rows sent.
+
+    A day whose parts all come from this load holds each event once, so its Parquet parts are sent as they
+    are (ClickHouse reads Parquet natively); a day in `mixed_days` (staged before, or with a copy replaced)
+    is deduplicated first. Dropping the day's partition and inserting the staged day is idempotent, so a
+    re-load, or a crash between the two statements, converges on the next load.
+    """
+    sent = 0
+    for day in days:
+        client.command(f"ALTER TABLE {EVENTS_TABLE} DROP PARTITION %(day)s", parameters={"day": day.isoformat()})
+        if day not in mixed_days:
+            for path in day_parts(root, day):
+                client.raw_insert(EVENTS_TABLE, insert_block=path.read_bytes(), fmt="Parquet")
+                sent += pq.read_metadata(path).num_rows
+            continue
+        events = dedup_staged(read_days(root, [day])).select(EVENT_SCHEMA.names())
+        if not events.is_empty():
+            client.insert_arrow(
+                EVENTS_TABLE, events.with_columns(pl.col("fired_at").dt.replace_time_zone("UTC")).to_arrow()
+            )
+            sent += len(events)
+    return sent
+
+
+def warehouse_hourly_reports(client: Client, window: timedelta) -> pl.DataFrame:
+    """The same reports computed by ClickHouse SQL over `referral_events` (HOURLY_SCHEMA), to reconcile."""
+    (query,) = statements(SQL_DIR / "clickhouse_hourly_reports.sql")
+    parameters = {"window": int(window.total_seconds()), "horizon": int(HORIZON.total_seconds())}
+    table = client.query_arrow(query, parameters=parameters)
+    frame = pl.from_arrow(table)
+    # A DateTime column arrives as seconds since the epoch (UInt32).
+    return frame.with_columns(pl.from_epoch(pl.col("hour").cast(pl.Int64), time_unit="s")).cast(dict(HOURLY_SCHEMA))

@@ -1,0 +1,98 @@
+"""The hourly referral reports, computed with Polars from cleaned, deduplicated events.
+
+One frame, HOURLY_SCHEMA, holds every report for a (customer, UTC hour); `publish` splits it into the
+four Postgres tables. A click is *related* when the same customer and user had a page load with the same
+event_id (at most HORIZON before the click), or any page load at most `window` seconds before it
+(inclusive). It counts in the click's hour; ctr = related clicks / page loads of that hour.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import polars as pl
+
+from pipeline.referral.events import CLICK, HORIZON, PAGE_LOAD
+
+HOURLY_SCHEMA = pl.Schema(
+    {
+        "customer_id": pl.Int64,
+        "hour": pl.Datetime("us"),
+        "page_loads": pl.Int64,
+        "clicks": pl.Int64,
+        "unique_user_clicks": pl.Int64,
+        "related_clicks": pl.Int64,
+    }
+)
+HOUR_KEY = ["customer_id", "hour"]
+
+
+def hour_of(column: str = "fired_at") -> pl.Expr:
+    return pl.col(column).dt.truncate("1h").alias("hour")
+
+
+def hourly_reports(events: pl.DataFrame, window: timedelta) -> pl.DataFrame:
+    """Every report for each (customer, hour) that has a page load or a click among `events`.
+
+    `events` must be deduplicated. For exact related clicks it must also hold the page loads up to
+    HORIZON before its first click (a recomputation reads them; the caller keeps only the hours it owns).
+    """
+    loads = events.filter(pl.col("event_type") == PAGE_LOAD)
+    clicks = events.filter(pl.col("event_type") == CLICK)
+    load_counts = loads.group_by("customer_id", hour_of()).agg(page_loads=pl.len())
+    click_counts = (
+        clicks.with_columns(related=related_flags(clicks, loads, window))
+        .group_by("customer_id", hour_of())
+        .agg(
+            clicks=pl.len(),
+            unique_user_clicks=pl.col("user_id").n_unique(),
+            related_clicks=pl.col("related").sum(),
+        )
+    )
+    return finish(load_counts.join(click_counts, on=HOUR_KEY, how="full", coalesce=True))
+
+
+def finish(frame: pl.DataFrame) -> pl.DataFrame:
+    """Zeros for missing counts, HOURLY_SCHEMA types, sorted by customer and hour."""
+    return frame.select(HOURLY_SCHEMA.names()).cast(dict(HOURLY_SCHEMA)).fill_null(0).sort(HOUR_KEY)
+
+
+def related_flags(clicks: pl.DataFrame, loads: pl.DataFrame, window: timedelta) -> pl.Series:
+    """For each click (in its order), whether it is related to a page load in `loads`.
+
+    Two bounded joins rather than one per (customer, user) pair, which would explode for busy users:
+    an as-of join finds the user's latest page load at or before the click (the window rule), and an
+    equi-join on event_id finds the page load that carries the click's own id (the linking rule).
+    """
+    if clicks.is_empty():
+        return pl.Series("related", [], pl.Boolean)
+    by = ["customer_id", "user_id"]
+    probe = clicks.select(*by, "event_id", "fired_at").with_row_index("click")
+    latest = (
+        probe.sort("fired_at")
+        .join_asof(
+            loads.select(*by, pl.col("fired_at").alias("load_at")).sort("load_at"),
+            left_on="fired_at",
+            right_on="load_at",
+            by=by,
+            strategy="backward",
+            check_sortedness=False,  # sorted by time above; Polars cannot check it per `by` group
+        )
+        .select("click", in_window=(pl.col("fired_at") - pl.col("load_at")) <= window)
+    )
+    linked = (
+        probe.join(
+            loads.select(*by, "event_id", pl.col("fired_at").alias("load_at")), on=[*by, "event_id"], how="inner"
+        )
+        .filter((pl.col("load_at") <= pl.col("fired_at")) & (pl.col("load_at") >= pl.col("fired_at") - HORIZON))
+        .select("click", linked=pl.lit(True))
+        .unique("click")
+    )
+    flags = (
+        probe.select("click")
+        .join(latest, on="click", how="left")
+        .join(linked, on="click", how="left")
+        .sort("click")
+        .select(related=pl.col("in_window").fill_null(False) | pl.col("linked").fill_null(False))
+    )
+    return flags.get_column("related")

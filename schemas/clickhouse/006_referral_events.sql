@@ -1,0 +1,18 @@
+-- Cleaned referral events (no email or ip), mirrored from the staged day partitions.
+--
+-- * PARTITION BY day: a load replaces each day it touched with the staged day (DROP PARTITION, then
+--   insert), so re-loading a file or loading files in any order converges to exactly the staged events.
+-- * ORDER BY (customer_id, fired_at, ...): the hourly reports read one customer's events in time order.
+-- * DateTime64(6, 'UTC') with Delta + ZSTD on the sorted time column, like the other fact tables.
+
+CREATE TABLE IF NOT EXISTS referral_events
+(
+    event_id    String,
+    customer_id Int64,
+    user_id     Int64,
+    fired_at    DateTime64(6, 'UTC') CODEC(Delta, ZSTD(1)),
+    event_type  LowCardinality(String)
+)
+ENGINE = MergeTree
+PARTITION BY toDate(fired_at)
+ORDER BY (customer_id, fired_at, user_id, event_id);

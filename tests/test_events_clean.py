@@ -1,0 +1,49 @@
+"""Cleaning lines without any database: shapes of bad JSON, time formats, chunk boundaries."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from pipeline.referral.clean import clean_chunk
+from pipeline.referral.lines import iter_line_chunks
+
+OK = '{"event_id": "a1", "customer_id": 3, "user_id": 5, "fired_at": "01/05/2022, 14:23:15", "event_type": "FaqClick"}'
+
+
+@pytest.mark.parametrize("block_bytes", [None, 7, 64, 1 << 20])
+def test_bad_shapes_and_chunk_boundaries(tmp_path: Path, block_bytes: int | None) -> None:
+    path = tmp_path / "e.jsonl"
+    lines = [
+        OK,  # 1
+        '{"event_id": }',  # 2 looks like an object, is not
+        "  " + OK + " \r",  # 3 whitespace and a CRLF ending: fine
+        "",  # 4 blank
+        "x",  # 5
+        OK.replace("a1", "a2").replace("01/05/2022, 14:23:15", "2022-01-05T16:23:15+02:00"),  # 6 ISO with offset
+        OK.replace("a1", "a3").replace('"customer_id": 3', '"customer_id": "3x"'),  # 7
+        OK.replace("a1", "a4").replace("\u0022user_id\u0022: 5, ", ""),  # 8 no user_id
+        OK.replace("a1", "a5").replace("01/05/2022, 14:23:15", "2022-01-05 14:23:15.250"),  # 9 naive ISO
+    ]
+    path.write_bytes(("\n".join(lines) + "\n").encode() + b"\xff")  # and a last line that is not UTF-8, no newline
+    events, quarantined = [], []
+    for chunk in iter_line_chunks(path, block_bytes):
+        cleaned = clean_chunk(chunk, "e.jsonl")
+        events += cleaned.events.select("event_id", "fired_at", "line_number").rows()
+        quarantined += cleaned.quarantined.select("line_number", "reason").rows()
+    assert events == [
+        ("a1", datetime(2022, 1, 5, 14, 23, 15), 1),
+        ("a1", datetime(2022, 1, 5, 14, 23, 15), 3),
+        ("a2", datetime(2022, 1, 5, 14, 23, 15), 6),
+        ("a5", datetime(2022, 1, 5, 14, 23, 15, 250000), 9),
+    ]
+    assert quarantined == [
+        (2, "bad JSON"),
+        (4, "bad JSON"),
+        (5, "bad JSON"),
+        (7, "customer_id is not an integer"),
+        (8, "missing user_id"),
+        (10, "bad JSON"),
+    ]

@@ -1,0 +1,213 @@
+"""Referral events end to end on hand-built files: cleaning, the report rules, idempotency, file order,
+both modes, and ClickHouse agreeing with Postgres. Expected numbers are worked out by hand below."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+import psycopg
+import pytest
+
+from pipeline import clickhouse
+from pipeline.config import Settings
+from pipeline.errors import AdpipeError
+from pipeline.referral.load import LoadMode, load_files
+from pipeline.referral.publish import read_reports, warehouse_hourly_reports
+
+
+def event(event_id: str, customer: int, user: int | None, fired_at: str, event_type: str) -> str:
+    return json.dumps(
+        {
+            "event_id": event_id,
+            "customer_id": customer,
+            "user_id": user,
+            "fired_at": fired_at,
+            "event_type": event_type,
+            "ip": "203.0.113.7",
+            "email": "someone@example.com",
+        }
+    )
+
+
+PL, CL = "ReferralPageLoad", "ReferralRecommendClick"
+# Customer 1, 2022-01-05, window 300 s. Line numbers on the left.
+LINES = [
+    event("e1", 1, 1, "01/05/2022, 10:00:00", PL),  # 1
+    event("e1", 1, 1, "01/05/2022, 10:00:00", PL),  # 2 duplicate of line 1
+    event("e1", 1, 1, "01/05/2022, 10:02:00", CL),  # 3 related (same event_id)
+    event("e2", 1, 2, "01/05/2022, 10:10:00", PL),  # 4
+    event("x3", 1, 2, "01/05/2022, 10:15:00", CL),  # 5 related: exactly 300 s after line 4
+    event("e4", 1, 3, "01/05/2022, 10:20:00", PL),  # 6
+    event("x5", 1, 3, "01/05/2022, 10:25:01", CL),  # 7 not related: 301 s after line 6
+    event("e8", 1, 6, "01/05/2022, 10:26:00", "EMPTY_VALUE"),  # 8 invalid type
+    event("e11", 2, 1, "01/05/2022, 10:30:00", PL),  # 9 customer 2
+    event("e11", 2, 1, "01/05/2022, 10:31:00", CL),  # 10 related
+    event("e1", 2, 1, "01/05/2022, 10:32:00", CL),  # 11 e1's click again, under customer 2: a duplicate of line 3
+    event("e12", 1, 1, "01/05/2022, 10:40:00", "FaqClick"),  # 12 valid, in no report
+    event("x13", 1, 1, "01/05/2022, 10:45:00", CL),  # 13 not related: user 1's page load was 45 min ago
+    event("e9", 1, None, "01/05/2022, 10:50:00", CL),  # 14 null user
+    event("e10", 1, 7, "13/45/2022, 10:55:00", PL),  # 15 bad time
+    '{"event_id": "e14", "customer_id": 1, "user_id": 8, "fired_at": ',  # 16 bad JSON
+    event("e6", 1, 4, "01/05/2022, 10:58:00", PL),  # 17
+    event("e6", 1, 4, "2022-01-05T11:05:00Z", CL),  # 18 related across the hour by event_id (7 min > window)
+    event("x7", 1, 5, "2022-01-05T11:10:00", CL),  # 19 no page load at all
+]
+H10, H11 = datetime(2022, 1, 5, 10), datetime(2022, 1, 5, 11)
+# customer_id, hour, page_loads, clicks, unique_user_clicks, related_clicks, ctr
+EXPECTED = [
+    (1, H10, 4, 4, 3, 2, 0.5),  # loads 1,4,6,17; clicks 3,5,7,13 by users 1,2,3,1; related 3,5
+    (1, H11, 0, 2, 2, 1, None),  # clicks 18,19; related 18
+    (2, H10, 1, 1, 1, 1, 1.0),  # load 9, click 10 (line 11 is a duplicate)
+]
+QUARANTINED = {"invalid event_type": 1, "missing user_id": 1, "unparseable fired_at": 1, "bad JSON": 1}
+
+
+def write(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def reports(settings: Settings) -> list[tuple]:
+    from pipeline.postgres import connect
+
+    with connect(settings) as conn:
+        return read_reports(conn, None, None, None).rows()
+
+
+def table_rows(pg: psycopg.Connection, table: str) -> list[tuple]:
+    return pg.execute(f"SELECT * FROM referral.{table} ORDER BY customer_id, hour").fetchall()
+
+
+@pytest.mark.parametrize("mode", [LoadMode.BATCH, LoadMode.STREAM])
+def test_hand_built_file(settings: Settings, pg: psycopg.Connection, tmp_path: Path, mode: LoadMode) -> None:
+    summary = load_files(settings, [write(tmp_path / "events.jsonl", LINES)], mode, 300, block_bytes=300)
+    assert reports(settings) == EXPECTED
+    assert summary.lines == 19
+    assert summary.quarantined == QUARANTINED
+    assert summary.duplicates == 2
+    assert summary.valid == summary.staged == 13
+    # Each report table as specified: one row per customer and hour with something to count.
+    assert table_rows(pg, "page_loads") == [(1, H10, 4), (2, H10, 1)]
+    assert table_rows(pg, "clicks") == [(1, H10, 4), (1, H11, 2), (2, H10, 1)]
+    assert table_rows(pg, "unique_user_clicks") == [(1, H10, 3), (1, H11, 2), (2, H10, 1)]
+    assert table_rows(pg, "click_through_rate") == [(1, H10, 4, 2, 0.5), (1, H11, 0, 1, None), (2, H10, 1, 1, 1.0)]
+    quarantine = pl.read_parquet(settings.staging_dir / "referral_quarantine" / "*.parquet").sort("line_number")
+    assert quarantine.select("line_number", "reason").rows() == [
+        (8, "invalid event_type"),
+        (14, "missing user_id"),
+        (15, "unparseable fired_at"),
+        (16, "bad JSON"),
+    ]
+
+
+def test_staging_and_clickhouse_hold_no_pii(settings: Settings, tmp_path: Path) -> None:
+    load_files(settings, [write(tmp_path / "events.jsonl", LINES)])
+    staged = pl.read_parquet(settings.staging_dir / "referral_events" / "**" / "*.parquet")
+    assert staged.columns == ["event_id", "customer_id", "user_id", "fired_at", "event_type"]
+    assert len(staged) == 13
+    client = clickhouse.connect(settings)
+    columns = [row[0] for row in client.query("DESCRIBE TABLE referral_events").result_rows]
+    assert "email" not in columns and "ip" not in columns
+    assert client.command("SELECT count() FROM referral_events") == 13
+
+
+def test_clickhouse_sql_agrees_with_postgres(settings: Settings, tmp_path: Path) -> None:
+    load_files(settings, [write(tmp_path / "events.jsonl", LINES)], window_seconds=300)
+    from_clickhouse = warehouse_hourly_reports(clickhouse.connect(settings), timedelta(seconds=300))
+    assert from_clickhouse.rows() == [row[:6] for row in EXPECTED]
+
+
+def test_same_file_twice_changes_nothing(settings: Settings, tmp_path: Path) -> None:
+    path = write(tmp_path / "events.jsonl", LINES)
+    load_files(settings, [path])
+    parts = sorted((settings.staging_dir / "referral_events").rglob("*.parquet"))
+    again = load_files(settings, [path], LoadMode.STREAM)
+    assert again.staged == 0
+    assert reports(settings) == EXPECTED
+    assert sorted((settings.staging_dir / "referral_events").rglob("*.parquet")) == parts
+    assert clickhouse.connect(settings).command("SELECT count() FROM referral_events") == 13
+
+
+@pytest.mark.parametrize("order", ["loads first", "clicks first"])
+def test_two_files_in_either_order(settings: Settings, tmp_path: Path, order: str) -> None:
+    # Page loads (and the bad lines) in one file, clicks in the other: every related click needs the other file.
+    loads = write(tmp_path / "loads.jsonl", [line for line in LINES if CL not in line])
+    clicks = write(tmp_path / "clicks.jsonl", [line for line in LINES if CL in line] + [LINES[0]])
+    files = [loads, clicks] if order == "loads first" else [clicks, loads]
+    for path in files:
+        load_files(settings, [path], LoadMode.STREAM)
+    assert reports(settings) == EXPECTED
+
+
+def test_two_files_in_one_load(settings: Settings, tmp_path: Path) -> None:
+    loads = write(tmp_path / "loads.jsonl", [line for line in LINES if CL not in line])
+    clicks = write(tmp_path / "clicks.jsonl", [line for line in LINES if CL in line])
+    load_files(settings, [clicks, loads], LoadMode.STREAM)
+    assert reports(settings) == EXPECTED
+
+
+def test_empty_file(settings: Settings, tmp_path: Path) -> None:
+    summary = load_files(settings, [write(tmp_path / "empty.jsonl", [])])
+    assert (summary.lines, summary.staged, summary.hours) == (0, 0, 0)
+    assert reports(settings) == []
+
+
+def test_bad_input_fails_before_writing(settings: Settings, tmp_path: Path) -> None:
+    good = write(tmp_path / "events.jsonl", LINES)
+    with pytest.raises(AdpipeError, match=r"missing\.jsonl: no such file"):
+        load_files(settings, [good, tmp_path / "missing.jsonl"])
+    with pytest.raises(AdpipeError, match="not a file"):
+        load_files(settings, [tmp_path])
+    with pytest.raises(AdpipeError, match="--window must be between 0 and 3600 seconds, got -1"):
+        load_files(settings, [good], window_seconds=-1)
+    assert not (settings.staging_dir / "referral_events").exists()
+
+
+def test_batch_and_stream_give_identical_reports(settings: Settings, pg: psycopg.Connection, tmp_path: Path) -> None:
+    from pipeline.referral.generate import generate_file
+
+    path = tmp_path / "generated.jsonl"
+    generate_file(path, 20_000, customers=4, users=300, seed=11)  # ~1.4 h of events, with every defect
+    batch = load_files(settings, [path], LoadMode.BATCH, 120)
+    in_batch = reports(settings)
+    shutil.rmtree(settings.staging_dir)
+    pg.execute(
+        "TRUNCATE referral.page_loads, referral.clicks, referral.unique_user_clicks, referral.click_through_rate"
+    )
+    stream = load_files(settings, [path], LoadMode.STREAM, 120, block_bytes=64 * 1024)  # ~50 chunks
+    assert reports(settings) == in_batch
+    assert stream.hours_from_stream == len(in_batch) == 8  # from the stream aggregates, not a recomputation
+    assert stream.quarantined == batch.quarantined  # nothing late in a time-ordered file
+    assert (stream.valid, stream.duplicates) == (batch.valid, batch.duplicates)
+    assert sum(row[5] for row in in_batch) > 0  # some related clicks
+
+
+def test_stream_quarantines_late_events(settings: Settings, tmp_path: Path) -> None:
+    lines = [
+        event("a", 1, 1, "01/05/2022, 10:00:00", PL),
+        event("b", 1, 2, "01/05/2022, 10:30:00", PL),
+        event("b", 1, 2, "01/05/2022, 10:31:00", CL),
+        event("c", 1, 3, "01/05/2022, 10:20:59", PL),  # 10 min 1 s behind the newest event: late
+        event("d", 1, 3, "01/05/2022, 10:21:00", PL),  # exactly the 10 min tolerance: on time
+    ]
+    summary = load_files(settings, [write(tmp_path / "late.jsonl", lines)], LoadMode.STREAM, block_bytes=200)
+    assert summary.quarantined == {"late": 1}
+    assert reports(settings) == [(1, H10, 3, 1, 1, 1, 1 / 3)]
+
+
+def test_one_load_at_a_time(settings: Settings, tmp_path: Path) -> None:
+    import os
+
+    from pipeline.locks import acquire_lock
+
+    fd = acquire_lock(settings.home / "events-load.lock", "events load")
+    try:
+        with pytest.raises(AdpipeError, match="events load is busy"):
+            load_files(settings, [write(tmp_path / "events.jsonl", LINES)])
+    finally:
+        os.close(fd)
+    assert load_files(settings, [tmp_path / "events.jsonl"]).staged == 13
