@@ -88,6 +88,7 @@ def _fill(client, args: argparse.Namespace, apply_schema) -> None:
     if client.query("EXISTS TABLE impressions").result_rows[0][0]:
         have = client.query("SELECT count() FROM impressions").result_rows[0][0]
     if have == args.impressions:
+        apply_schema(client)  # a warehouse filled by an older version still gets new views
         return
     for table in ("campaign_daily", "campaign_hourly", "impressions", "clicks", "advertiser", "campaign"):
         client.command(f"DROP TABLE IF EXISTS {table}")
