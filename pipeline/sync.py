@@ -8,9 +8,7 @@ anything else; its parts carry the same deduplication tokens, so nothing is coun
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -19,7 +17,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version as package_version
 from pathlib import Path
-from queue import Empty, Queue
 from typing import Any
 
 import numpy as np
@@ -36,6 +33,7 @@ from pipeline.extract import DIMENSIONS, FACTS, SourceReader
 from pipeline.load import LOAD_ORDER, create_shadow, load_part, swap_in
 from pipeline.locks import exclusive_lock
 from pipeline.options import DEFAULT_CHUNK_ROWS, Engine, Mode, OnReset
+from pipeline.prefetch import prefetch
 from pipeline.stage import Run, RunWriter, list_runs, new_run_id, remove_interrupted, state_runs
 from pipeline.state import FactState, Gap, SyncState, load_state, save_state
 from pipeline.warehouse import apply_schema
@@ -334,7 +332,7 @@ def _sync_fact(
         _stage_fact_rows(pipeline, table, rows, now, quarantine, summary)
         gaps = _open_gaps(previous.gaps, rows.column("id").to_numpy(), reader.snapshot.xmin)
     high_water = reader.max_id(table)
-    chunks = _prefetch(reader.read_id_range(table, previous.high_water, high_water, options.chunk_rows))
+    chunks = prefetch(reader.read_id_range(table, previous.high_water, high_water, options.chunk_rows))
     for after, upto, rows in _timed(chunks, pipeline.timings, "extract_wait"):
         _stage_fact_rows(pipeline, table, rows, now, quarantine, summary)
         ids = rows.column("id").to_numpy()
@@ -363,42 +361,6 @@ def _stage_fact_rows(
     summary.loaded += cleaned.valid.height
     summary.quarantined += cleaned.quarantined.height
     _note_ids(summary, cleaned.valid["id"])
-
-
-def _prefetch[T](chunks: Iterator[T]) -> Iterator[T]:
-    """Read the next chunk in a thread while the caller cleans, stages and loads the current one.
-
-    One chunk ahead at most, so memory stays bounded by two chunks. Errors reach the caller.
-    """
-    queue: Queue[tuple[bool, object]] = Queue(maxsize=1)
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for chunk in chunks:
-                if stop.is_set():
-                    return
-                queue.put((True, chunk))
-            queue.put((False, None))
-        except BaseException as exc:
-            queue.put((False, exc))
-
-    worker = threading.Thread(target=produce, name="adpipe-extract", daemon=True)
-    worker.start()
-    try:
-        while True:
-            more, item = queue.get()
-            if not more:
-                if isinstance(item, BaseException):
-                    raise item
-                return
-            yield item
-    finally:
-        stop.set()
-        while worker.is_alive():  # unblock a producer waiting on a full queue, then let it finish
-            with contextlib.suppress(Empty):
-                queue.get(timeout=0.1)
-        worker.join()
 
 
 def _timed[T](items: Iterator[T], timings: dict[str, float], key: str) -> Iterator[T]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
 from enum import StrEnum
@@ -30,7 +30,8 @@ from pipeline import clickhouse, postgres
 from pipeline.config import Settings
 from pipeline.errors import AdpipeError
 from pipeline.locks import exclusive_lock
-from pipeline.referral.clean import QUARANTINE_SCHEMA, clean_chunk, dedup_earliest
+from pipeline.prefetch import prefetch
+from pipeline.referral.clean import QUARANTINE_SCHEMA, Cleaned, clean_chunk, dedup_earliest
 from pipeline.referral.events import DEFAULT_WINDOW_SECONDS, HORIZON, MAX_WINDOW_SECONDS, PAGE_LOAD
 from pipeline.referral.lines import DEFAULT_BLOCK_BYTES, check_readable, iter_line_chunks
 from pipeline.referral.publish import replace_event_days, write_reports
@@ -176,9 +177,9 @@ def _load_file(
     quarantined: list[pl.DataFrame] = []
     touched: list[pl.DataFrame] = []
     new_days: set[date] = set()
-    for chunk in iter_line_chunks(path, block_bytes if aggregator else None):
-        summary.lines += len(chunk)
-        cleaned = clean_chunk(chunk, str(path))
+    # The next chunk is read and cleaned in a thread while this one is deduplicated, aggregated and staged.
+    for lines, bytes_read, cleaned in prefetch(_cleaned_chunks(path, block_bytes if aggregator else None)):
+        summary.lines += lines
         quarantined.append(cleaned.quarantined)
         if aggregator is None:
             events = dedup_earliest(cleaned.events)
@@ -199,7 +200,7 @@ def _load_file(
         summary.staged += len(fresh)
         touched += [_touched_keys(events), _touched_keys(replaced)]
         if progress:
-            progress(path.name, chunk.bytes_read, size)
+            progress(path.name, bytes_read, size)
     keys.add_days(new_days)
     if quarantined:  # written even when empty: a re-load replaces the file's earlier quarantine
         quarantine = pl.concat(quarantined).cast(dict(QUARANTINE_SCHEMA))
@@ -211,6 +212,12 @@ def _load_file(
 
 
 _KEY_SCHEMA = {"customer_id": pl.Int64, "hour": pl.Datetime("us")}
+
+
+def _cleaned_chunks(path: Path, block_bytes: int | None) -> Iterator[tuple[int, int, Cleaned]]:
+    """(lines, bytes of the file read so far, the cleaned lines) per chunk; the raw bytes are not kept."""
+    for chunk in iter_line_chunks(path, block_bytes):
+        yield len(chunk), chunk.bytes_read, clean_chunk(chunk, str(path))
 
 
 def _touched_keys(events: pl.DataFrame) -> pl.DataFrame:
