@@ -1,4 +1,4 @@
-"""Choices the sync offers, kept free of heavy imports so the CLI can build its options quickly."""
+"""Choices the sync and the events load offer, kept free of heavy imports so the CLI can build its options quickly."""
 
 from __future__ import annotations
 
@@ -24,3 +24,10 @@ class OnReset(StrEnum):
 
     STOP = "stop"
     FULL = "full"
+
+
+class LoadMode(StrEnum):
+    """How `events load` reads a file: whole (batch) or in bounded chunks with running aggregates (stream)."""
+
+    BATCH = "batch"
+    STREAM = "stream"

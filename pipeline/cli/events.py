@@ -12,17 +12,13 @@ import typer
 from rich.table import Table
 
 from pipeline.cli.app import app, console, progress_bars
+from pipeline.options import LoadMode
 
 if TYPE_CHECKING:
     from pipeline.referral.load import LoadSummary
 
 events_app = typer.Typer(help="Referral event logs → hourly referral reports in Postgres.", no_args_is_help=True)
 app.add_typer(events_app, name="events")
-
-
-class Mode(StrEnum):
-    BATCH = "batch"
-    STREAM = "stream"
 
 
 class Format(StrEnum):
@@ -49,13 +45,15 @@ def generate(
 @events_app.command()
 def load(
     files: Annotated[list[Path], typer.Argument(help="JSON-lines event files.", show_default=False)],
-    mode: Annotated[Mode, typer.Option(help="batch: each file in memory; stream: bounded chunks.")] = Mode.BATCH,
+    mode: Annotated[
+        LoadMode, typer.Option(help="batch: each file in memory; stream: bounded chunks.")
+    ] = LoadMode.BATCH,
     window: Annotated[int, typer.Option(help="Seconds before a click in which a page load makes it related.")] = 300,
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")] = False,
 ) -> None:
     """Clean the files, stage the events, recompute the hourly reports they touch, mirror to ClickHouse."""
     from pipeline.config import load_settings
-    from pipeline.referral.load import LoadMode, load_files
+    from pipeline.referral.load import load_files
 
     with progress_bars() as progress:
         tasks: dict[str, int] = {}
@@ -65,7 +63,7 @@ def load(
                 tasks[what] = progress.add_task(what, total=total)
             progress.update(tasks[what], completed=done, total=total)
 
-        summary = load_files(load_settings(), files, LoadMode(mode.value), window, advance)
+        summary = load_files(load_settings(), files, mode, window, advance)
     if as_json:
         console.print_json(json.dumps(summary.to_json()))
     else:

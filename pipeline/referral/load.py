@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
-from enum import StrEnum
 from pathlib import Path
 
 import polars as pl
@@ -30,6 +29,7 @@ from pipeline import clickhouse, postgres
 from pipeline.config import Settings
 from pipeline.errors import AdpipeError
 from pipeline.locks import exclusive_lock
+from pipeline.options import LoadMode
 from pipeline.prefetch import prefetch
 from pipeline.referral.clean import QUARANTINE_SCHEMA, Cleaned, clean_chunk, dedup_earliest
 from pipeline.referral.events import DEFAULT_WINDOW_SECONDS, HORIZON, MAX_WINDOW_SECONDS, PAGE_LOAD
@@ -46,11 +46,6 @@ Progress = Callable[[str, int, int], None]
 """(what, done, total) — bytes of a file read so far."""
 
 LATE_REASON = "late"
-
-
-class LoadMode(StrEnum):
-    BATCH = "batch"
-    STREAM = "stream"
 
 
 @dataclass
