@@ -140,4 +140,17 @@ def render_frame(frame: pl.DataFrame, fmt: OutputFormat) -> str:
 def compute(settings: Settings, name: str, filters: Filters) -> pl.DataFrame:
     """One KPI from the warehouse."""
     kpi = get_kpi(name)
-    return run_clickhouse(clickhouse.connect(settings), kpi, filters)
+    return run_clickhouse(warehouse_client(settings), kpi, filters)
+
+
+def warehouse_client(settings: Settings) -> Client:
+    """The warehouse client, once the KPIs' tables and views are known to be there."""
+    client = clickhouse.connect(settings)
+    # The newest schema object the KPIs read: missing before the first sync, or in a warehouse an older
+    # adpipe created, and either way the engine's own error would not say what to do.
+    if not client.command("EXISTS TABLE live_campaign"):
+        raise AdpipeError(
+            f"the warehouse (ClickHouse database {settings.clickhouse_database!r}) has no KPI tables yet: "
+            "run `adpipe sync --mode full`, or `adpipe init` to update an existing warehouse's schema"
+        )
+    return client

@@ -14,11 +14,10 @@ import duckdb
 import polars as pl
 from clickhouse_connect.driver.client import Client
 
-from pipeline import clickhouse
 from pipeline.config import Settings
 from pipeline.errors import AdpipeError
 from pipeline.extract import DIMENSIONS, FACTS
-from pipeline.kpi import Filters, list_kpis, run_clickhouse, run_duckdb
+from pipeline.kpi import Filters, list_kpis, run_clickhouse, run_duckdb, warehouse_client
 from pipeline.postgres import connect as connect_postgres
 from pipeline.stage import current_state_files
 
@@ -92,7 +91,7 @@ def snapshot_connection(settings: Settings) -> duckdb.DuckDBPyConnection:
 def reconcile(settings: Settings, filters: Filters | None = None) -> ReconcileReport:
     """Every KPI in ClickHouse vs DuckDB; row counts in Postgres vs ClickHouse vs the snapshots."""
     filters = filters or Filters()
-    client = clickhouse.connect(settings)
+    client = warehouse_client(settings)
     snapshots = snapshot_connection(settings)
     report = ReconcileReport()
     for kpi in list_kpis():

@@ -299,6 +299,13 @@ def test_kpi_bad_input_is_one_clear_line(synced: Settings, args: tuple[str, ...]
     assert "Traceback" not in result.stderr
 
 
+def test_kpis_before_the_first_sync_say_what_to_do(settings: Settings) -> None:
+    for args in (("chstats",), ("kpi", "campaign_ctr"), ("reconcile",)):
+        result = run_cli(*args)
+        assert result.exit_code == 1, args
+        assert "has no KPI tables yet: run `adpipe sync --mode full`" in result.stderr, args
+
+
 def test_kpi_list_names_every_kpi(settings: Settings) -> None:
     listed = run_cli("kpi", "list").stdout
     for name in (
