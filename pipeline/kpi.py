@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import date
-from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ from pipeline import clickhouse
 from pipeline.config import Settings
 from pipeline.errors import AdpipeError
 from pipeline.sqlfiles import KPI_DIR
-from pipeline.state import write_atomic
 
 SEED_REPORT = ("campaign_ctr", "daily_impressions_clicks", "advertiser_ctr")
 """The seed's three KPIs, in the order `chstats` prints them."""
@@ -96,45 +94,6 @@ def run_duckdb(connection: Any, kpi: Kpi, filters: Filters) -> pl.DataFrame:
     used = set(re.findall(r"\$(\w+)", sql))
     parameters = {k: v for k, v in filters.values().items() if k in used}
     return pl.from_arrow(connection.sql(sql, params=parameters).to_arrow_table())
-
-
-class OutputFormat(StrEnum):
-    TABLE = "table"
-    CSV = "csv"
-    JSON = "json"
-    PARQUET = "parquet"
-
-
-def output_format(requested: OutputFormat | None, out: Path | None) -> OutputFormat:
-    """The format asked for, else the one `--out`'s suffix names, else a table on the terminal."""
-    if requested is None and out is not None:
-        try:
-            requested = OutputFormat(out.suffix.lstrip(".").lower())
-        except ValueError:
-            raise AdpipeError(f"cannot tell the format from {out.name!r}: pass --format csv, json or parquet") from None
-    if requested is OutputFormat.TABLE and out is not None:
-        raise AdpipeError("a table is for the terminal: use --format csv, json or parquet with --out")
-    if requested is OutputFormat.PARQUET and out is None:
-        raise AdpipeError("--format parquet needs --out FILE")
-    return requested or OutputFormat.TABLE
-
-
-def write_frame(frame: pl.DataFrame, fmt: OutputFormat, out: Path) -> None:
-    """Write a KPI result to `out` atomically: a reader never sees half a file."""
-    if fmt is OutputFormat.PARQUET:
-        write_atomic(out, frame.write_parquet)
-    else:
-        write_atomic(out, lambda tmp: tmp.write_text(render_frame(frame, fmt)))
-
-
-def render_frame(frame: pl.DataFrame, fmt: OutputFormat) -> str:
-    """A KPI result as csv (header row first) or json (an array of objects, one per row)."""
-    if fmt is OutputFormat.CSV:
-        return frame.write_csv()
-    if fmt is OutputFormat.JSON:
-        # Exact decimals would become JSON strings; consumers of a JSON report expect numbers.
-        return frame.with_columns(pl.col(pl.Decimal).cast(pl.Float64)).write_json() + "\n"
-    raise ValueError(f"{fmt} is not a text format")
 
 
 def compute(settings: Settings, name: str, filters: Filters) -> pl.DataFrame:

@@ -6,6 +6,7 @@ import json
 from datetime import timedelta
 from pathlib import Path
 
+import polars as pl
 import psycopg
 import pytest
 
@@ -65,6 +66,9 @@ def test_report_formats_and_filters(settings: Settings, tmp_path: Path) -> None:
             "ctr": None,
         }
     ]
+    out = tmp_path / "report.parquet"
+    assert run_cli("events", "report", "--from", "2022-01-05T11:00:00", "--out", str(out)).exit_code == 0
+    assert pl.read_parquet(out).select("clicks", "related_clicks").rows() == [(2, 1)]
     table = run_cli("events", "report", "--to", "2022-01-05T11:00:00")
     assert table.exit_code == 0, table.stderr
     assert "0.5000" in table.stdout and "1.0000" in table.stdout

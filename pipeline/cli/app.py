@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Annotated, Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -14,6 +16,11 @@ from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
 from pipeline.errors import describe_failure
+from pipeline.output import OutputFormat, render_frame, write_frame
+
+if TYPE_CHECKING:
+    import polars as pl
+    from rich.table import Table
 
 # Output to a pipe or a file is not squeezed into 80 columns, where tables would cut values to "…".
 PIPED_WIDTH = 200
@@ -90,3 +97,16 @@ def progress_bars() -> Progress:
         transient=True,
         disable=not err_console.is_terminal,  # bars are for people; logs and CI get the summary only
     )
+
+
+def print_frame(
+    frame: pl.DataFrame, fmt: OutputFormat, out: Path | None, as_table: Callable[[pl.DataFrame], Table]
+) -> None:
+    """A result to `out` (atomically), as a rich table on the terminal, or as csv/json on stdout for pipes."""
+    if out is not None:
+        write_frame(frame, fmt, out)
+        console.print(f"Wrote {frame.height:,} rows to {out}.")
+    elif fmt is OutputFormat.TABLE:
+        console.print(as_table(frame))
+    else:
+        typer.echo(render_frame(frame, fmt), nl=False)

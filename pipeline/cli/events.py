@@ -4,27 +4,23 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from pipeline.cli.app import app, console, progress_bars
+from pipeline.cli.app import app, console, print_frame, progress_bars
 from pipeline.options import LoadMode
+from pipeline.output import OutputFormat
 
 if TYPE_CHECKING:
+    import polars as pl
+
     from pipeline.referral.load import LoadSummary
 
 events_app = typer.Typer(help="Referral event logs → hourly referral reports in Postgres.", no_args_is_help=True)
 app.add_typer(events_app, name="events")
-
-
-class Format(StrEnum):
-    TABLE = "table"
-    CSV = "csv"
-    JSON = "json"
 
 
 @events_app.command()
@@ -96,24 +92,25 @@ def report(
         datetime | None, typer.Option("--from", help="First hour (UTC), inclusive.", show_default=False)
     ] = None,
     end: Annotated[datetime | None, typer.Option("--to", help="End (UTC), exclusive.", show_default=False)] = None,
-    output: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.TABLE,
+    fmt: Annotated[
+        OutputFormat | None, typer.Option("--format", help="Output format; default: table, or --out's suffix.")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Write to this file (atomically) instead of stdout.")] = None,
 ) -> None:
     """The hourly referral reports: page loads, clicks, unique clicking users, related clicks and CTR."""
     from pipeline.config import load_settings
+    from pipeline.output import output_format
     from pipeline.referral.publish import query_reports
 
-    frame = query_reports(load_settings(), customer, start, end)
-    if output is Format.CSV:
-        print(frame.write_csv(), end="")
-    elif output is Format.JSON:
-        print(json.dumps(frame.with_columns(hour=frame.get_column("hour").dt.strftime("%Y-%m-%dT%H:%M:%S")).to_dicts()))
-    else:
-        table = Table(title="Referral reports (UTC hours)")
-        for label in ("customer", "hour", "loads", "clicks", "users", "related", "ctr"):
-            table.add_column(label, justify="left" if label == "hour" else "right", no_wrap=True)
-        for customer_id, hour, *counts, ctr in frame.iter_rows():
-            cells = [str(customer_id), f"{hour:%Y-%m-%d %H:%M}", *map(str, counts), "" if ctr is None else f"{ctr:.4f}"]
-            table.add_row(*cells)
-        console.print(table)
-        if frame.is_empty():
-            console.print("No report rows match.")
+    chosen = output_format(fmt, out)
+    print_frame(query_reports(load_settings(), customer, start, end), chosen, out, _report_table)
+
+
+def _report_table(frame: pl.DataFrame) -> Table:
+    table = Table(title="Referral reports (UTC hours)", caption="No report rows match." if frame.is_empty() else None)
+    for label in ("customer", "hour", "loads", "clicks", "users", "related", "ctr"):
+        table.add_column(label, justify="left" if label == "hour" else "right", no_wrap=True)
+    for customer_id, hour, *counts, ctr in frame.iter_rows():
+        cells = [str(customer_id), f"{hour:%Y-%m-%d %H:%M}", *map(str, counts), "" if ctr is None else f"{ctr:.4f}"]
+        table.add_row(*cells)
+    return table

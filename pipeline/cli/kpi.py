@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from pipeline.cli.app import app, console
-from pipeline.kpi import Filters, OutputFormat
+from pipeline.cli.app import app, console, print_frame
+from pipeline.kpi import Filters
+from pipeline.output import OutputFormat
 
 if TYPE_CHECKING:
     import polars as pl
@@ -68,7 +69,8 @@ def kpi_command(
 ) -> None:
     """Compute one KPI from ClickHouse: `adpipe kpi list` shows them all."""
     from pipeline.config import load_settings
-    from pipeline.kpi import compute, list_kpis, output_format, render_frame, write_frame
+    from pipeline.kpi import compute, list_kpis
+    from pipeline.output import output_format
 
     if name == "list":
         _print_kpi_list(list_kpis())
@@ -76,13 +78,7 @@ def kpi_command(
     filters = filters_from_options(from_, to, advertiser, campaign, min_impressions)
     chosen = output_format(fmt, out)
     frame = compute(load_settings(), name, filters)
-    if out is not None:
-        write_frame(frame, chosen, out)
-        console.print(f"Wrote {frame.height:,} rows of {name} to {out}.")
-    elif chosen is OutputFormat.TABLE:
-        console.print(_rich_table(name, frame))
-    else:
-        typer.echo(render_frame(frame, chosen), nl=False)
+    print_frame(frame, chosen, out, lambda f: _rich_table(name, f))
 
 
 @app.command()
