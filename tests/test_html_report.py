@@ -222,6 +222,11 @@ def test_report_numbers_equal_the_hand_computed_ones(report_settings: Settings, 
     assert page.count("<script>") == 2  # plotly.js in the head, the six charts at the end
     assert 'src="http' not in page and "<link" not in page
 
+    # A path that cannot be written: one line, exit 1, the earlier report untouched, no temp file left.
+    failed = run_cli("report", "--out", str(out.parent))
+    assert (failed.exit_code, failed.stderr.strip()) == (1, f"error: cannot write {out.parent}: Is a directory")
+    assert out.read_text() == page and list(tmp_path.glob(".out.*")) == []
+
 
 def test_report_shows_a_failed_reconciliation(
     report_settings: Settings, pg: psycopg.Connection, tmp_path: Path
