@@ -60,7 +60,6 @@ class ReportData:
 
 @dataclass(frozen=True)
 class ReportSummary:
-    path: Path
     bytes: int
     charts: int
     reconcile_ok: bool
@@ -73,7 +72,7 @@ def write_report(settings: Settings, out: Path, step: Step | None = None) -> Rep
     page = render(data)
     write_atomic(out, lambda tmp: tmp.write_text(page, encoding="utf-8"))
     failed = sum(not check.ok for check in data.reconciliation.checks)
-    return ReportSummary(out, len(page.encode()), len(data.figures), data.reconciliation.ok, failed)
+    return ReportSummary(len(page.encode()), len(data.figures), data.reconciliation.ok, failed)
 
 
 def collect(settings: Settings, step: Step) -> ReportData:
