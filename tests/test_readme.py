@@ -6,10 +6,11 @@ the next. Every other fenced block must carry a tag too, so no command hides in 
 
 How each command is treated:
 - `adpipe …` — directly, after `uv run`, or after `NAME=value` prefixes, which are set in the
-  environment for that command — runs in process (`run_cli`, exactly what the console script runs),
-  in README order, in one fresh embedded environment: its own ADPIPE_HOME and staging directory,
-  the embedded Postgres started on demand, as with no configuration, and a ClickHouse database of
-  its own in the session's chDB engine. It must exit 0, unless the line ends with the comment
+  environment for that command (`$VAR` in a value expanded, as the shell would) — runs in process
+  (`run_cli`, exactly what the console script runs), in README order, in one fresh embedded
+  environment: its own ADPIPE_HOME and staging directory, the embedded Postgres started on demand,
+  as with no configuration, and a ClickHouse database of its own in the session's chDB engine (one
+  data directory per process). It must exit 0, unless the line ends with the comment
   `# exits N: message`: then it must exit N and print `message` on stderr.
 - Anything else must start with a prefix listed in NOT_EXECUTED, with the reason it is not run here.
   A command that is neither fails `test_every_readme_command_is_executed_or_listed`.
@@ -20,6 +21,7 @@ How each command is treated:
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from collections.abc import Iterator
@@ -277,8 +279,12 @@ def test_readme_commands_run_in_order(embedded: Settings, monkeypatch: pytest.Mo
             continue
         with monkeypatch.context() as scoped:
             for name, value in step.env.items():
-                scoped.setenv(name, value)
-            result = run_cli(*step.args)
+                scoped.setenv(name, os.path.expandvars(value))
+            try:
+                result = run_cli(*step.args)
+            except Exception as exc:  # a bug: keep its traceback, and say which README line hit it
+                exc.add_note(f"README.md:{step.line}: {step.text}")
+                raise
         where = f"README.md:{step.line}: {step.text}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
         assert result.exit_code == step.expected_exit, where
         if step.expected_stderr is not None:
