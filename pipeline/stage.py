@@ -206,9 +206,7 @@ def quarantine_entries(settings: Settings) -> pl.DataFrame:
         )
         for position, path in enumerate(files)
     )
-    latest = entries.group_by(QUARANTINE_KEY).agg(
-        pl.col("row", "is_resolved").sort_by(["version", "file"]).last()
-    )
+    latest = entries.group_by(QUARANTINE_KEY).agg(pl.col("row", "is_resolved").sort_by(["version", "file"]).last())
     return latest.filter(pl.col("is_resolved") == 0).select(*QUARANTINE_KEY, "row").sort(QUARANTINE_KEY)
 
 
