@@ -8,6 +8,7 @@ the same checksum, and a part that did not change between two runs shows as unch
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 import polars as pl
 
@@ -49,6 +50,30 @@ def run_summaries(settings: Settings) -> list[RunSummary]:
     return summaries
 
 
+class PartStatus(StrEnum):
+    ADDED = "added"
+    REMOVED = "removed"
+    CHANGED = "changed"
+    UNCHANGED = "unchanged"
+
+
+@dataclass(frozen=True)
+class PartChange:
+    """One part path in two runs, with its checksum in each (None: the run has no such part)."""
+
+    path: str
+    sha256_a: str | None
+    sha256_b: str | None
+
+    @property
+    def status(self) -> PartStatus:
+        if self.sha256_a is None:
+            return PartStatus.ADDED
+        if self.sha256_b is None:
+            return PartStatus.REMOVED
+        return PartStatus.UNCHANGED if self.sha256_a == self.sha256_b else PartStatus.CHANGED
+
+
 @dataclass(frozen=True)
 class TableDiff:
     """One table in two runs; the `_a` fields are None when run a has no such table, `_b` likewise."""
@@ -60,14 +85,29 @@ class TableDiff:
     max_id_a: int | None
     min_id_b: int | None
     max_id_b: int | None
-    parts_added: tuple[str, ...]
-    """Part paths only in run b."""
-    parts_removed: tuple[str, ...]
-    """Part paths only in run a."""
-    parts_changed: tuple[str, ...]
-    """Part paths in both runs with different checksums."""
-    parts_unchanged: tuple[str, ...]
-    """Part paths in both runs with the same checksum: the same bytes."""
+    parts: tuple[PartChange, ...]
+    """Every part path in either run, sorted."""
+
+    def paths(self, status: PartStatus) -> tuple[str, ...]:
+        return tuple(part.path for part in self.parts if part.status is status)
+
+    @property
+    def parts_added(self) -> tuple[str, ...]:
+        return self.paths(PartStatus.ADDED)
+
+    @property
+    def parts_removed(self) -> tuple[str, ...]:
+        return self.paths(PartStatus.REMOVED)
+
+    @property
+    def parts_changed(self) -> tuple[str, ...]:
+        """Paths in both runs with different checksums."""
+        return self.paths(PartStatus.CHANGED)
+
+    @property
+    def parts_unchanged(self) -> tuple[str, ...]:
+        """Paths in both runs with the same checksum: the same bytes."""
+        return self.paths(PartStatus.UNCHANGED)
 
     @property
     def rows_delta(self) -> int:
@@ -75,7 +115,7 @@ class TableDiff:
 
     @property
     def identical(self) -> bool:
-        return not (self.parts_added or self.parts_removed or self.parts_changed)
+        return all(part.status is PartStatus.UNCHANGED for part in self.parts)
 
 
 _COUNT_COLUMNS = (
@@ -124,6 +164,23 @@ class RunDiff:
             schema={"table": pl.String} | dict.fromkeys(_COUNT_COLUMNS, pl.Int64),
         )
 
+    def parts_frame(self) -> pl.DataFrame:
+        """One row per table and part path: its status and its checksum in each run."""
+        return pl.DataFrame(
+            [
+                {
+                    "table": t.table,
+                    "path": p.path,
+                    "status": str(p.status),
+                    "sha256_a": p.sha256_a,
+                    "sha256_b": p.sha256_b,
+                }
+                for t in self.tables
+                for p in t.parts
+            ],
+            schema=dict.fromkeys(("table", "path", "status", "sha256_a", "sha256_b"), pl.String),
+        )
+
 
 def find_run(runs: list[Run], run_id: str) -> Run:
     """The run named `run_id` among `runs`."""
@@ -142,7 +199,6 @@ def diff_runs(a: Run, b: Run) -> RunDiff:
 def _diff_table(name: str, a: Run, b: Run) -> TableDiff:
     entry_a, entry_b = a.manifest["tables"].get(name), b.manifest["tables"].get(name)
     sums_a, sums_b = _checksums(a.parts(name)), _checksums(b.parts(name))
-    both = sorted(sums_a.keys() & sums_b.keys())
     return TableDiff(
         table=name,
         rows_a=entry_a["rows"] if entry_a else None,
@@ -151,10 +207,9 @@ def _diff_table(name: str, a: Run, b: Run) -> TableDiff:
         max_id_a=entry_a["max_id"] if entry_a else None,
         min_id_b=entry_b["min_id"] if entry_b else None,
         max_id_b=entry_b["max_id"] if entry_b else None,
-        parts_added=tuple(sorted(sums_b.keys() - sums_a.keys())),
-        parts_removed=tuple(sorted(sums_a.keys() - sums_b.keys())),
-        parts_changed=tuple(path for path in both if sums_a[path] != sums_b[path]),
-        parts_unchanged=tuple(path for path in both if sums_a[path] == sums_b[path]),
+        parts=tuple(
+            PartChange(path, sums_a.get(path), sums_b.get(path)) for path in sorted(sums_a.keys() | sums_b.keys())
+        ),
     )
 
 

@@ -3,6 +3,7 @@ and on real syncs. Expected values are worked out by hand in the comments."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import psycopg
@@ -28,6 +29,10 @@ def staged(staging: Path, run_id: str, parts: dict[str, list[pa.Table]]) -> Run:
         for data in tables:
             writer.write_part(table, data)
     return writer.publish({"mode": run_id.rsplit("-", 1)[1]})
+
+
+def sha256(run: Run, path: str) -> str:
+    return hashlib.sha256((run.directory / path).read_bytes()).hexdigest()
 
 
 def test_diff_of_hand_built_runs(tmp_path: Path) -> None:
@@ -62,6 +67,19 @@ def test_diff_of_hand_built_runs(tmp_path: Path) -> None:
     assert clicks.parts_added == ("clicks/part-00000.parquet",)
     assert not diff.identical
     assert diff_runs(a, a).identical
+
+    parts = diff.parts_frame()
+    assert parts.select("table", "path", "status").rows() == [
+        ("advertiser", "advertiser/part-00000.parquet", "removed"),
+        ("clicks", "clicks/part-00000.parquet", "added"),
+        ("impressions", "impressions/part-00000.parquet", "unchanged"),
+        ("impressions", "impressions/part-00001.parquet", "changed"),
+        ("impressions", "impressions/part-00002.parquet", "added"),
+    ]
+    assert parts.row(0)[3:] == (sha256(a, "advertiser/part-00000.parquet"), None)
+    assert parts.row(1)[3:] == (None, sha256(b, "clicks/part-00000.parquet"))
+    changed = (sha256(a, "impressions/part-00001.parquet"), sha256(b, "impressions/part-00001.parquet"))
+    assert parts.row(3)[3:] == changed and changed[0] != changed[1]
 
     frame = diff.frame()
     assert frame.columns[:4] == ["table", "rows_a", "rows_b", "rows_delta"]

@@ -173,6 +173,7 @@ def test_committed_notebooks_have_no_outputs(notebook: Path) -> None:
     code = [cell for cell in cells if cell.cell_type == "code"]
     assert code
     assert [(cell.outputs, cell.execution_count) for cell in code] == [([], None)] * len(code)
+    assert [cell.id for cell in code if "execution" in cell.metadata] == []  # no run timestamps either
 
 
 def test_both_notebooks_are_there() -> None:
