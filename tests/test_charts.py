@@ -16,7 +16,7 @@ def test_campaign_ctr_chart_error_bars_are_the_wilson_bounds() -> None:
         {
             "rank": [1, 2],
             "campaign_id": [7, 3],
-            "campaign_name": ["Spring", "Spring"],
+            "campaign_name": ["Spring", "<b>Spring"],
             "impressions": [1000, 200],
             "clicks": [100, 10],
             "ctr": [0.1, 0.05],
@@ -25,11 +25,11 @@ def test_campaign_ctr_chart_error_bars_are_the_wilson_bounds() -> None:
         }
     )
     (bar,) = charts.campaign_ctr_chart(frame).data
-    # Two campaigns of the same name stay two bars.
-    assert list(bar.x) == ["Spring (#7)", "Spring (#3)"]
-    assert list(bar.y) == [0.1, 0.05]
-    assert list(bar.error_y.array) == pytest.approx([0.02, 0.04])
-    assert list(bar.error_y.arrayminus) == pytest.approx([0.017, 0.0225])
+    # Two campaigns of the same name stay two bars; plotly would read `<b>` as markup, so it is escaped.
+    assert list(bar.y) == ["Spring (#7)", "&lt;b&gt;Spring (#3)"]
+    assert list(bar.x) == [0.1, 0.05]
+    assert list(bar.error_x.array) == pytest.approx([0.02, 0.04])
+    assert list(bar.error_x.arrayminus) == pytest.approx([0.017, 0.0225])
 
 
 def test_daily_volume_chart_puts_clicks_on_a_second_axis() -> None:
@@ -53,7 +53,7 @@ def test_budget_pacing_chart_reads_decimals_and_missing_projections() -> None:
         schema_overrides={"spend": pl.Decimal(18, 2), "budget": pl.Decimal(10, 2)},
     )
     spend, projected, budget = charts.budget_pacing_chart(frame).data
-    assert (list(spend.y), list(projected.y), list(budget.y)) == ([12.5, 0.0], [25.0, None], [100.0, 50.0])
+    assert (list(spend.x), list(projected.x), list(budget.x)) == ([12.5, 0.0], [25.0, None], [100.0, 50.0])
 
 
 def test_ctr_heatmap_chart_fills_a_week_of_hours() -> None:
@@ -67,15 +67,17 @@ def test_ctr_heatmap_chart_fills_a_week_of_hours() -> None:
     assert sum(value is not None for row in z for value in row) == 2
 
 
-def test_referral_ctr_chart_orders_customers_numerically() -> None:
-    hours = [datetime(2022, 1, 5, 10), datetime(2022, 1, 5, 11)]
+def test_referral_ctr_chart_has_a_column_per_hour_and_customers_in_numeric_order() -> None:
+    hours = [datetime(2022, 1, 5, 10), datetime(2022, 1, 5, 11), datetime(2022, 1, 5, 13)]
     frame = pl.DataFrame(
-        {"customer_id": [10, 2, 2], "hour": [hours[1], hours[0], hours[1]], "ctr": [0.5, None, 1.0]},
+        {"customer_id": [10, 2, 2], "hour": [hours[1], hours[0], hours[2]], "ctr": [0.5, None, 1.0]},
         schema_overrides={"ctr": pl.Float64},
     )
     (heatmap,) = charts.referral_ctr_chart(frame).data
     assert list(heatmap.y) == ["customer 2", "customer 10"]
-    assert [list(row) for row in heatmap.z] == [[None, 1.0], [None, 0.5]]
+    # 10:00 to 13:00: four hours, 12:00 blank for everyone; each column centred on its hour's middle.
+    assert [list(row) for row in heatmap.z] == [[None, None, None, 1.0], [None, 0.5, None, None]]
+    assert heatmap.x0 == datetime(2022, 1, 5, 10, 30) and heatmap.dx == 3_600_000
 
 
 @pytest.mark.parametrize(

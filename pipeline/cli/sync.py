@@ -102,7 +102,7 @@ def status() -> None:
     """Per table: Postgres vs ClickHouse rows and max id, rows behind, quarantined, and the last successful run."""
     from pipeline import clickhouse
     from pipeline.config import load_settings
-    from pipeline.status import warehouse_status
+    from pipeline.status import format_age, warehouse_status
     from pipeline.warehouse import apply_schema
 
     settings = load_settings()
@@ -136,18 +136,12 @@ def status() -> None:
     else:
         age = report.age_seconds
         console.print(
-            f"Last successful run: {report.last_run_id}" + (f", {_duration(age)} ago." if age is not None else ".")
+            f"Last successful run: {report.last_run_id}" + (f", {format_age(age)} ago." if age is not None else ".")
         )
 
 
 def _text(value: object) -> str:
     return "-" if value is None else f"{value:,}" if isinstance(value, int) else str(value)
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 @app.command()

@@ -167,6 +167,15 @@ def _precedes(left: list[str], right: list[str]) -> pl.Expr:
     return head | ((pl.col(left[0]) == pl.col(right[0])) & _precedes(left[1:], right[1:]))
 
 
+def quarantine_reasons(staging_dir: Path) -> dict[str, int]:
+    """Quarantined event lines per reason, over the quarantine of every loaded file (each file's latest load)."""
+    files = sorted((staging_dir / QUARANTINE_DIR).glob("*.parquet"))
+    if not files:
+        return {}
+    counts = pl.read_parquet(files, columns=["reason"]).group_by("reason").len().sort("reason")
+    return dict(counts.iter_rows())
+
+
 def write_quarantine(staging_dir: Path, source_key: str, quarantined: pl.DataFrame) -> Path:
     """Replace the quarantine of one source file (keyed by path, size and mtime: a re-load replaces it)."""
     directory = staging_dir / QUARANTINE_DIR
