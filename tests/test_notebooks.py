@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import nbformat
@@ -34,6 +35,8 @@ REFERRAL_EVENTS = [
     # Customer 2, 11:00: one page load, clicked 60 s later under another event id (within the 300 s window).
     ("e4", 2, 5, "2022-01-05T11:00:00", PL),
     ("x5", 2, 5, "2022-01-05T11:01:00", CL),
+    # Not a known event type: quarantined, in no report.
+    ("x6", 2, 5, "2022-01-05T11:02:00", "EMPTY_VALUE"),
 ]
 # customer_id, hour, page_loads, related_clicks, ctr
 REFERRAL_CTR = [
@@ -92,14 +95,14 @@ def execute(notebook: Path, probe: str) -> tuple[nbformat.NotebookNode, dict]:
 
 
 def figures(nb: nbformat.NotebookNode) -> dict[str, dict]:
-    """The plotly figures the notebook displayed, by title."""
-    shown = [
-        output["data"][PLOTLY]
-        for cell in nb.cells
-        for output in cell.get("outputs", [])
-        if PLOTLY in output.get("data", {})
-    ]
-    return {figure["layout"]["title"]["text"]: figure for figure in shown}
+    """The plotly figures the notebook displayed, by the `pipeline.charts` function of the cell that drew it."""
+    shown = {}
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            if PLOTLY in output.get("data", {}):
+                (function,) = re.findall(r"(\w+_chart)\(", cell.source)
+                shown[function] = output["data"][PLOTLY]
+    return shown
 
 
 def test_explore_kpis(synced: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -130,10 +133,19 @@ print(json.dumps({
     assert values["checks"] and all(values["checks"])
 
     charts = figures(nb)
-    assert len(charts) == 6
-    bars = charts["CTR by campaign (Wilson 95% interval), ranked by its lower bound"]["data"][0]
-    assert [round(y, 6) for y in bars["y"]] == [0.1, 0.1, 0.1, 0.08]
-    heatmap = charts["Referral CTR per customer and hour (UTC)"]["data"][0]
+    assert sorted(charts) == [
+        "advertiser_ctr_chart",
+        "budget_pacing_chart",
+        "campaign_ctr_chart",
+        "ctr_heatmap_chart",
+        "daily_volume_chart",
+        "referral_ctr_chart",
+    ]
+    assert [name for name, figure in charts.items() if "no data" in json.dumps(figure["layout"])] == []
+    bars = charts["campaign_ctr_chart"]["data"][0]
+    ctr = bars["x"] if bars.get("orientation") == "h" else bars["y"]
+    assert sorted(round(value, 6) for value in ctr) == [0.08, 0.1, 0.1, 0.1]
+    heatmap = charts["referral_ctr_chart"]["data"][0]
     assert heatmap["y"] == ["customer 1", "customer 2"]
     assert heatmap["z"] == [[0.5, None], [None, 1.0]]  # customer 1 at 11:00 has no page loads: blank
 
@@ -152,6 +164,7 @@ print(json.dumps({
     "changed": diff.table("impressions").parts_changed,
     "reasons": quarantine.group_by("table_name", "reason").len().rows(),
     "quarantined_ids": quarantine["source_id"].to_list(),
+    "referral_reasons": referral_reasons,
 }))""",
     )
     # Full: 2 advertisers + 4 campaigns + 800 impressions + 80 clicks; incremental: 50 impressions and 1 quarantined.
@@ -165,6 +178,7 @@ print(json.dumps({
     assert values["changed"] == ["impressions/part-00000.parquet"]
     assert values["reasons"] == [["impressions", "campaign_id is NULL", 1]]
     assert values["quarantined_ids"] == [801]
+    assert values["referral_reasons"] == {"invalid event_type": 1}
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
