@@ -161,23 +161,17 @@ def replay() -> None:
 @snapshots_app.command("list")
 def snapshots_list() -> None:
     """The staged runs, oldest first, with their row counts and whether they are committed."""
+    from pipeline.audit import run_summaries
     from pipeline.config import load_settings
-    from pipeline.stage import list_runs
-    from pipeline.state import load_state
 
     settings = load_settings()
-    last = load_state(settings.home).last_run_id
     table = Table(title=f"Staged runs in {settings.staging_dir}")
     # The run id ends in the mode (…-full, …-incremental), so it needs no column of its own.
     for column in ("Run", "Rows", "Quarantined", "Parts", "Committed"):
         table.add_column(column, justify="left" if column == "Run" else "right", no_wrap=True)
-    for run in list_runs(settings.staging_dir):
-        tables = run.manifest["tables"]
-        rows = sum(t["rows"] for name, t in tables.items() if name != "quarantine")
-        quarantined = tables.get("quarantine", {}).get("rows", 0)
-        parts = sum(len(t["parts"]) for t in tables.values())
-        committed = "yes" if last is not None and run.run_id <= last else "no"
-        table.add_row(run.run_id, f"{rows:,}", f"{quarantined:,}", str(parts), committed)
+    for run in run_summaries(settings):
+        committed = "yes" if run.committed else "no"
+        table.add_row(run.run_id, f"{run.rows:,}", f"{run.quarantined:,}", str(run.parts), committed)
     console.print(table)
 
 
