@@ -29,6 +29,11 @@ _CONFIG_ERRORS = {
     192: "unknown user",
 }
 
+
+class MissingDatabaseError(AdpipeError):
+    """The adpipe database is not there, and this caller may not create it (a read-only user)."""
+
+
 _open: dict[str, tuple[Client, int | None]] = {}
 """Open clients by URL, with the lock descriptor held for an embedded engine."""
 
@@ -55,6 +60,9 @@ def connect(settings: Settings, *, create_database: bool = True) -> Client:
         try:
             if create_database:
                 client.command(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(database)}")
+            elif not client.command(f"EXISTS DATABASE {quote_identifier(database)}"):
+                # Checked before switching: a client set to a missing database fails every later query.
+                raise MissingDatabaseError(f"ClickHouse at {mask_url(url)}: database {database!r} does not exist")
             client.database = database
         except ClickHouseError as exc:
             raise AdpipeError(describe_error(exc, url)) from None

@@ -6,7 +6,7 @@ Every setting has a default that runs fully embedded: no server, no Docker.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -23,6 +23,14 @@ class Settings:
     clickhouse_url: str
     clickhouse_database: str
     staging_dir: Path
+
+    # Read-only warehouse access: ADPIPE_CLICKHOUSE_READER_URL, for the commands that only read ClickHouse.
+    clickhouse_reader_url: str | None = None
+    """A server URL for a user with SELECT only; None: the commands read with clickhouse_url."""
+
+    def for_reading(self) -> Settings:
+        """These settings with the reader URL as the warehouse URL (the same database)."""
+        return replace(self, clickhouse_url=self.clickhouse_reader_url or self.clickhouse_url)
 
     @property
     def embedded_postgres_dir(self) -> Path:
@@ -44,6 +52,7 @@ def load_settings() -> Settings:
         clickhouse_url=clickhouse_url,
         clickhouse_database=_clickhouse_database(clickhouse_url),
         staging_dir=Path(os.environ.get("ADPIPE_STAGING_DIR", "staging")).absolute(),
+        clickhouse_reader_url=os.environ.get("ADPIPE_CLICKHOUSE_READER_URL") or None,
     )
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 from clickhouse_connect.driver.client import Client
 
 from pipeline.clickhouse import quote_identifier
+from pipeline.cluster import is_cluster_warehouse
+from pipeline.errors import AdpipeError
 from pipeline.warehouse import apply_schema
 
 log = logging.getLogger(__name__)
@@ -28,7 +30,13 @@ LOAD_ORDER = ("advertiser", "campaign", "impressions", "clicks", "quarantine")
 SWAPPED_TABLES = (*LOAD_ORDER[:4], "campaign_daily", "campaign_hourly", "quarantine")
 """What a full sync replaces; sync_runs (history) and other systems' tables stay."""
 
-_INSERT_SETTINGS = {"deduplicate_blocks_in_dependent_materialized_views": 1}
+_INSERT_SETTINGS = {
+    "deduplicate_blocks_in_dependent_materialized_views": 1,
+    # On a cluster the fact tables are Distributed: insert into the shards before returning (not through the
+    # node's background queue), so a committed run is on its shards. The token and the setting above travel
+    # with each shard's share of the part. A no-op for a table that is not Distributed.
+    "distributed_foreground_insert": 1,
+}
 
 
 def load_part(client: Client, table: str, path: Path, sha256: str, database: str | None = None) -> None:
@@ -44,6 +52,13 @@ def shadow_name(database: str) -> str:
 
 def create_shadow(client: Client) -> str:
     """An empty copy of the warehouse schema beside the live database, for a full load."""
+    if is_cluster_warehouse(client):
+        # The shadow copy and EXCHANGE TABLES below act on the one node adpipe is connected to: on a cluster
+        # they would swap a Distributed table for a plain one there. Refuse before anything is written.
+        raise AdpipeError(
+            f"ClickHouse database {client.database!r} is a cluster warehouse (`adpipe init --cluster`): "
+            "adpipe cannot run a full load (nor the first sync, which is one) into a cluster yet"
+        )
     shadow = shadow_name(client.database)
     client.command(f"DROP DATABASE IF EXISTS {quote_identifier(shadow)} SYNC")
     client.command(f"CREATE DATABASE {quote_identifier(shadow)}")

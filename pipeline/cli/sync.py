@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from pipeline.cli.app import app, console, err_console, progress_bars
+from pipeline.errors import AdpipeError
 from pipeline.options import DEFAULT_CHUNK_ROWS, Engine, Mode, OnReset
 
 if TYPE_CHECKING:
@@ -20,15 +21,44 @@ app.add_typer(snapshots_app, name="snapshots")
 
 
 @app.command()
-def init() -> None:
+def init(
+    cluster: Annotated[
+        str | None, typer.Option(help="Create the schema ON CLUSTER: replicated local tables + Distributed.")
+    ] = None,
+    print_only: Annotated[
+        bool, typer.Option("--print", help="With --cluster: write the DDL to stdout, execute nothing.")
+    ] = False,
+) -> None:
     """Create the ClickHouse database, tables and materialized views (idempotent)."""
-    from pipeline import clickhouse
     from pipeline.config import load_settings
-    from pipeline.warehouse import apply_schema
 
     settings = load_settings()
+    if cluster is None:
+        if print_only:
+            raise AdpipeError("--print shows the DDL for a cluster: add --cluster NAME")
+        _init_single_node(settings)
+    else:
+        _init_cluster(settings, cluster, print_only)
+
+
+def _init_single_node(settings: Settings) -> None:
+    from pipeline import clickhouse
+    from pipeline.warehouse import apply_schema
+
     apply_schema(clickhouse.connect(settings))
     console.print(f"Warehouse schema is in place in database [bold]{settings.clickhouse_database}[/].")
+
+
+def _init_cluster(settings: Settings, cluster: str, print_only: bool) -> None:
+    from pipeline.cluster import create_on_cluster, render_cluster_schema
+
+    if print_only:
+        statements = render_cluster_schema(cluster, settings.clickhouse_database)
+        typer.echo("".join(f"{statement};\n\n" for statement in statements), nl=False)
+        return
+    create_on_cluster(settings, cluster)
+    database = settings.clickhouse_database
+    console.print(f"Warehouse schema is in place on cluster [bold]{cluster}[/] in database [bold]{database}[/].")
 
 
 @app.command()
