@@ -46,6 +46,8 @@ NOT_EXECUTED: dict[str, str] = {
     "uv run pytest": "the test suite, which runs this test",
     "uv run ruff check": "the linter; .ci/run runs it on every CI build",
     "bash .ci/run": "CI's entry point: a clean install, the linter and the whole suite",
+    "uv run --group notebook jupyter nbconvert --clear-output": "rewrites the committed notebooks in place; "
+    "test_notebooks checks they are stored in the cleared state this command produces",
     "docker compose": "needs a Docker engine, which the CI machine does not have",
     "export ADPIPE_POSTGRES_URL=": "points adpipe at the compose Postgres (needs Docker); "
     "the adpipe commands after it run here against the embedded default",
