@@ -26,7 +26,7 @@ from pipeline import clickhouse
 from pipeline.config import Settings, load_settings, mask_url
 from pipeline.extract import SourceReader
 from pipeline.generate import Generator
-from pipeline.options import Mode
+from pipeline.options import Engine, Mode
 from pipeline.stage import list_runs
 from pipeline.state import STATE_FILE, load_state
 from pipeline.sync import SyncOptions, sync
@@ -225,6 +225,37 @@ def test_replica_behind_the_last_sync_is_refused_until_it_catches_up(
     incremental()
     assert ch("SELECT count() FROM impressions") == [(9,)]
     assert aggregate_ch(settings, "impressions") == {1: 8, 2: 1}
+
+
+@pytest.mark.parametrize("engine", ["adbc", "connectorx"])
+def test_what_replays_during_a_run_waits_for_the_next_one(
+    settings: Settings, pg: psycopg.Connection, replica: str, monkeypatch: pytest.MonkeyPatch, engine: str
+) -> None:
+    """The readers, connected after the run's snapshot was taken, read that snapshot, not the replica's latest state."""
+    seed_hand_built(pg)
+    slow = psycopg.connect(pg.info.dsn)
+    slow.execute("INSERT INTO impressions (campaign_id, created_at) VALUES (2, '2026-11-21 09:00:00')")  # id 5
+    pg.execute("INSERT INTO impressions (campaign_id, created_at) VALUES (2, '2026-11-21 09:30:00')")  # id 6
+    wait_for_replay(pg, replica)
+    real_read_all = SourceReader.read_all
+
+    def replay_more_first(self: SourceReader, table: str) -> object:
+        if table == "advertiser":  # the run's first read: its snapshot is taken, no reader is connected yet
+            slow.commit()
+            pg.execute("UPDATE campaign SET name = 'Renamed' WHERE id = 1")
+            wait_for_replay(pg, replica)
+        return real_read_all(self, table)
+
+    monkeypatch.setattr(SourceReader, "read_all", replay_more_first)
+    full(engine=Engine(engine))
+    assert ch("SELECT id FROM impressions ORDER BY id") == [(1,), (2,), (3,), (4,), (6,)]
+    assert ch("SELECT name FROM campaign FINAL WHERE id = 1") == [("Spring",)]
+    assert [(g.lo, g.hi) for g in load_state(settings.home).facts["impressions"].gaps] == [(5, 5)]
+    monkeypatch.setattr(SourceReader, "read_all", real_read_all)
+    incremental(engine=Engine(engine))
+    assert ch("SELECT id FROM impressions ORDER BY id") == [(1,), (2,), (3,), (4,), (5,), (6,)]
+    assert ch("SELECT name FROM campaign FINAL WHERE id = 1") == [("Renamed",)]
+    slow.close()
 
 
 @pytest.mark.parametrize("engine", ["adbc", "connectorx"])
