@@ -22,16 +22,14 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 
-from pipeline import clickhouse
 from pipeline.config import Settings, load_settings, mask_url
 from pipeline.extract import SourceReader
 from pipeline.generate import Generator
-from pipeline.options import Engine, Mode
+from pipeline.options import Engine
 from pipeline.stage import list_runs
 from pipeline.state import STATE_FILE, load_state
-from pipeline.sync import SyncOptions, sync
 from tests.conftest import run_cli, server_directory
-from tests.test_sync import aggregate_ch, per_campaign_ch, seed_hand_built
+from tests.test_sync import aggregate_ch, ch, full, incremental, per_campaign_ch, seed_hand_built
 
 REPLAY_TIMEOUT_S = 30
 PASSWORD = "s3cret"
@@ -84,12 +82,17 @@ def _standby(primary_url: str, pgdata: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-def replica(settings: Settings, pg: psycopg.Connection, standby_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The test's database on the standby, set as ADPIPE_POSTGRES_REPLICA_URL once its schema has replicated."""
+def via_replica(
+    settings: Settings, pg: psycopg.Connection, standby_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Settings:
+    """The test's settings plus its database on the standby as ADPIPE_POSTGRES_REPLICA_URL, once that replicated.
+
+    The `settings` fixture's own object still reads the primary: a test passes one or the other to the sync.
+    """
     url = standby_url.rsplit("/", 1)[0] + "/" + pg.info.dbname
     wait_for_replay(pg, url)
     monkeypatch.setenv("ADPIPE_POSTGRES_REPLICA_URL", url)
-    return url
+    return load_settings()
 
 
 def wait_for_replay(pg: psycopg.Connection, standby: str) -> None:
@@ -111,18 +114,6 @@ def set_replay_paused(standby: str, paused: bool) -> None:
                 time.sleep(0.05)
 
 
-def full(**kw: object) -> None:
-    sync(load_settings(), SyncOptions(mode=Mode.FULL, **kw))
-
-
-def incremental(**kw: object) -> None:
-    sync(load_settings(), SyncOptions(mode=Mode.INCREMENTAL, **kw))
-
-
-def ch(sql: str) -> list[tuple]:
-    return clickhouse.connect(load_settings()).query(sql).result_rows
-
-
 def add_impressions(pg: psycopg.Connection, campaign_id: int, count: int) -> None:
     pg.execute(
         "INSERT INTO impressions (campaign_id, created_at) "
@@ -131,22 +122,22 @@ def add_impressions(pg: psycopg.Connection, campaign_id: int, count: int) -> Non
     )
 
 
-def test_full_sync_reads_the_replica_as_of_its_replay_point(pg: psycopg.Connection, replica: str) -> None:
+def test_full_sync_reads_the_replica_as_of_its_replay_point(pg: psycopg.Connection, via_replica: Settings) -> None:
+    standby = via_replica.postgres_replica_url
     seed_hand_built(pg)  # impressions: campaign 1 ×3, campaign 2 ×1; clicks: campaign 1 ×2
     Generator(pg, seed=21).batch(advertisers=1, campaigns=2, impressions=100, ctr=0.1)  # campaigns 4, 5
-    wait_for_replay(pg, replica)
-    set_replay_paused(replica, True)
+    wait_for_replay(pg, standby)
+    set_replay_paused(standby, True)
     try:
         add_impressions(pg, 2, 3)  # on the primary only: the paused replica does not have them
         result = run_cli("sync", "--mode", "full")
     finally:
-        set_replay_paused(replica, False)
+        set_replay_paused(standby, False)
     assert result.exit_code == 0, result.stderr
-    assert per_campaign_ch(load_settings(), "impressions") == {1: 3, 2: 1, 4: 100, 5: 100}
-    assert per_campaign_ch(load_settings(), "clicks") == {1: 2, 4: 10, 5: 10}
-    assert ch("SELECT count() FROM campaign FINAL") == [(5,)]
-    source = list_runs(load_settings().staging_dir)[0].manifest["source"]
-    assert source["read_from"] == "replica"
+    assert per_campaign_ch(via_replica, "impressions") == {1: 3, 2: 1, 4: 100, 5: 100}
+    assert per_campaign_ch(via_replica, "clicks") == {1: 2, 4: 10, 5: 10}
+    assert ch(via_replica, "SELECT count() FROM campaign FINAL") == [(5,)]
+    assert list_runs(via_replica.staging_dir)[0].manifest["source"]["read_from"] == "replica"
 
     # status compares with the primary, which has the 3 impressions the replica had not replayed.
     status = run_cli("status")
@@ -155,120 +146,120 @@ def test_full_sync_reads_the_replica_as_of_its_replay_point(pg: psycopg.Connecti
     # Table, PG rows, PG max id, CH rows, CH max id, Behind, Quarantined
     assert [c.strip() for c in impressions.split("│")[2:8]] == ["207", "207", "204", "204", "3", "0"]
 
-    wait_for_replay(pg, replica)
-    incremental()
-    assert per_campaign_ch(load_settings(), "impressions") == {1: 3, 2: 4, 4: 100, 5: 100}
-    assert aggregate_ch(load_settings(), "impressions") == {1: 3, 2: 4, 4: 100, 5: 100}
+    wait_for_replay(pg, standby)
+    incremental(via_replica)
+    assert per_campaign_ch(via_replica, "impressions") == {1: 3, 2: 4, 4: 100, 5: 100}
+    assert aggregate_ch(via_replica, "impressions") == {1: 3, 2: 4, 4: 100, 5: 100}
 
 
-def test_incremental_through_the_replica_is_exact(pg: psycopg.Connection, replica: str) -> None:
+def test_incremental_through_the_replica_is_exact(pg: psycopg.Connection, via_replica: Settings) -> None:
     generator = Generator(pg, seed=22)
     generator.batch(advertisers=2, campaigns=2, impressions=150, ctr=0.1)  # campaigns 1–4
-    wait_for_replay(pg, replica)
-    full()
+    wait_for_replay(pg, via_replica.postgres_replica_url)
+    full(via_replica)
     generator.batch(advertisers=1, campaigns=1, impressions=80, ctr=0.25)  # campaign 5
     add_impressions(pg, 1, 7)
-    wait_for_replay(pg, replica)
-    incremental(chunk_rows=100)
-    incremental()  # nothing new: must not double anything
-    assert ch("SELECT count() FROM impressions") == [(4 * 150 + 80 + 7,)]
-    assert ch("SELECT sum(impressions), sum(clicks) FROM campaign_daily") == [(687, 4 * 15 + 20)]
-    assert per_campaign_ch(load_settings(), "impressions") == {1: 157, 2: 150, 3: 150, 4: 150, 5: 80}
-    assert ch("SELECT count() FROM advertiser FINAL") == [(3,)]
+    wait_for_replay(pg, via_replica.postgres_replica_url)
+    incremental(via_replica, chunk_rows=100)
+    incremental(via_replica)  # nothing new: must not double anything
+    assert ch(via_replica, "SELECT count() FROM impressions") == [(4 * 150 + 80 + 7,)]
+    assert ch(via_replica, "SELECT sum(impressions), sum(clicks) FROM campaign_daily") == [(687, 4 * 15 + 20)]
+    assert per_campaign_ch(via_replica, "impressions") == {1: 157, 2: 150, 3: 150, 4: 150, 5: 80}
+    assert ch(via_replica, "SELECT count() FROM advertiser FINAL") == [(3,)]
 
 
 def test_out_of_order_commit_on_the_primary_is_not_lost_through_the_replica(
-    pg: psycopg.Connection, replica: str
+    pg: psycopg.Connection, via_replica: Settings
 ) -> None:
     seed_hand_built(pg)
-    wait_for_replay(pg, replica)
-    full()
+    wait_for_replay(pg, via_replica.postgres_replica_url)
+    full(via_replica)
     slow = psycopg.connect(pg.info.dsn)
     slow.execute("INSERT INTO impressions (campaign_id, created_at) VALUES (2, '2026-11-21 09:00:00')")  # id 5
     pg.execute("INSERT INTO impressions (campaign_id, created_at) VALUES (2, '2026-11-21 09:30:00')")  # id 6
-    wait_for_replay(pg, replica)  # id 6 replayed; id 5 in the WAL too, but its transaction is still open
-    incremental()
-    assert ch("SELECT id FROM impressions ORDER BY id") == [(1,), (2,), (3,), (4,), (6,)]
-    assert [(g.lo, g.hi) for g in load_state(load_settings().home).facts["impressions"].gaps] == [(5, 5)]
+    wait_for_replay(pg, via_replica.postgres_replica_url)  # id 6 replayed; id 5 too, but its transaction is open
+    incremental(via_replica)
+    assert ch(via_replica, "SELECT id FROM impressions ORDER BY id") == [(1,), (2,), (3,), (4,), (6,)]
+    assert [(g.lo, g.hi) for g in load_state(via_replica.home).facts["impressions"].gaps] == [(5, 5)]
     slow.commit()
     slow.close()
-    wait_for_replay(pg, replica)
-    incremental()
-    incremental()
-    assert ch("SELECT id FROM impressions ORDER BY id") == [(1,), (2,), (3,), (4,), (5,), (6,)]
-    assert aggregate_ch(load_settings(), "impressions") == {1: 3, 2: 3}
-    assert load_state(load_settings().home).facts["impressions"].gaps == []
+    wait_for_replay(pg, via_replica.postgres_replica_url)
+    incremental(via_replica)
+    incremental(via_replica)
+    assert ch(via_replica, "SELECT id FROM impressions ORDER BY id") == [(1,), (2,), (3,), (4,), (5,), (6,)]
+    assert aggregate_ch(via_replica, "impressions") == {1: 3, 2: 3}
+    assert load_state(via_replica.home).facts["impressions"].gaps == []
 
 
 def test_replica_behind_the_last_sync_is_refused_until_it_catches_up(
-    settings: Settings, pg: psycopg.Connection, replica: str, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, pg: psycopg.Connection, via_replica: Settings
 ) -> None:
+    standby = via_replica.postgres_replica_url
     seed_hand_built(pg)
-    wait_for_replay(pg, replica)
-    set_replay_paused(replica, True)
+    wait_for_replay(pg, standby)
+    set_replay_paused(standby, True)
     try:
         add_impressions(pg, 1, 5)  # ids 5–9, on the primary only
-        monkeypatch.delenv("ADPIPE_POSTGRES_REPLICA_URL")
-        full()  # from the primary: high-water id 9
-        monkeypatch.setenv("ADPIPE_POSTGRES_REPLICA_URL", replica)
-        result = run_cli("sync")
+        full(settings)  # from the primary: high-water id 9
+        result = run_cli("sync")  # from the replica, which has ids 1–4
     finally:
-        set_replay_paused(replica, False)
+        set_replay_paused(standby, False)
     # Without the check, the replica's max id 4 below the high-water mark 9 would read as a reset source.
     assert result.exit_code == 1
     assert result.stderr.count("\n") == 1
-    assert f"the Postgres replica at {mask_url(replica)} has replayed the source only up to WAL" in result.stderr
+    assert f"the Postgres replica at {mask_url(standby)} has replayed the source only up to WAL" in result.stderr
     assert PASSWORD not in result.stderr
     assert "behind the last sync" in result.stderr
     assert len(list_runs(settings.staging_dir)) == 1  # nothing staged by the refused run
-    wait_for_replay(pg, replica)
-    incremental()
-    assert ch("SELECT count() FROM impressions") == [(9,)]
-    assert aggregate_ch(settings, "impressions") == {1: 8, 2: 1}
+    wait_for_replay(pg, standby)
+    incremental(via_replica)
+    assert ch(via_replica, "SELECT count() FROM impressions") == [(9,)]
+    assert aggregate_ch(via_replica, "impressions") == {1: 8, 2: 1}
 
 
-@pytest.mark.parametrize("engine", ["adbc", "connectorx"])
+@pytest.mark.parametrize("engine", list(Engine))
 def test_what_replays_during_a_run_waits_for_the_next_one(
-    settings: Settings, pg: psycopg.Connection, replica: str, monkeypatch: pytest.MonkeyPatch, engine: str
+    pg: psycopg.Connection, via_replica: Settings, monkeypatch: pytest.MonkeyPatch, engine: Engine
 ) -> None:
     """The readers, connected after the run's snapshot was taken, read that snapshot, not the replica's latest state."""
     seed_hand_built(pg)
     slow = psycopg.connect(pg.info.dsn)
     slow.execute("INSERT INTO impressions (campaign_id, created_at) VALUES (2, '2026-11-21 09:00:00')")  # id 5
     pg.execute("INSERT INTO impressions (campaign_id, created_at) VALUES (2, '2026-11-21 09:30:00')")  # id 6
-    wait_for_replay(pg, replica)
+    wait_for_replay(pg, via_replica.postgres_replica_url)
     real_read_all = SourceReader.read_all
 
     def replay_more_first(self: SourceReader, table: str) -> object:
         if table == "advertiser":  # the run's first read: its snapshot is taken, no reader is connected yet
             slow.commit()
             pg.execute("UPDATE campaign SET name = 'Renamed' WHERE id = 1")
-            wait_for_replay(pg, replica)
+            wait_for_replay(pg, via_replica.postgres_replica_url)
         return real_read_all(self, table)
 
     monkeypatch.setattr(SourceReader, "read_all", replay_more_first)
-    full(engine=Engine(engine))
-    assert ch("SELECT id FROM impressions ORDER BY id") == [(1,), (2,), (3,), (4,), (6,)]
-    assert ch("SELECT name FROM campaign FINAL WHERE id = 1") == [("Spring",)]
-    assert [(g.lo, g.hi) for g in load_state(settings.home).facts["impressions"].gaps] == [(5, 5)]
+    full(via_replica, engine=engine)
+    assert ch(via_replica, "SELECT id FROM impressions ORDER BY id") == [(1,), (2,), (3,), (4,), (6,)]
+    assert ch(via_replica, "SELECT name FROM campaign FINAL WHERE id = 1") == [("Spring",)]
+    assert [(g.lo, g.hi) for g in load_state(via_replica.home).facts["impressions"].gaps] == [(5, 5)]
     monkeypatch.setattr(SourceReader, "read_all", real_read_all)
-    incremental(engine=Engine(engine))
-    assert ch("SELECT id FROM impressions ORDER BY id") == [(1,), (2,), (3,), (4,), (5,), (6,)]
-    assert ch("SELECT name FROM campaign FINAL WHERE id = 1") == [("Renamed",)]
+    incremental(via_replica, engine=engine)
+    assert ch(via_replica, "SELECT id FROM impressions ORDER BY id") == [(1,), (2,), (3,), (4,), (5,), (6,)]
+    assert ch(via_replica, "SELECT name FROM campaign FINAL WHERE id = 1") == [("Renamed",)]
     slow.close()
 
 
-@pytest.mark.parametrize("engine", ["adbc", "connectorx"])
+@pytest.mark.parametrize("engine", list(Engine))
 def test_recovery_conflict_fails_in_one_line_and_changes_nothing(
-    settings: Settings, pg: psycopg.Connection, replica: str, monkeypatch: pytest.MonkeyPatch, engine: str
+    pg: psycopg.Connection, via_replica: Settings, monkeypatch: pytest.MonkeyPatch, engine: Engine
 ) -> None:
+    standby = via_replica.postgres_replica_url
     seed_hand_built(pg)
-    wait_for_replay(pg, replica)
-    full()
-    state_before = (settings.home / STATE_FILE).read_text()
+    wait_for_replay(pg, standby)
+    full(via_replica)
+    state_before = (via_replica.home / STATE_FILE).read_text()
     add_impressions(pg, 1, 2)
     pg.execute("CREATE TABLE scratch AS SELECT g FROM generate_series(1, 100) AS g")  # not a source table
-    wait_for_replay(pg, replica)
+    wait_for_replay(pg, standby)
 
     real_read_id_range = SourceReader.read_id_range
 
@@ -280,27 +271,27 @@ def test_recovery_conflict_fails_in_one_line_and_changes_nothing(
             self.conflicted = True
             pg.execute("DELETE FROM scratch")
             pg.execute("VACUUM scratch")
-            wait_for_replay(pg, replica)
+            wait_for_replay(pg, standby)
         return real_read_id_range(self, *args)
 
     monkeypatch.setattr(SourceReader, "read_id_range", vacuum_under_the_sync)
-    result = run_cli("sync", "--engine", engine)
+    result = run_cli("sync", "--engine", engine.value)
     assert result.exit_code == 1
     assert result.stderr.count("\n") == 1, result.stderr
     message = " ".join(result.stderr.split())
     assert PASSWORD not in message
-    assert f"the Postgres replica at {mask_url(replica)} cancelled" in message
+    assert f"the Postgres replica at {mask_url(standby)} cancelled" in message
     assert "cancelled this sync's reads (conflict with recovery: User query might have needed to see row" in message
     assert "row versions that must be removed); nothing was committed: run the sync again" in message
     assert "set hot_standby_feedback = on or raise max_standby_streaming_delay on the replica" in message
     # No partial state: the committed state, the staged runs and the warehouse are as before.
-    assert (settings.home / STATE_FILE).read_text() == state_before
-    assert len(list_runs(settings.staging_dir)) == 1
-    assert ch("SELECT count() FROM impressions") == [(4,)]
+    assert (via_replica.home / STATE_FILE).read_text() == state_before
+    assert len(list_runs(via_replica.staging_dir)) == 1
+    assert ch(via_replica, "SELECT count() FROM impressions") == [(4,)]
 
     monkeypatch.setattr(SourceReader, "read_id_range", real_read_id_range)
     assert run_cli("sync").exit_code == 0  # the advised retry
-    assert per_campaign_ch(settings, "impressions") == {1: 5, 2: 1}
+    assert per_campaign_ch(via_replica, "impressions") == {1: 5, 2: 1}
 
 
 def test_replica_without_the_source_schema_says_what_to_do(
@@ -326,6 +317,6 @@ def test_a_server_not_in_recovery_serves_as_the_replica(
     """Pointing the replica URL at a primary (or a promoted standby) is fine: it is read the same way."""
     seed_hand_built(pg)
     monkeypatch.setenv("ADPIPE_POSTGRES_REPLICA_URL", settings.postgres_url)
-    full()
+    full(load_settings())
     assert per_campaign_ch(settings, "impressions") == {1: 3, 2: 1}
     assert list_runs(settings.staging_dir)[0].manifest["source"]["read_from"] == "replica"
