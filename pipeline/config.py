@@ -20,6 +20,8 @@ class Settings:
     home: Path
     postgres_url: str | None
     """An explicit server URL, or None for the embedded server under `home`."""
+    postgres_replica_url: str | None
+    """A hot standby of that server the sync extracts from (`ADPIPE_POSTGRES_REPLICA_URL`), or None: the primary."""
     clickhouse_url: str
     clickhouse_database: str
     staging_dir: Path
@@ -49,6 +51,7 @@ def load_settings() -> Settings:
     return Settings(
         home=home,
         postgres_url=os.environ.get("ADPIPE_POSTGRES_URL") or _postgres_url_from_seed_variables(),
+        postgres_replica_url=os.environ.get("ADPIPE_POSTGRES_REPLICA_URL") or None,
         clickhouse_url=clickhouse_url,
         clickhouse_database=_clickhouse_database(clickhouse_url),
         staging_dir=Path(os.environ.get("ADPIPE_STAGING_DIR", "staging")).absolute(),

