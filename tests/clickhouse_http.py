@@ -11,7 +11,8 @@ clickhouse-connect uses:
   on the body's first line), run as `INSERT … FROM INFILE` because chDB reads input data from a file;
 - `database`, `session_id` (a session keeps its chDB handle, so `SET` and temporary tables last; concurrent
   use of one session is refused with code 373 like the server), `default_format`, `query_id`, `param_<name>`
-  server-side query parameters, and every other URL parameter as a setting for that request;
+  server-side query parameters, and every other URL parameter as a setting for that request (in a session,
+  reset to its default afterwards rather than to the session's value);
 - any output and input format the engine knows (Native, Arrow, Parquet, TabSeparated…), `X-ClickHouse-Format`
   for a statement that returns a result, `X-ClickHouse-Summary`, `X-ClickHouse-Query-Id`,
   `X-ClickHouse-Timezone`;
