@@ -7,9 +7,10 @@ open, so a second adpipe process gets a clear "busy" message instead of an engin
 A server client gets timeouts, TLS options and compression from the environment
 (`pipeline.config.clickhouse_server_options`), and retries transient failures with exponential
 backoff. Retries wrap the client's few request methods (every public call goes through exactly one
-of them), because the decision needs what clickhouse-connect's own hooks do not see together: the
-ClickHouse error code, whether the request reached the server, and whether the statement is safe
-to run twice.
+of them) rather than use the driver's hooks: urllib3's Retry (`http_retries`) sees an HTTP status but
+neither ClickHouse's error code nor the statement, and clickhouse-connect's `query_retries` covers
+only reads answered 429/503/504. The decision needs all three: the error code, whether the request
+reached the server, and whether the statement is safe to run twice.
 """
 
 from __future__ import annotations
