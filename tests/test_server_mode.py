@@ -11,6 +11,8 @@ import logging
 import socket
 import ssl
 import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -248,3 +250,27 @@ def test_the_double_serves_what_clickhouse_connect_sends(double: ClickHouseHttp,
         client.close()
     inserts = double.statements("^INSERT INTO `?kept`? .*FORMAT Native")
     assert len(inserts) == 1
+
+
+@pytest.mark.parametrize(
+    ("credentials", "status", "body"),
+    [
+        ({"X-ClickHouse-User": "adpipe", "X-ClickHouse-Key": "s3cret pass"}, 200, b"2\n"),
+        ({"X-ClickHouse-User": "adpipe", "X-ClickHouse-Key": "guess"}, 403, b"Code: 516. DB::Exception: adpipe: "),
+        ({"X-ClickHouse-User": "nobody"}, 403, b"Code: 516. DB::Exception: nobody: "),
+        ({}, 403, b"Code: 516. DB::Exception: default: "),  # no credentials: the default user, who is not configured
+    ],
+)
+def test_the_double_authenticates_like_the_server(
+    double: ClickHouseHttp, credentials: dict[str, str], status: int, body: bytes
+) -> None:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{double.port}/?query=SELECT+1%2B1", headers=credentials, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            answered, content, code = response.status, response.read(), response.headers["X-ClickHouse-Exception-Code"]
+    except urllib.error.HTTPError as error:
+        answered, content, code = error.code, error.read(), error.headers["X-ClickHouse-Exception-Code"]
+    assert (answered, content[: len(body)]) == (status, body)
+    assert code == (None if status == 200 else "516")
