@@ -55,7 +55,11 @@ from urllib.parse import parse_qsl, quote, urlsplit
 
 import chdb
 import lz4.frame
-from backports import zstd
+
+try:
+    from compression import zstd  # Python 3.14
+except ImportError:
+    from backports import zstd  # before 3.14, a dependency of clickhouse-connect
 
 _NOT_SETTINGS = {
     "query", "database", "default_format", "session_id", "session_timeout", "session_check", "close_session",
