@@ -40,7 +40,11 @@ _INSERT_SETTINGS = {
 
 
 def load_part(client: Client, table: str, path: Path, sha256: str, database: str | None = None) -> None:
-    """Insert one staged part; a second insert of the same part is a no-op."""
+    """Insert one staged part; a second insert of the same part is a no-op.
+
+    That is also what makes the part safe to resend when a server connection breaks mid-insert
+    (pipeline.clickhouse retries inserts that carry an insert_deduplication_token).
+    """
     target = quote_identifier(table) if database is None else f"{quote_identifier(database)}.{quote_identifier(table)}"
     settings = {**_INSERT_SETTINGS, "insert_deduplication_token": f"{table}:{sha256}"}
     client.raw_insert(target, insert_block=path.read_bytes(), fmt="Parquet", settings=settings)
@@ -61,7 +65,7 @@ def create_shadow(client: Client) -> str:
         )
     shadow = shadow_name(client.database)
     client.command(f"DROP DATABASE IF EXISTS {quote_identifier(shadow)} SYNC")
-    client.command(f"CREATE DATABASE {quote_identifier(shadow)}")
+    client.command(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(shadow)}")
     with using_database(client, shadow):
         apply_schema(client)
     return shadow
@@ -76,7 +80,7 @@ def swap_in(client: Client, shadow: str) -> None:
     for table in SWAPPED_TABLES:
         name = quote_identifier(table)
         client.command(f"EXCHANGE TABLES {live}.{name} AND {quote_identifier(shadow)}.{name}")
-    client.command(f"DROP DATABASE {quote_identifier(shadow)} SYNC")
+    client.command(f"DROP DATABASE IF EXISTS {quote_identifier(shadow)} SYNC")
     log.info("swapped the full load into %s", client.database)
 
 

@@ -12,6 +12,8 @@ from pipeline.config import Settings
 from tests.conftest import run_cli
 from tests.test_sync import seed_hand_built
 
+pytestmark = pytest.mark.warehouses  # each test that uses `settings` runs on chdb, http and server
+
 
 def test_init_is_idempotent(settings: Settings) -> None:
     for _ in range(2):
