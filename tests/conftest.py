@@ -86,9 +86,13 @@ def chdb_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     clickhouse.close_all()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def clickhouse_http(chdb_url: str) -> Iterator[ClickHouseHttp]:
-    """ClickHouse's HTTP interface over the session's embedded engine, on a free port of 127.0.0.1."""
+    """ClickHouse's HTTP interface over the session's embedded engine, on a free port of 127.0.0.1.
+
+    Per module, not per session: its handle keeps the engine open, and tests that hand the engine to
+    another process (the notebooks' kernels) need every handle in this process closed.
+    """
     with ClickHouseHttp(chdb_url.removeprefix("chdb://")).running() as double:
         yield double
 
