@@ -8,8 +8,13 @@ With `ADPIPE_POSTGRES_REPLICA_URL` set, all of it — coordinator and readers �
 standby: the exported snapshot exists only on the server that exported it, so every read of a run
 sees the same standby snapshot, i.e. the primary's state as of one WAL replay position. A standby
 builds its snapshots from the transaction ids it has seen in the WAL (KnownAssignedXids), in the
-primary's transaction-id space, so xmin/xmax mean there what they mean on the primary and the
+primary's transaction-id space, so xmin means there what it means on the primary and the
 incremental sync's gap bookkeeping holds unchanged, across runs on either server.
+
+Right after taking the snapshot, a run also takes `Snapshot.xid_bound` from a primary — the server
+read, or with a standby, the primary it replicates (`ADPIPE_POSTGRES_URL`): a standby cannot assign
+transaction ids, and one taken on the primary after the standby snapshot is only larger, which is safe
+(the standby's xmin reaches it only once it has replayed the end of every transaction below it).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import pyarrow as pa
 from pipeline.config import Settings, mask_url
 from pipeline.errors import AdpipeError
 from pipeline.options import Engine
-from pipeline.postgres import connect, connect_replica, postgres_url
+from pipeline.postgres import connect, connect_replica, next_transaction_id, postgres_url
 
 log = logging.getLogger(__name__)
 
@@ -45,19 +50,20 @@ FACTS = ("impressions", "clicks")
 
 @dataclass(frozen=True)
 class Snapshot:
-    """The source snapshot a run reads: pg_current_snapshot() parts and the transaction's start time (UTC)."""
+    """The source snapshot a run reads, its start time (UTC), and a bound on the transactions before it."""
 
     exported_id: str
+    text: str
+    """pg_current_snapshot() as `xmin:xmax:xip`, for the manifest and logs. Its xmax is one past the latest
+    *completed* transaction id: a transaction still running with a larger id is neither below it nor in xip,
+    so xmax bounds nothing about running transactions (`xid_bound` does)."""
     xmin: int
-    xmax: int
-    xip: tuple[int, ...]
+    """Every transaction with a lower id had ended when the snapshot was taken, and what it committed is visible."""
+    xid_bound: int
+    """A transaction id above every one assigned before the snapshot: the primary's next id, taken just after."""
     taken_at: datetime
     lsn: str
     """The WAL position the snapshot is as of (at least): replayed up to, on a standby; written up to, on a primary."""
-
-    @property
-    def text(self) -> str:
-        return f"{self.xmin}:{self.xmax}:{','.join(map(str, self.xip))}"
 
 
 def lsn_value(lsn: str) -> int:
@@ -95,15 +101,31 @@ class SourceReader:
         conn = connect_replica(self.settings) if self.replica else connect(self.settings)
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         exported, current, taken_at, lsn, in_recovery, replayed_at = conn.execute(_SNAPSHOT_SQL).fetchone()
-        xmin, xmax, xip = current.split(":")
-        xids = tuple(int(x) for x in xip.split(",") if x)
-        self.snapshot = Snapshot(exported, int(xmin), int(xmax), xids, taken_at, lsn)
+        try:
+            xid_bound = self._xid_bound(in_recovery)
+        except BaseException:
+            conn.close()
+            raise
+        self.snapshot = Snapshot(exported, current, int(current.split(":")[0]), xid_bound, taken_at, lsn)
         self._coordinator = conn
         if in_recovery:
             log.info("reading standby snapshot %s as of %s (last commit %s)", self.snapshot.text, lsn, replayed_at)
         else:
             log.info("reading source snapshot %s at %s", self.snapshot.text, lsn)
         return self
+
+    def _xid_bound(self, in_recovery: bool) -> int:
+        """The next transaction id of the primary whose ids the snapshot just taken uses: the server read, or the
+        primary of a standby. Called after the snapshot was taken, so it is above every id assigned before it."""
+        if not in_recovery:
+            return next_transaction_id(self.url, "the Postgres replica" if self.replica else "Postgres")
+        try:
+            return next_transaction_id(postgres_url(self.settings), "the primary Postgres")
+        except AdpipeError as exc:
+            raise AdpipeError(
+                f"{exc}; a sync from a standby still takes one transaction id per run on the primary"
+                " (ADPIPE_POSTGRES_URL), to know when rows missing below the last synced id can no longer appear"
+            ) from None
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

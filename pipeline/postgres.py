@@ -140,6 +140,23 @@ def connect_replica(settings: Settings) -> psycopg.Connection:
     return conn
 
 
+def next_transaction_id(url: str, what: str) -> int:
+    """A transaction id above every one the server at `url` had assigned when this was called.
+
+    `pg_current_xact_id()` assigns one to its own short autocommit transaction; ids are handed out in
+    increasing order (64-bit, no wraparound), so every transaction that held one before is lower. It
+    costs one id and one commit record. A standby cannot assign ids: `url` must be a primary.
+    """
+    with _open(url, what) as conn:
+        conn.autocommit = True
+        try:
+            return int(conn.execute("SELECT pg_current_xact_id()::text").fetchone()[0])
+        except psycopg.Error as exc:
+            raise AdpipeError(
+                f"cannot get a transaction id from {what} at {mask_url(url)}: {first_line(exc)}"
+            ) from None
+
+
 def _open(url: str, what: str) -> psycopg.Connection:
     try:
         return psycopg.connect(url, connect_timeout=10)

@@ -21,16 +21,20 @@ STATE_FILE = "last_synced_ids.json"
 
 @dataclass
 class Gap:
-    """Ids [lo, hi] absent when a run read the table, with the snapshot's xmax at that time.
+    """Ids [lo, hi] absent below the high-water mark when a run read the table.
 
-    Every transaction that could still commit these ids had a transaction id below `xmax`
-    (it drew them from the sequence before the snapshot). Once a later snapshot's xmin is at
-    or above `xmax`, all those transactions have ended: ids still absent then never will appear.
+    `xid_bound` is that run's `Snapshot.xid_bound`, taken after its snapshot: above the transaction id of
+    every transaction that could still commit these ids, as each drew its id, and was assigned its
+    transaction id, before that snapshot could show a larger id (README, Assumptions). Once a later
+    snapshot's xmin is at or above `xid_bound`, all those transactions have ended and whatever they
+    committed is visible to it: ids still absent then never will appear. None for a gap from a state
+    file written before the bound existed (it recorded the snapshot's xmax, which bounds nothing about
+    running transactions): the next run re-checks it and gives it its own bound.
     """
 
     lo: int
     hi: int
-    xmax: int
+    xid_bound: int | None
 
 
 @dataclass
@@ -58,7 +62,7 @@ class SyncState:
             name: FactState(
                 high_water=fact["high_water"],
                 anchor_created_at=fact.get("anchor_created_at"),
-                gaps=[Gap(**gap) for gap in fact.get("gaps", [])],
+                gaps=[Gap(gap["lo"], gap["hi"], gap.get("xid_bound")) for gap in fact.get("gaps", [])],
             )
             for name, fact in data.get("facts", {}).items()
         }

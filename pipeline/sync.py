@@ -29,7 +29,7 @@ from pipeline.changes import dimension_changes, full_load_rows
 from pipeline.clean import Cleaned, clean_advertisers, clean_campaigns, clean_facts, quarantine_arrow
 from pipeline.config import Settings, mask_url
 from pipeline.errors import AdpipeError
-from pipeline.extract import DIMENSIONS, FACTS, SourceReader, lsn_value
+from pipeline.extract import DIMENSIONS, FACTS, Snapshot, SourceReader, lsn_value
 from pipeline.load import LOAD_ORDER, create_shadow, load_part, swap_in
 from pipeline.locks import exclusive_lock
 from pipeline.options import DEFAULT_CHUNK_ROWS, Engine, Mode, OnReset
@@ -234,6 +234,7 @@ def _stage_and_load(
                 "mode": mode.value,
                 "source": {
                     "snapshot": reader.snapshot.text,
+                    "xid_bound": reader.snapshot.xid_bound,
                     "taken_at": reader.snapshot.taken_at.isoformat(),
                     "lsn": reader.snapshot.lsn,
                     "read_from": "replica" if reader.replica else "primary",
@@ -337,13 +338,13 @@ def _sync_fact(
     if previous.gaps:
         rows = reader.read_ids_in(table, [(gap.lo, gap.hi) for gap in previous.gaps])
         _stage_fact_rows(pipeline, table, rows, now, quarantine, summary)
-        gaps = _open_gaps(previous.gaps, rows.column("id").to_numpy(), reader.snapshot.xmin)
+        gaps = _open_gaps(previous.gaps, rows.column("id").to_numpy(), reader.snapshot)
     high_water = reader.max_id(table)
     chunks = prefetch(reader.read_id_range(table, previous.high_water, high_water, options.chunk_rows))
     for after, upto, rows in _timed(chunks, pipeline.timings, "extract_wait"):
         _stage_fact_rows(pipeline, table, rows, now, quarantine, summary)
         ids = rows.column("id").to_numpy()
-        gaps += [Gap(lo, hi, reader.snapshot.xmax) for lo, hi in missing_ranges(ids, after, upto)]
+        gaps += [Gap(lo, hi, reader.snapshot.xid_bound) for lo, hi in missing_ranges(ids, after, upto)]
         if options.progress:
             options.progress(table, upto - previous.high_water, high_water - previous.high_water)
     high_water = max(high_water, previous.high_water)
@@ -390,18 +391,21 @@ def missing_ranges(ids: np.ndarray, after: int, upto: int) -> list[tuple[int, in
     return [(int(bounds[i]) + 1, int(bounds[i + 1]) - 1) for i in holes]
 
 
-def _open_gaps(gaps: list[Gap], found: np.ndarray, snapshot_xmin: int) -> list[Gap]:
-    """The parts of earlier gaps still empty that some transaction might yet fill.
+def _open_gaps(gaps: list[Gap], found: np.ndarray, snapshot: Snapshot) -> list[Gap]:
+    """The parts of earlier gaps, re-read as `found` with `snapshot`, still empty that some transaction might yet fill.
 
-    A gap is closed for good once every transaction older than its recorded xmax has ended,
-    i.e. this run's snapshot xmin has reached that xmax: such rows would be visible now.
+    A gap is closed for good once `snapshot`'s xmin has reached its `xid_bound`: every transaction that could
+    hold its ids has ended, so a row one committed is visible to `snapshot` and was read into `found`.
+    A gap without a bound (from an older state file) gets this run's: it is above every transaction id
+    assigned before this snapshot, so above those of the transactions that drew its ids even earlier.
     """
     still_open = []
     for gap in gaps:
-        if snapshot_xmin >= gap.xmax:
+        bound = snapshot.xid_bound if gap.xid_bound is None else gap.xid_bound
+        if snapshot.xmin >= bound:
             continue
         inside = found[(found >= gap.lo) & (found <= gap.hi)]
-        still_open += [Gap(lo, hi, gap.xmax) for lo, hi in missing_ranges(inside, gap.lo - 1, gap.hi)]
+        still_open += [Gap(lo, hi, bound) for lo, hi in missing_ranges(inside, gap.lo - 1, gap.hi)]
     return still_open
 
 

@@ -29,7 +29,17 @@ from pipeline.options import Engine
 from pipeline.stage import list_runs
 from pipeline.state import STATE_FILE, load_state
 from tests.conftest import run_cli, server_directory
-from tests.test_sync import aggregate_ch, ch, full, incremental, per_campaign_ch, seed_hand_built
+from tests.test_sync import (
+    aggregate_ch,
+    ch,
+    full,
+    incremental,
+    per_campaign_ch,
+    per_campaign_pg,
+    seed_hand_built,
+    snapshot_xmax,
+    start_commit_behind_a_later_xid,
+)
 
 REPLAY_TIMEOUT_S = 30
 PASSWORD = "s3cret"
@@ -189,6 +199,72 @@ def test_out_of_order_commit_on_the_primary_is_not_lost_through_the_replica(
     assert ch(via_replica, "SELECT id FROM impressions ORDER BY id") == [(1,), (2,), (3,), (4,), (5,), (6,)]
     assert aggregate_ch(via_replica, "impressions") == {1: 3, 2: 3}
     assert load_state(via_replica.home).facts["impressions"].gaps == []
+
+
+def test_gap_stays_open_through_the_replica_while_a_transaction_above_its_xmax_runs(
+    pg: psycopg.Connection, via_replica: Settings
+) -> None:
+    standby = via_replica.postgres_replica_url
+    seed_hand_built(pg)
+    wait_for_replay(pg, standby)
+    full(via_replica)
+    slow, t = start_commit_behind_a_later_xid(pg)
+    wait_for_replay(pg, standby)  # id 6 replayed; id 5 too, but its transaction is open
+    incremental(via_replica)
+    assert snapshot_xmax(via_replica) <= t  # the standby's snapshot does not cover T either
+    assert ch(via_replica, "SELECT id FROM impressions ORDER BY id") == [(1,), (2,), (3,), (4,), (6,)]
+    wait_for_replay(pg, standby)
+    incremental(via_replica)  # T still open on the primary
+    assert [(g.lo, g.hi) for g in load_state(via_replica.home).facts["impressions"].gaps] == [(5, 5)]
+    slow.commit()
+    slow.close()
+    wait_for_replay(pg, standby)
+    incremental(via_replica)
+    assert ch(via_replica, "SELECT id FROM impressions ORDER BY id") == [(1,), (2,), (3,), (4,), (5,), (6,)]
+    assert per_campaign_ch(via_replica, "impressions") == per_campaign_pg(pg, "impressions") == {1: 3, 2: 3}
+    assert aggregate_ch(via_replica, "impressions") == {1: 3, 2: 3}
+    assert load_state(via_replica.home).facts["impressions"].gaps == []
+
+
+def test_replica_sync_without_the_primary_fails_in_one_line(
+    pg: psycopg.Connection, via_replica: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    standby = via_replica.postgres_replica_url
+    seed_hand_built(pg)
+    wait_for_replay(pg, standby)
+    full(via_replica)
+    state_before = (via_replica.home / STATE_FILE).read_text()
+    add_impressions(pg, 1, 2)
+    wait_for_replay(pg, standby)
+    with socket.socket() as s:  # a port nothing listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    primary = f"postgresql://postgres:{PASSWORD}@127.0.0.1:{port}/adpipe"
+    monkeypatch.setenv("ADPIPE_POSTGRES_URL", primary)
+    result = run_cli("sync")
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    message = " ".join(result.stderr.split())
+    assert PASSWORD not in message
+    assert f"cannot reach the primary Postgres at {mask_url(primary)}: " in message
+    assert "a sync from a standby still takes one transaction id per run on the primary (ADPIPE_POSTGRES_URL)" in (
+        message
+    )
+    # A "primary" that is in recovery itself cannot assign a transaction id: said in one line too.
+    monkeypatch.setenv("ADPIPE_POSTGRES_URL", standby)
+    result = run_cli("sync")
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    message = " ".join(result.stderr.split())
+    assert PASSWORD not in message
+    assert (
+        f"cannot get a transaction id from the primary Postgres at {mask_url(standby)}:"
+        " cannot execute pg_current_xact_id() during recovery; a sync from a standby" in message
+    )
+    # Nothing staged, committed or loaded by either.
+    assert (via_replica.home / STATE_FILE).read_text() == state_before
+    assert len(list_runs(via_replica.staging_dir)) == 1
+    assert ch(via_replica, "SELECT count() FROM impressions") == [(4,)]
 
 
 def test_replica_behind_the_last_sync_is_refused_until_it_catches_up(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import threading
 from datetime import date
+from unittest.mock import ANY
 
 import psycopg
 import pytest
@@ -20,7 +21,7 @@ from pipeline.generate import Generator
 from pipeline.locks import exclusive_lock
 from pipeline.options import Engine, Mode, OnReset
 from pipeline.stage import list_runs
-from pipeline.state import load_state
+from pipeline.state import STATE_FILE, load_state
 from pipeline.sync import SyncOptions, missing_ranges, replay, sync
 from tests.conftest import run_cli
 
@@ -135,6 +136,77 @@ def test_transaction_committing_below_the_high_water_mark_is_not_lost(
     incremental(settings)
     assert ch(settings, "SELECT id FROM impressions ORDER BY id") == [(1,), (2,), (3,), (4,), (5,), (6,)]
     assert aggregate_ch(settings, "impressions") == {1: 3, 2: 3}
+    assert load_state(settings.home).facts["impressions"].gaps == []
+
+
+def start_commit_behind_a_later_xid(pg: psycopg.Connection) -> tuple[psycopg.Connection, int]:
+    """After `seed_hand_built`: impression 6 committed by a transaction H, impression 5 held open by T, whose
+    transaction id t is larger than H's. Returns T's connection (its transaction open) and t.
+
+    pg_current_snapshot()'s xmax is one past the latest *completed* transaction id, here H's: T is running
+    with an id at or above that xmax, so it is neither below xmax nor listed in xip.
+    """
+    first = psycopg.connect(pg.info.dsn)  # H
+    slow = psycopg.connect(pg.info.dsn)  # T
+    first.execute("INSERT INTO advertiser (name) VALUES ('Initech')")  # H is assigned its transaction id h first
+    slow.execute("INSERT INTO impressions (campaign_id, created_at) VALUES (2, '2026-11-21 09:00:00')")  # id 5
+    first.execute("INSERT INTO impressions (campaign_id, created_at) VALUES (2, '2026-11-21 09:30:00')")  # id 6
+    h = int(first.execute("SELECT pg_current_xact_id()::text").fetchone()[0])
+    t = int(slow.execute("SELECT pg_current_xact_id()::text").fetchone()[0])
+    assert t > h
+    first.commit()
+    first.close()
+    return slow, t
+
+
+def snapshot_xmax(settings: Settings) -> int:
+    """The xmax of the snapshot the last staged run read (`xmin:xmax:xip` in its manifest)."""
+    return int(list_runs(settings.staging_dir)[-1].manifest["source"]["snapshot"].split(":")[1])
+
+
+def test_gap_stays_open_while_a_transaction_above_the_snapshot_xmax_runs(
+    settings: Settings, pg: psycopg.Connection
+) -> None:
+    seed_hand_built(pg)
+    full(settings)
+    slow, t = start_commit_behind_a_later_xid(pg)
+    incremental(settings)
+    # The case this covers: T's id is not below the snapshot's xmax (so xmax says nothing about T).
+    assert snapshot_xmax(settings) <= t
+    assert ch(settings, "SELECT id FROM impressions ORDER BY id") == [(1,), (2,), (3,), (4,), (6,)]
+    incremental(settings)  # T still open: its id 5 may yet commit, so the gap must stay
+    assert [(g.lo, g.hi) for g in load_state(settings.home).facts["impressions"].gaps] == [(5, 5)]
+    slow.commit()
+    slow.close()
+    incremental(settings)
+    assert ch(settings, "SELECT id FROM impressions ORDER BY id") == [(1,), (2,), (3,), (4,), (5,), (6,)]
+    assert per_campaign_ch(settings, "impressions") == per_campaign_pg(pg, "impressions") == {1: 3, 2: 3}
+    assert aggregate_ch(settings, "impressions") == {1: 3, 2: 3}
+    assert load_state(settings.home).facts["impressions"].gaps == []
+
+
+def test_gap_from_an_older_state_file_is_rechecked_with_a_bound_of_its_own(
+    settings: Settings, pg: psycopg.Connection
+) -> None:
+    seed_hand_built(pg)
+    full(settings)
+    slow, t = start_commit_behind_a_later_xid(pg)
+    incremental(settings)
+    # The state as adpipe wrote it before gaps had a bound: the snapshot's xmax, which would close it at once.
+    path = settings.home / STATE_FILE
+    state = json.loads(path.read_text())
+    assert state["facts"]["impressions"]["gaps"] == [{"lo": 5, "hi": 5, "xid_bound": ANY}]
+    state["facts"]["impressions"]["gaps"] = [{"lo": 5, "hi": 5, "xmax": 1}]
+    path.write_text(json.dumps(state))
+    incremental(settings)  # T still open
+    (gap,) = load_state(settings.home).facts["impressions"].gaps
+    assert (gap.lo, gap.hi) == (5, 5)
+    assert gap.xid_bound == list_runs(settings.staging_dir)[-1].manifest["source"]["xid_bound"]
+    assert gap.xid_bound > t  # taken after T had its transaction id
+    slow.commit()
+    slow.close()
+    incremental(settings)
+    assert ch(settings, "SELECT id FROM impressions ORDER BY id") == [(1,), (2,), (3,), (4,), (5,), (6,)]
     assert load_state(settings.home).facts["impressions"].gaps == []
 
 
