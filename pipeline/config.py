@@ -12,6 +12,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from dotenv import load_dotenv
 
+from pipeline.errors import AdpipeError
+
 DEFAULT_CLICKHOUSE_DATABASE = "adpipe"
 
 
@@ -22,7 +24,7 @@ class Settings:
     """An explicit server URL, or None for the embedded server under `home`."""
     clickhouse_url: str
     clickhouse_database: str
-    staging_dir: Path
+    staging_dir: StagingDir
 
     @property
     def embedded_postgres_dir(self) -> Path:
@@ -43,8 +45,36 @@ def load_settings() -> Settings:
         postgres_url=os.environ.get("ADPIPE_POSTGRES_URL") or _postgres_url_from_seed_variables(),
         clickhouse_url=clickhouse_url,
         clickhouse_database=_clickhouse_database(clickhouse_url),
-        staging_dir=Path(os.environ.get("ADPIPE_STAGING_DIR", "staging")).absolute(),
+        staging_dir=parse_staging_dir(os.environ.get("ADPIPE_STAGING_DIR", "staging")),
     )
+
+
+S3_SCHEME = "s3://"
+
+
+@dataclass(frozen=True)
+class S3Prefix:
+    """`ADPIPE_STAGING_DIR=s3://bucket/prefix`: staging on object storage (see `pipeline.storage`)."""
+
+    bucket: str
+    prefix: str
+    """Without leading or trailing slashes; empty for the bucket's root."""
+
+    def __str__(self) -> str:
+        return f"{S3_SCHEME}{self.bucket}/{self.prefix}" if self.prefix else f"{S3_SCHEME}{self.bucket}"
+
+
+type StagingDir = Path | S3Prefix
+
+
+def parse_staging_dir(value: str) -> StagingDir:
+    """An `s3://bucket/prefix` URL, or a local directory (made absolute)."""
+    if not value.startswith(S3_SCHEME):
+        return Path(value).absolute()
+    bucket, _, prefix = value.removeprefix(S3_SCHEME).partition("/")
+    if not bucket:
+        raise AdpipeError(f"ADPIPE_STAGING_DIR {value!r} names no bucket: expected s3://bucket/prefix")
+    return S3Prefix(bucket, prefix.strip("/"))
 
 
 def _postgres_url_from_seed_variables() -> str | None:
