@@ -50,8 +50,9 @@ def load_part(
         client.raw_insert(target, insert_block=store.read_bytes(path), fmt="Parquet", settings=settings)
         return
     # The token deduplicates block by block, so a retry must cut the part into the same blocks:
-    # one reading thread keeps the blocks in file order, as the byte path does.
-    settings |= {"max_threads": 1, "max_insert_threads": 1}
+    # one reading thread keeps the blocks in file order, as the byte path does. ClickHouse's own
+    # S3 retries default to hundreds: an endpoint it cannot reach would hang the load for minutes.
+    settings |= {"max_threads": 1, "max_insert_threads": 1, "s3_retry_attempts": 10, "s3_connect_timeout_ms": 5000}
     names = ", ".join(quote_identifier(c) for c in columns)
     source, parameters = _s3_source(store, path)
     log.debug("loading %s into %s from %s", path.name, target, parameters["url"])

@@ -159,8 +159,9 @@ def list_runs(staging_dir: StagingDir) -> list[Run]:
 def remove_interrupted(staging_dir: StagingDir) -> list[str]:
     """Delete what runs that died before their manifest left behind; returns the directory names.
 
-    That is local temp directories, and on S3 run directories without a manifest. Other directories
-    in the staging area (the referral events') are left alone.
+    That is temp directories (local staging) and directories named like a run without a manifest
+    (S3 staging, where a run is written in place). Other directories in the staging area (the
+    referral events') are left alone.
     """
     store = open_store(staging_dir)
     removed = []

@@ -154,6 +154,9 @@ def open_store(location: StagingDir) -> Store:
     """The store for a staging location; on S3, checks once that the bucket is there and reachable."""
     if isinstance(location, Path):
         return LocalStore(pafs.LocalFileSystem(), location, location)
+    if any(glob in location.prefix for glob in "*?{}"):
+        # ClickHouse's s3() reads these as wildcards in the URL of a part.
+        raise AdpipeError(f"S3 staging {location}: the prefix must not contain * ? {{ or }}")
     credentials = s3_credentials()
     endpoint = s3_endpoint()
     fs = pafs.S3FileSystem(

@@ -20,7 +20,7 @@ from moto.server import ThreadedMotoServer
 
 from pipeline import clickhouse
 from pipeline.config import S3Prefix, Settings, load_settings
-from pipeline.stage import RunWriter, list_runs
+from pipeline.stage import RunWriter, list_runs, quarantined_rows
 from pipeline.storage import Store
 from tests.conftest import run_cli
 from tests.test_sync import aggregate_ch, ch, per_campaign_ch, seed_hand_built
@@ -134,6 +134,10 @@ def test_full_and_incremental_sync_through_s3(
     assert reconciled.exit_code == 0, reconciled.stdout + reconciled.stderr
     text = " ".join(reconciled.stdout.replace("│", " ").split())
     assert "rows impressions pass Postgres 5 = ClickHouse 5 + quarantined 0 = snapshots 5 + quarantined 0" in text
+
+    pg.execute("INSERT INTO impressions (campaign_id, created_at) VALUES (NULL, '2026-11-22 13:00:00')")  # id 6
+    sync_ok()
+    assert quarantined_rows(s3_settings) == {"impressions": 1}  # read back from the quarantine part on S3
 
 
 def test_a_retried_s3_load_counts_once(
@@ -262,3 +266,34 @@ def test_events_load_says_s3_is_not_supported(s3_settings: Settings, tmp_path: o
     assert result.exit_code == 1
     assert result.stderr.count("\n") == 1, result.stderr
     assert "events staging on S3 is not supported yet" in result.stderr
+
+
+def test_a_part_clickhouse_cannot_read_is_one_line_without_the_secret(
+    s3_settings: Settings, pg: psycopg.Connection, s3_endpoint: str
+) -> None:
+    seed_hand_built(pg)
+    sync_ok("--mode", "full")
+    (run,) = list_runs(s3_settings.staging_dir)
+    raw_s3(s3_endpoint).delete_file(f"{run.directory}/impressions/part-00000.parquet")
+    result = run_cli("replay")
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "impressions/part-00000.parquet" in result.stderr
+    assert SECRET not in result.stderr
+    assert per_campaign_ch(s3_settings, "impressions") == {1: 3, 2: 1}  # the failed replay's shadow never swapped in
+
+
+def test_a_prefix_with_wildcards_is_refused(s3_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ADPIPE_STAGING_DIR", f"s3://{s3_settings.staging_dir.bucket}/runs-{{a,b}}")
+    result = run_cli("snapshots", "list")
+    assert result.exit_code == 1
+    assert "the prefix must not contain * ? { or }" in result.stderr
+
+
+def test_an_s3_url_without_bucket_is_refused(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    with monkeypatch.context() as patch:  # undone before the fixture's teardown reads the settings
+        patch.setenv("ADPIPE_STAGING_DIR", "s3:///runs")
+        result = run_cli("snapshots", "list")
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "ADPIPE_STAGING_DIR 's3:///runs' names no bucket: expected s3://bucket/prefix" in result.stderr
