@@ -2,9 +2,10 @@
 
 Both go through a pyarrow filesystem (`LocalFileSystem` or `S3FileSystem`), so the staging code is the
 same for both. Paths are `PurePath`s: a real `Path` locally, `PurePosixPath("bucket/key")` on S3 (the
-form pyarrow's S3 filesystem takes). Only three things differ, and they are in `LocalStore`:
-a local file needs its directory created first, a local manifest is fsync'd and renamed into place, and
-only a local directory can be renamed (S3 has no rename: see `pipeline.stage` for its commit point).
+form pyarrow's S3 filesystem takes). What differs is in `LocalStore`: a local file needs its directory
+created first, a local manifest is fsync'd, only a local directory can be renamed (S3 has no rename: see
+`pipeline.stage` for the commit point), and local I/O errors stay as they were while S3 failures become
+one-line `AdpipeError`s naming the object.
 
 S3 settings are the standard AWS variables: `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL` (an S3-compatible
 server), `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN`, `AWS_REGION` or
