@@ -3,20 +3,36 @@
 chDB runs ClickHouse inside this process and allows one data directory per process, and one
 process per data directory. We hold a file lock beside the data for as long as the client is
 open, so a second adpipe process gets a clear "busy" message instead of an engine error.
+
+A server client gets timeouts, TLS options and compression from the environment
+(`pipeline.config.clickhouse_server_options`), and retries transient failures with exponential
+backoff. Retries wrap the client's few request methods (every public call goes through exactly one
+of them) rather than use the driver's hooks: urllib3's Retry (`http_retries`) sees an HTTP status but
+neither ClickHouse's error code nor the statement, and clickhouse-connect's `query_retries` covers
+only reads answered 429/503/504. The decision needs all three: the error code, whether the request
+reached the server, and whether the statement is safe to run twice.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
+import re
+import time
+from collections.abc import Callable
+from enum import Enum
+from functools import wraps
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError, OperationalError
+from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, ProtocolError, ReadTimeoutError, SSLError
 
-from pipeline.config import Settings, mask_url
+from pipeline.config import ClickHouseServerOptions, Settings, clickhouse_server_options, mask_url
 from pipeline.errors import AdpipeError, first_line
 from pipeline.locks import acquire_lock
 
@@ -25,9 +41,53 @@ log = logging.getLogger(__name__)
 # ClickHouse error codes that mean "your configuration is wrong", mapped to what to tell the user.
 _CONFIG_ERRORS = {
     81: "unknown database",
-    516: "wrong user name or password",
-    192: "unknown user",
+    192: "wrong user name or password",  # UNKNOWN_USER
+    193: "wrong user name or password",  # WRONG_PASSWORD
+    194: "a password is required",  # REQUIRED_PASSWORD
+    497: "the user lacks a permission adpipe needs",  # ACCESS_DENIED
+    516: "wrong user name or password",  # AUTHENTICATION_FAILED
 }
+
+_TRANSIENT_CODES = {
+    202: "TOO_MANY_SIMULTANEOUS_QUERIES",
+    203: "NO_FREE_CONNECTION",
+    209: "SOCKET_TIMEOUT",
+    210: "NETWORK_ERROR",
+    225: "NO_ZOOKEEPER",
+    242: "TABLE_IS_READ_ONLY",
+    252: "TOO_MANY_PARTS",
+    279: "ALL_CONNECTION_TRIES_FAILED",
+    285: "TOO_FEW_LIVE_REPLICAS",
+    373: "SESSION_IS_LOCKED",
+    439: "CANNOT_SCHEDULE_TASK",
+    473: "DEADLOCK_AVOIDED",
+    745: "SERVER_OVERLOADED",
+    999: "KEEPER_EXCEPTION",
+}
+"""ClickHouse error codes that mean "not now": the server refused the statement, which did not run, and the
+same statement can succeed moments later. Every other code (a syntax error, an unknown table, a type
+mismatch, bad credentials…) fails at once: sending the statement again cannot change the answer."""
+
+_SAFE_TWICE = re.compile(
+    r"\s*(?:SELECT|WITH|EXISTS|SHOW|DESCRIBE|DESC|EXPLAIN|CREATE\s+OR\s+REPLACE"
+    r"|(?:CREATE|ATTACH)\s[^(]*?\bIF\s+NOT\s+EXISTS|DROP\s[^(]*?\bIF\s+EXISTS"
+    r"|ALTER\s+TABLE\s+\S+\s+DROP\s+PARTITION)\b",
+    re.IGNORECASE,
+)
+"""Statements whose second run changes nothing, so they may be resent when a failure leaves unknown
+whether the first one ran. Notably not EXCHANGE TABLES: a second run would swap the tables back."""
+
+_DEDUPLICATED = "insert_deduplication_token"
+
+_MAX_RETRY_DELAY = 30.0
+"""Seconds: the backoff doubles up to this, however many retries are configured."""
+
+_HTTP_STATUS = re.compile(r"HTTP driver received HTTP status (\d{3})")
+"""How clickhouse-connect words an HTTP error that carries no ClickHouse error code."""
+
+
+class MissingDatabaseError(AdpipeError):
+    """The adpipe database is not there, and this caller may not create it (a read-only user)."""
 
 _open: dict[str, tuple[Client, int | None]] = {}
 """Open clients by URL, with the lock descriptor held for an embedded engine."""
@@ -53,8 +113,12 @@ def connect(settings: Settings, *, create_database: bool = True) -> Client:
     client = _open[url][0]
     if client.database != database:
         try:
+            # Not in the current database's context: a server resolves it on every request, and it may be gone.
             if create_database:
-                client.command(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(database)}")
+                client.command(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(database)}", use_database=False)
+            elif not client.command(f"EXISTS DATABASE {quote_identifier(database)}", use_database=False):
+                # Checked before switching: a client set to a missing database fails every later query.
+                raise MissingDatabaseError(f"ClickHouse at {mask_url(url)}: unknown database {database}")
             client.database = database
         except ClickHouseError as exc:
             raise AdpipeError(describe_error(exc, url)) from None
@@ -78,28 +142,176 @@ def _lock_embedded(settings: Settings) -> int:
 
 def _open_client(settings: Settings) -> Client:
     url = settings.clickhouse_url
-    options = {}
-    if not settings.clickhouse_is_embedded:
-        options = {"connect_timeout": 10, "send_receive_timeout": 300}
-        if urlsplit(url).scheme == "https":
-            # clickhouse-connect ignores the DSN's scheme (it uses TLS on ports 443/8443 only): https:// means TLS.
-            options["interface"] = "https"
     try:
-        client = clickhouse_connect.get_client(dsn=url, database="default", **options)
+        if settings.clickhouse_is_embedded:
+            client = clickhouse_connect.get_client(dsn=url, database="default")
+        else:
+            options = clickhouse_server_options()
+            arguments = _server_arguments(url, options)
+            client = _retrying(lambda: clickhouse_connect.get_client(dsn=url, **arguments), options, url)
+            _add_retries(client, options, url)
     except ClickHouseError as exc:
         raise AdpipeError(describe_error(exc, url)) from None
     log.info("connected to ClickHouse %s", mask_url(url))
     return client
 
 
+def _server_arguments(url: str, options: ClickHouseServerOptions) -> dict[str, Any]:
+    arguments: dict[str, Any] = {
+        "database": "default",
+        "connect_timeout": options.connect_timeout,
+        "send_receive_timeout": options.read_timeout,
+        # Compressed responses (and Arrow inserts). Parquet parts are zstd inside, so they are sent as they are.
+        "compress": True,
+        # adpipe keeps no session state; without a session id a retried request never meets its own session lock.
+        "autogenerate_session_id": False,
+        # One retry policy, ours: the driver's own status retries would multiply our attempts and skip the backoff.
+        "query_retries": 0,
+    }
+    if urlsplit(url).scheme == "https" or urlsplit(url).port in (443, 8443):
+        # clickhouse-connect ignores the DSN's scheme (it uses TLS on ports 443/8443 only): https:// means TLS.
+        arguments["interface"] = "https"
+        arguments["verify"] = options.verify
+        for name, value in (
+            ("ca_cert", options.ca_cert),
+            ("client_cert", options.client_cert),
+            ("client_cert_key", options.client_key),
+        ):
+            if value is not None:
+                arguments[name] = value
+    return arguments
+
+
+class _Failure(Enum):
+    DID_NOT_RUN = "did not run"  # never reached the server, or the server (or a proxy: 429, 503) refused it for now
+    MAY_HAVE_RUN = "may have run"  # the connection broke, or a proxy answered 500/502/504, after the request was sent
+    FINAL = "final"  # a bad query, bad credentials, TLS, a read timeout: sending it again cannot help
+
+
+def _failure(exc: ClickHouseError) -> _Failure:
+    code = getattr(exc, "code", None)
+    if code is not None:
+        return _Failure.DID_NOT_RUN if code in _TRANSIENT_CODES else _Failure.FINAL
+    cause = _transport_cause(exc)
+    status = _HTTP_STATUS.search(str(exc))  # an HTTP error without a ClickHouse error: from a proxy or balancer
+    if isinstance(cause, ConnectTimeoutError) or (status and int(status[1]) in (429, 503)):
+        # Refused, unreachable, unknown host (NewConnectionError is a ConnectTimeoutError); or "try later".
+        return _Failure.DID_NOT_RUN
+    if isinstance(cause, ProtocolError) or (status and int(status[1]) >= 500):
+        return _Failure.MAY_HAVE_RUN
+    return _Failure.FINAL
+
+
+def _transport_cause(exc: BaseException) -> BaseException | None:
+    """The urllib3 error behind a driver error (clickhouse-connect raises `from` it), unwrapped from MaxRetryError."""
+    cause = exc.__cause__
+    return cause.reason if isinstance(cause, MaxRetryError) else cause
+
+
+def _retrying[T](call: Callable[[], T], options: ClickHouseServerOptions, url: str, *, safe_twice: bool = True) -> T:
+    """`call()`, again after a transient failure, waiting retry_delay, then twice as long each time.
+
+    A failure that leaves unknown whether the statement ran is retried only when `safe_twice`.
+    """
+    attempt = 0
+    while True:
+        try:
+            return call()
+        except ClickHouseError as exc:
+            failure = _failure(exc)
+            retryable = failure is _Failure.DID_NOT_RUN or (failure is _Failure.MAY_HAVE_RUN and safe_twice)
+            if not retryable or attempt >= options.retries:
+                raise
+            delay = min(options.retry_delay * 2**attempt, _MAX_RETRY_DELAY)
+            attempt += 1
+            log.warning(
+                "ClickHouse at %s: %s; retry %d of %d in %.2f s",
+                mask_url(url),
+                _reason(exc),
+                attempt,
+                options.retries,
+                delay,
+            )
+            time.sleep(delay)
+
+
+def _deduplicated(settings: dict | None) -> bool:
+    # Every insert adpipe retries carries an insert_deduplication_token (pipeline.load: `<table>:<sha256>` of the
+    # staged part), and the tables keep a deduplication window: a part resent after a connection broke mid-insert
+    # is dropped by the table and by the materialized views, so a retry never doubles rows. An insert without a
+    # token is resent only when it certainly did not run.
+    return _DEDUPLICATED in (settings or {})
+
+
+_REQUEST_METHODS: dict[str, Callable[[dict[str, Any]], bool]] = {
+    "_query_with_context": lambda a: True,  # query(), query_df()…: reads
+    "raw_query": lambda a: bool(_SAFE_TWICE.match(a["query"])),  # query_arrow()
+    "raw_stream": lambda a: bool(_SAFE_TWICE.match(a["query"])),
+    "command": lambda a: bool(_SAFE_TWICE.match(a["cmd"])) and a.get("data") is None,
+    "raw_insert": lambda a: _deduplicated(a.get("settings")),  # insert_arrow() and Parquet parts
+    "data_insert": lambda a: _deduplicated(a["context"].settings),  # insert()
+}
+"""The client methods that send requests, and whether a call is safe to run twice, from its arguments."""
+
+
+def _add_retries(client: Client, options: ClickHouseServerOptions, url: str) -> None:
+    """Retry each request the client makes, through the methods that send them.
+
+    Every public call (query, query_arrow, command, insert, insert_arrow…) reaches the server through exactly
+    one of these, so a request is retried at one level only.
+    """
+    for name, safe_twice in _REQUEST_METHODS.items():
+        setattr(client, name, _with_retries(getattr(client, name), safe_twice, options, url))
+
+
+def _with_retries(
+    method: Callable[..., Any], safe_twice: Callable[[dict[str, Any]], bool], options: ClickHouseServerOptions, url: str
+) -> Callable[..., Any]:
+    signature = inspect.signature(method)
+
+    @wraps(method)
+    def retried(*args: Any, **kwargs: Any) -> Any:
+        safe = safe_twice(signature.bind(*args, **kwargs).arguments)
+        return _retrying(lambda: method(*args, **kwargs), options, url, safe_twice=safe)
+
+    return retried
+
+
 def describe_error(exc: ClickHouseError, url: str) -> str:
     """One line saying what went wrong talking to ClickHouse, with secrets masked."""
     code = getattr(exc, "code", None)
+    where = mask_url(url)
     if isinstance(exc, OperationalError) and code is None:
-        return f"cannot reach ClickHouse at {mask_url(url)}: {first_line(exc)}"
+        cause = _transport_cause(exc)
+        if isinstance(cause, ReadTimeoutError):
+            return (
+                f"ClickHouse at {where} did not answer within {clickhouse_server_options().read_timeout:g} s "
+                "(ADPIPE_CLICKHOUSE_READ_TIMEOUT)"
+            )
+        if isinstance(cause, SSLError):
+            return (
+                f"TLS with ClickHouse at {where} failed: {first_line(cause)} "
+                "(see ADPIPE_CLICKHOUSE_CA_CERT, ADPIPE_CLICKHOUSE_VERIFY)"
+            )
+        return f"cannot reach ClickHouse at {where}: {_reason(exc)}"
     if isinstance(exc, DatabaseError) and code in _CONFIG_ERRORS:
-        return f"ClickHouse at {mask_url(url)}: {_CONFIG_ERRORS[code]} ({first_line(exc)})"
-    return f"ClickHouse error at {mask_url(url)}: {first_line(exc)}"
+        return f"ClickHouse at {where}: {_CONFIG_ERRORS[code]} ({_server_message(exc)})"
+    return f"ClickHouse error at {where}: {_server_message(exc)}"
+
+
+def _reason(exc: ClickHouseError) -> str:
+    """What failed, in a few words: the server's message, or the network error behind the driver's."""
+    cause = _transport_cause(exc)
+    return first_line(cause) if getattr(exc, "code", None) is None and cause is not None else _server_message(exc)
+
+
+def _server_message(exc: ClickHouseError) -> str:
+    """The server's own words (`Code: 60. DB::Exception: …`), without the driver's wrapping and the version."""
+    text = first_line(exc, limit=1000)
+    text = text.split("server response: ", 1)[-1]
+    text = re.sub(r"\s*\(for url [^)]*\)$", "", text)
+    text = re.sub(r"\s*\(version [^)]*(?:\([^)]*\))?\)$", "", text)
+    return text[:300]
 
 
 def quote_identifier(name: str) -> str:

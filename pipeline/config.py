@@ -5,8 +5,9 @@ Every setting has a default that runs fully embedded: no server, no Docker.
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -22,9 +23,19 @@ class Settings:
     home: Path
     postgres_url: str | None
     """An explicit server URL, or None for the embedded server under `home`."""
+    postgres_replica_url: str | None
+    """A hot standby of that server the sync extracts from (`ADPIPE_POSTGRES_REPLICA_URL`), or None: the primary."""
     clickhouse_url: str
     clickhouse_database: str
     staging_dir: StagingDir
+
+    # Read-only warehouse access: ADPIPE_CLICKHOUSE_READER_URL, for the commands that only read ClickHouse.
+    clickhouse_reader_url: str | None = None
+    """A server URL for a user with SELECT only; None: the commands read with clickhouse_url."""
+
+    def for_reading(self) -> Settings:
+        """These settings with the reader URL as the warehouse URL (the same database)."""
+        return replace(self, clickhouse_url=self.clickhouse_reader_url or self.clickhouse_url)
 
     @property
     def embedded_postgres_dir(self) -> Path:
@@ -43,9 +54,11 @@ def load_settings() -> Settings:
     return Settings(
         home=home,
         postgres_url=os.environ.get("ADPIPE_POSTGRES_URL") or _postgres_url_from_seed_variables(),
+        postgres_replica_url=os.environ.get("ADPIPE_POSTGRES_REPLICA_URL") or None,
         clickhouse_url=clickhouse_url,
         clickhouse_database=_clickhouse_database(clickhouse_url),
         staging_dir=parse_staging_dir(os.environ.get("ADPIPE_STAGING_DIR", "staging")),
+        clickhouse_reader_url=os.environ.get("ADPIPE_CLICKHOUSE_READER_URL") or None,
     )
 
 
@@ -118,3 +131,85 @@ def mask_url(url: str) -> str:
 def _mask_parameter(parameter: str) -> str:
     name, equals, _ = parameter.partition("=")
     return f"{name}=***" if equals and name.lower() == "password" else parameter
+
+
+# --- ClickHouse server connections (http:// and https:// URLs only; the embedded engine needs none of this) ---
+
+DEFAULT_CONNECT_TIMEOUT = 10
+DEFAULT_READ_TIMEOUT = 300
+DEFAULT_RETRIES = 4
+DEFAULT_RETRY_DELAY = 0.5
+
+
+@dataclass(frozen=True)
+class ClickHouseServerOptions:
+    """How adpipe talks to a ClickHouse server: timeouts, retries, TLS."""
+
+    connect_timeout: int
+    """Seconds to establish a TCP (and TLS) connection (whole seconds: clickhouse-connect rounds down)."""
+    read_timeout: int
+    """Seconds to wait for the server between bytes of a response: the longest silence adpipe waits through."""
+    retries: int
+    """Extra attempts after a transient failure (0 turns retrying off)."""
+    retry_delay: float
+    """Seconds before the first retry; doubled before each next one."""
+    verify: bool
+    """Verify the server's TLS certificate (https only)."""
+    ca_cert: str | None
+    """A PEM file of CA certificates to verify the server with, or `certifi`; None: the system's."""
+    client_cert: str | None
+    """A client certificate (PEM): mutual TLS, and ClickHouse then authenticates the user by it."""
+    client_key: str | None
+
+
+def clickhouse_server_options() -> ClickHouseServerOptions:
+    """The ADPIPE_CLICKHOUSE_* connection variables; a malformed value is an AdpipeError naming it."""
+    return ClickHouseServerOptions(
+        connect_timeout=_whole("ADPIPE_CLICKHOUSE_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT, minimum=1),
+        read_timeout=_whole("ADPIPE_CLICKHOUSE_READ_TIMEOUT", DEFAULT_READ_TIMEOUT, minimum=1),
+        retries=_whole("ADPIPE_CLICKHOUSE_RETRIES", DEFAULT_RETRIES, minimum=0),
+        retry_delay=_number("ADPIPE_CLICKHOUSE_RETRY_DELAY", DEFAULT_RETRY_DELAY, minimum=0),
+        verify=_boolean("ADPIPE_CLICKHOUSE_VERIFY", default=True),
+        ca_cert=_existing_file("ADPIPE_CLICKHOUSE_CA_CERT", allow="certifi"),
+        client_cert=_existing_file("ADPIPE_CLICKHOUSE_CLIENT_CERT"),
+        client_key=_existing_file("ADPIPE_CLICKHOUSE_CLIENT_KEY"),
+    )
+
+
+def _number(name: str, default: float, *, minimum: float, integer: bool = False) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= minimum):
+        kind = "a whole number" if integer else "a number"
+        raise AdpipeError(f"{name} must be {kind} of at least {minimum:g}, got {raw!r}")
+    return value
+
+
+def _whole(name: str, default: int, *, minimum: int) -> int:
+    return int(_number(name, default, minimum=minimum, integer=True))
+
+
+def _boolean(name: str, *, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise AdpipeError(f"{name} must be true or false, got {raw!r}")
+
+
+def _existing_file(name: str, allow: str | None = None) -> str | None:
+    """A path to a file that exists, or the one other word `allow`ed."""
+    raw = os.environ.get(name, "").strip()
+    if not raw or raw == allow:
+        return raw or None
+    if not Path(raw).is_file():
+        raise AdpipeError(f"{name}: no such file {raw}")
+    return raw

@@ -3,11 +3,19 @@
 A coordinator connection opens the transaction and exports its snapshot; every reader
 connection (ConnectorX's parallel partitions, or ADBC) imports it with SET TRANSACTION SNAPSHOT,
 so the four tables a run reads agree with each other exactly.
+
+With `ADPIPE_POSTGRES_REPLICA_URL` set, all of it — coordinator and readers — runs on that hot
+standby: the exported snapshot exists only on the server that exported it, so every read of a run
+sees the same standby snapshot, i.e. the primary's state as of one WAL replay position. A standby
+builds its snapshots from the transaction ids it has seen in the WAL (KnownAssignedXids), in the
+primary's transaction-id space, so xmin/xmax mean there what they mean on the primary and the
+incremental sync's gap bookkeeping holds unchanged, across runs on either server.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,9 +26,10 @@ from typing import Any
 import psycopg
 import pyarrow as pa
 
-from pipeline.config import Settings
+from pipeline.config import Settings, mask_url
+from pipeline.errors import AdpipeError
 from pipeline.options import Engine
-from pipeline.postgres import connect, postgres_url
+from pipeline.postgres import connect, connect_replica, postgres_url
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +52,29 @@ class Snapshot:
     xmax: int
     xip: tuple[int, ...]
     taken_at: datetime
+    lsn: str
+    """The WAL position the snapshot is as of (at least): replayed up to, on a standby; written up to, on a primary."""
 
     @property
     def text(self) -> str:
         return f"{self.xmin}:{self.xmax}:{','.join(map(str, self.xip))}"
+
+
+def lsn_value(lsn: str) -> int:
+    """A `pg_lsn` text (`16/B374D848`) as a number, for comparing positions."""
+    high, low = lsn.split("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+# The snapshot is taken when this first statement starts, so the position read during it is at or past the
+# snapshot's. On a primary it is the WAL write position, an end of a record like the replay position a standby
+# reports (the insert position can sit past a page header no replay position ever equals). pg_current_wal_lsn()
+# fails during recovery: CASE evaluates it only on a primary.
+_SNAPSHOT_SQL = """
+SELECT pg_export_snapshot(), pg_current_snapshot()::text, now() AT TIME ZONE 'UTC',
+    (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text,
+    pg_is_in_recovery(), pg_last_xact_replay_timestamp()
+"""
 
 
 class SourceReader:
@@ -56,22 +84,25 @@ class SourceReader:
         self.settings = settings
         self.engine = engine
         self.partitions = partitions
-        self.url = postgres_url(settings)
+        self.replica = settings.postgres_replica_url is not None
+        self.url = settings.postgres_replica_url or postgres_url(settings)
         self._coordinator: psycopg.Connection | None = None
         self._adbc: list = []  # one ADBC connection per partition, opened on first use
         self._pool: ThreadPoolExecutor | None = None
         self.snapshot: Snapshot
 
     def __enter__(self) -> SourceReader:
-        conn = connect(self.settings)
+        conn = connect_replica(self.settings) if self.replica else connect(self.settings)
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        exported, current, taken_at = conn.execute(
-            "SELECT pg_export_snapshot(), pg_current_snapshot()::text, now() AT TIME ZONE 'UTC'"
-        ).fetchone()
+        exported, current, taken_at, lsn, in_recovery, replayed_at = conn.execute(_SNAPSHOT_SQL).fetchone()
         xmin, xmax, xip = current.split(":")
-        self.snapshot = Snapshot(exported, int(xmin), int(xmax), tuple(int(x) for x in xip.split(",") if x), taken_at)
+        xids = tuple(int(x) for x in xip.split(",") if x)
+        self.snapshot = Snapshot(exported, int(xmin), int(xmax), xids, taken_at, lsn)
         self._coordinator = conn
-        log.info("reading source snapshot %s", self.snapshot.text)
+        if in_recovery:
+            log.info("reading standby snapshot %s as of %s (last commit %s)", self.snapshot.text, lsn, replayed_at)
+        else:
+            log.info("reading source snapshot %s at %s", self.snapshot.text, lsn)
         return self
 
     def __exit__(
@@ -81,9 +112,21 @@ class SourceReader:
             conn.close()
         if self._pool is not None:
             self._pool.shutdown()
+        ended: psycopg.Error | None = None
         if self._coordinator is not None:
-            self._coordinator.rollback()
+            try:
+                self._coordinator.rollback()
+            except psycopg.Error as error:  # the server ended the session; on a standby, a recovery conflict
+                ended = error
             self._coordinator.close()
+        if exc is not None and self.replica and (conflict := _recovery_conflict(exc, ended)):
+            raise AdpipeError(
+                f"the Postgres replica at {mask_url(self.url)} cancelled this sync's reads (conflict with recovery"
+                f"{_detail(conflict)}); nothing was committed: run the sync again, and if this keeps happening set"
+                " hot_standby_feedback = on or raise max_standby_streaming_delay on the replica"
+            ) from None
+        if ended is not None and exc is None:
+            raise ended
 
     @property
     def coordinator(self) -> psycopg.Connection:
@@ -153,6 +196,30 @@ class SourceReader:
             cursor.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             cursor.execute(f"SET TRANSACTION SNAPSHOT '{self.snapshot.exported_id}'")
         return conn
+
+
+def _recovery_conflict(*errors: BaseException | None) -> BaseException | None:
+    """The error that says a standby cancelled our reads to replay WAL, if any.
+
+    Every driver words it differently around the server's message; psycopg also carries its SQLSTATE
+    (40001, which a read-only transaction gets on a standby only from a recovery conflict). A reader
+    may fail first with a consequence instead ("snapshot does not exist" once the coordinator was
+    terminated), so the coordinator's own error is checked too.
+    """
+    for error in errors:
+        if error is not None and (getattr(error, "sqlstate", None) == "40001" or _CONFLICT in str(error)):
+            return error
+    return None
+
+
+_CONFLICT = "conflict with recovery"
+_DETAIL = re.compile(r"DETAIL:\s+([^\n]+)")
+
+
+def _detail(error: BaseException) -> str:
+    """`: <the server's DETAIL line>` (which kind of conflict), or nothing."""
+    found = _DETAIL.search(str(error))
+    return f": {found.group(1).strip().rstrip('.')}" if found else ""
 
 
 def _fetch_adbc(conn: Any, query: str) -> pa.Table:

@@ -103,11 +103,18 @@ def compute(settings: Settings, name: str, filters: Filters) -> pl.DataFrame:
 
 
 def warehouse_client(settings: Settings) -> Client:
-    """The warehouse client, once the KPIs' tables and views are known to be there."""
-    client = clickhouse.connect(settings)
-    # The newest schema object the KPIs read: missing before the first sync, or in a warehouse an older
-    # adpipe created, and either way the engine's own error would not say what to do.
-    if not client.command("EXISTS TABLE live_campaign"):
+    """A client that only reads (ADPIPE_CLICKHOUSE_READER_URL when set), once the KPIs' tables are known to be there.
+
+    It never creates the database: a read-only user may not, and reading needs nothing created.
+    """
+    try:
+        client = clickhouse.connect(settings.for_reading(), create_database=False)
+        # The newest schema object the KPIs read: missing before the first sync, or in a warehouse an older
+        # adpipe created, and either way the engine's own error would not say what to do.
+        ready = bool(client.command("EXISTS TABLE live_campaign"))
+    except clickhouse.MissingDatabaseError:
+        ready = False
+    if not ready:
         raise AdpipeError(
             f"the warehouse (ClickHouse database {settings.clickhouse_database!r}) has no KPI tables yet: "
             "run `adpipe sync --mode full`, or `adpipe init` to update an existing warehouse's schema"

@@ -20,6 +20,8 @@ from pathlib import PurePath
 from clickhouse_connect.driver.client import Client
 
 from pipeline.clickhouse import quote_identifier
+from pipeline.cluster import is_cluster_warehouse
+from pipeline.errors import AdpipeError
 from pipeline.storage import LocalStore, Store, s3_credentials
 from pipeline.warehouse import apply_schema
 
@@ -31,7 +33,13 @@ LOAD_ORDER = ("advertiser", "campaign", "impressions", "clicks", "quarantine")
 SWAPPED_TABLES = (*LOAD_ORDER[:4], "campaign_daily", "campaign_hourly", "quarantine")
 """What a full sync replaces; sync_runs (history) and other systems' tables stay."""
 
-_INSERT_SETTINGS = {"deduplicate_blocks_in_dependent_materialized_views": 1}
+_INSERT_SETTINGS = {
+    "deduplicate_blocks_in_dependent_materialized_views": 1,
+    # On a cluster the fact tables are Distributed: insert into the shards before returning (not through the
+    # node's background queue), so a committed run is on its shards. The token and the setting above travel
+    # with each shard's share of the part. A no-op for a table that is not Distributed.
+    "distributed_foreground_insert": 1,
+}
 
 
 def load_part(
@@ -43,7 +51,11 @@ def load_part(
     columns: list[str],
     database: str | None = None,
 ) -> None:
-    """Insert one staged part (whose columns are `columns`); a second insert of the same part is a no-op."""
+    """Insert one staged part (whose columns are `columns`); a second insert of the same part is a no-op.
+
+    That is also what makes the part safe to resend when a server connection breaks mid-insert
+    (pipeline.clickhouse retries inserts that carry an insert_deduplication_token).
+    """
     target = quote_identifier(table) if database is None else f"{quote_identifier(database)}.{quote_identifier(table)}"
     settings = {**_INSERT_SETTINGS, "insert_deduplication_token": f"{table}:{sha256}"}
     if isinstance(store, LocalStore):
@@ -85,9 +97,16 @@ def shadow_name(database: str) -> str:
 
 def create_shadow(client: Client) -> str:
     """An empty copy of the warehouse schema beside the live database, for a full load."""
+    if is_cluster_warehouse(client):
+        # The shadow copy and EXCHANGE TABLES below act on the one node adpipe is connected to: on a cluster
+        # they would swap a Distributed table for a plain one there. Refuse before anything is written.
+        raise AdpipeError(
+            f"ClickHouse database {client.database!r} is a cluster warehouse (`adpipe init --cluster`): "
+            "adpipe cannot run a full load (nor the first sync, which is one) into a cluster yet"
+        )
     shadow = shadow_name(client.database)
     client.command(f"DROP DATABASE IF EXISTS {quote_identifier(shadow)} SYNC")
-    client.command(f"CREATE DATABASE {quote_identifier(shadow)}")
+    client.command(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(shadow)}")
     with using_database(client, shadow):
         apply_schema(client)
     return shadow
@@ -102,7 +121,7 @@ def swap_in(client: Client, shadow: str) -> None:
     for table in SWAPPED_TABLES:
         name = quote_identifier(table)
         client.command(f"EXCHANGE TABLES {live}.{name} AND {quote_identifier(shadow)}.{name}")
-    client.command(f"DROP DATABASE {quote_identifier(shadow)} SYNC")
+    client.command(f"DROP DATABASE IF EXISTS {quote_identifier(shadow)} SYNC")
     log.info("swapped the full load into %s", client.database)
 
 

@@ -112,14 +112,39 @@ def connect(settings: Settings, *, ensure_schema: bool = True) -> psycopg.Connec
 
     With `ensure_schema`, the source schema is created first on a Postgres that lacks it.
     """
-    url = postgres_url(settings)
-    try:
-        conn = psycopg.connect(url, connect_timeout=10)
-    except psycopg.OperationalError as exc:
-        raise AdpipeError(f"cannot reach Postgres at {mask_url(url)}: {first_line(exc)}") from None
+    conn = _open(postgres_url(settings), "Postgres")
     if ensure_schema:
         apply_source_schema(conn)
     return conn
+
+
+def connect_replica(settings: Settings) -> psycopg.Connection:
+    """Open a connection to the read replica (`ADPIPE_POSTGRES_REPLICA_URL`), idle, outside any transaction.
+
+    A standby cannot be written to, so the source schema is not applied here: it must have replicated
+    from the primary. Its absence is reported in one line instead of a missing-relation error mid-sync.
+    """
+    url = settings.postgres_replica_url
+    assert url is not None, "connect_replica without a replica configured"
+    conn = _open(url, "the Postgres replica")
+    names = [f"public.{table}" for table in SOURCE_TABLES]
+    present = conn.execute("SELECT to_regclass(name) IS NOT NULL FROM unnest(%s::text[]) AS name", (names,)).fetchall()
+    conn.rollback()
+    missing = [table for table, (exists,) in zip(SOURCE_TABLES, present, strict=True) if not exists]
+    if missing:
+        conn.close()
+        raise AdpipeError(
+            f"the Postgres replica at {mask_url(url)} has no table {', '.join(missing)}: create the source schema on"
+            " the primary (any source command does, e.g. `adpipe stats`) and let it replicate"
+        )
+    return conn
+
+
+def _open(url: str, what: str) -> psycopg.Connection:
+    try:
+        return psycopg.connect(url, connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        raise AdpipeError(f"cannot reach {what} at {mask_url(url)}: {first_line(exc)}") from None
 
 
 SCHEMA_MARKERS = {"V1": "public.advertiser", "V2": "referral.click_through_rate"}

@@ -28,6 +28,7 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
+from pipeline.clean import QUARANTINE_SCHEMA
 from pipeline.config import Settings, StagingDir
 from pipeline.errors import AdpipeError
 from pipeline.state import load_state
@@ -200,8 +201,9 @@ def current_state_files(settings: Settings) -> dict[str, list[PurePath]]:
 QUARANTINE_KEY = ("table_name", "source_id", "reason")
 
 
-def quarantined_rows(settings: Settings) -> dict[str, int]:
-    """Source table → rows in quarantine as of the committed warehouse state, from the staged files alone.
+def quarantine_entries(settings: Settings) -> pl.DataFrame:
+    """The rows in quarantine as of the committed warehouse state, from the staged files alone:
+    table_name, source_id, reason, and the source row as JSON, ordered by table, source id and reason.
 
     The answer `quarantine FINAL` gives in ClickHouse (per entry the latest version wins, the later
     file on a tie, and resolved entries vanish), without opening the warehouse: the embedded engine
@@ -209,16 +211,20 @@ def quarantined_rows(settings: Settings) -> dict[str, int]:
     """
     files = current_state_files(settings).get("quarantine", [])
     if not files:
-        return {}
+        return pl.from_arrow(QUARANTINE_SCHEMA.empty_table()).select(*QUARANTINE_KEY, "row")
     store = open_store(settings.staging_dir)
+    columns = [*QUARANTINE_KEY, "row", "version", "is_resolved"]
     entries = pl.concat(
-        pl.from_arrow(store.read_parquet(path, columns=[*QUARANTINE_KEY, "version", "is_resolved"])).with_columns(
-            pl.lit(position).alias("file")
-        )
+        pl.from_arrow(store.read_parquet(path, columns=columns)).with_columns(pl.lit(position).alias("file"))
         for position, path in enumerate(files)
     )
-    latest = entries.group_by(QUARANTINE_KEY).agg(pl.col("is_resolved").sort_by(["version", "file"]).last())
-    counts = latest.filter(pl.col("is_resolved") == 0).group_by("table_name").len()
+    latest = entries.group_by(QUARANTINE_KEY).agg(pl.col("row", "is_resolved").sort_by(["version", "file"]).last())
+    return latest.filter(pl.col("is_resolved") == 0).select(*QUARANTINE_KEY, "row").sort(QUARANTINE_KEY)
+
+
+def quarantined_rows(settings: Settings) -> dict[str, int]:
+    """Source table → rows in quarantine as of the committed warehouse state (see `quarantine_entries`)."""
+    counts = quarantine_entries(settings).group_by("table_name").len()
     return dict(zip(counts["table_name"].to_list(), counts["len"].to_list(), strict=True))
 
 

@@ -1,7 +1,8 @@
 """Incremental sync state in `$ADPIPE_HOME/last_synced_ids.json`, written atomically.
 
-The state names the last committed run and, per fact table, the high-water id, the anchor row
-(to detect a source that was reset) and the id ranges still missing below the high-water mark.
+The state names the last committed run, the source WAL position it read as of, and, per fact table,
+the high-water id, the anchor row (to detect a source that was reset) and the id ranges still missing
+below the high-water mark.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ class SyncState:
     last_run_id: str | None = None
     dimension_version: int = 0
     facts: dict[str, FactState] = field(default_factory=dict)
+    source_lsn: str | None = None
+    """The source WAL position the last run read as of: a replica replayed less than this is behind that run."""
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -59,7 +62,7 @@ class SyncState:
             )
             for name, fact in data.get("facts", {}).items()
         }
-        return cls(data.get("last_run_id"), data.get("dimension_version", 0), facts)
+        return cls(data.get("last_run_id"), data.get("dimension_version", 0), facts, data.get("source_lsn"))
 
 
 def load_state(home: Path) -> SyncState:
@@ -90,9 +93,15 @@ def write_json_atomic(path: Path, data: dict) -> None:
 
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write` on a temp file in `path`'s directory, fsync it, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Call `write` on a temp file in `path`'s directory, fsync it, then rename it over `path`.
+
+    A path that cannot be written (a directory, a read-only or missing place) is an AdpipeError naming it.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise AdpipeError(f"cannot write {path}: {exc.strerror or exc}") from exc
     os.close(fd)
     tmp = Path(name)
     try:
@@ -100,6 +109,9 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
         with tmp.open("rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise AdpipeError(f"cannot write {path}: {exc.strerror or exc}") from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

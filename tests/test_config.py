@@ -15,6 +15,7 @@ from tests.conftest import run_cli
 VARIABLES = (
     "ADPIPE_HOME",
     "ADPIPE_POSTGRES_URL",
+    "ADPIPE_POSTGRES_REPLICA_URL",
     "ADPIPE_CLICKHOUSE_URL",
     "ADPIPE_CLICKHOUSE_DATABASE",
     "ADPIPE_STAGING_DIR",
@@ -159,9 +160,9 @@ def test_unreachable_clickhouse_error_hides_the_password(clean_env: Path, monkey
 @pytest.mark.parametrize(
     ("url", "pool"),
     [
-        ("https://default:s3cret@127.0.0.1:1/adpipe", "HTTPSConnectionPool"),  # https:// on any port means TLS
-        ("http://default:s3cret@127.0.0.1:1/adpipe", "HTTPConnectionPool"),
-        ("http://default:s3cret@127.0.0.1:8443/adpipe", "HTTPSConnectionPool"),  # clickhouse-connect: TLS port
+        ("https://default:s3cret@127.0.0.1:1/adpipe", "HTTPSConnection"),  # https:// on any port means TLS
+        ("http://default:s3cret@127.0.0.1:1/adpipe", "HTTPConnection"),
+        ("http://default:s3cret@127.0.0.1:8443/adpipe", "HTTPSConnection"),  # clickhouse-connect: TLS port
     ],
 )
 def test_clickhouse_url_scheme_chooses_tls(

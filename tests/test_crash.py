@@ -1,7 +1,8 @@
 """SIGKILL a real `adpipe sync` process at several points; the next run must converge to exactly the source.
 
-The killed processes use their own chDB data directory (chDB allows one process per directory,
-and this test process holds the session's), and the check runs in a subprocess too.
+With the embedded engine, the killed processes use their own chDB data directory (chDB allows one process
+per directory, and this test process holds the session's); against a server (or the HTTP double, which
+serves from this process) they share the test's warehouse. The check runs in a subprocess too.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ import time
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from pipeline.config import Settings
 from pipeline.generate import Generator
+
+pytestmark = pytest.mark.warehouses  # each test that uses `settings` runs on chdb, http and server
 
 COUNT_SCRIPT = """
 import json
@@ -34,9 +38,10 @@ print(json.dumps({
 """
 
 
-def _env(tmp_path: Path) -> dict[str, str]:
+def _env(settings: Settings, tmp_path: Path) -> dict[str, str]:
     env = dict(os.environ)
-    env["ADPIPE_CLICKHOUSE_URL"] = f"chdb://{tmp_path / 'killed-clickhouse'}"
+    if settings.clickhouse_is_embedded:
+        env["ADPIPE_CLICKHOUSE_URL"] = f"chdb://{tmp_path / 'killed-clickhouse'}"
     return env
 
 
@@ -58,7 +63,7 @@ def _per_campaign(pg: psycopg.Connection, table: str) -> dict[str, int]:
 
 
 def test_sigkill_at_any_point_then_sync_converges(settings: Settings, pg: psycopg.Connection, tmp_path: Path) -> None:
-    env = _env(tmp_path)
+    env = _env(settings, tmp_path)
     generator = Generator(pg, seed=21)
     generator.batch(advertisers=2, campaigns=3, impressions=20_000, ctr=0.1)
     for delay in (1.5, 2.5, 3.5):

@@ -18,6 +18,8 @@ from pipeline.errors import AdpipeError
 from pipeline.referral.load import LoadMode, load_files
 from pipeline.referral.publish import read_reports, warehouse_hourly_reports
 
+pytestmark = pytest.mark.warehouses  # each test that uses `settings` runs on chdb, http and server
+
 
 def event(event_id: str, customer: int, user: int | None, fired_at: str, event_type: str) -> str:
     return json.dumps(

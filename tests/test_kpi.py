@@ -31,6 +31,8 @@ from pipeline.reconcile import reconcile
 from pipeline.sync import SyncOptions, sync
 from tests.conftest import run_cli
 
+pytestmark = pytest.mark.warehouses  # each test that uses `settings` runs on chdb, http and server
+
 LONG_NAME = "Alpha Prime Super Long Campaign Name"
 AS_OF = date(2026, 1, 6)
 
@@ -322,6 +324,7 @@ def test_kpi_list_names_every_kpi(settings: Settings) -> None:
         assert name in listed
 
 
+@pytest.mark.warehouses("chdb", "server")  # through the HTTP double it is the same engine, 16 s slower
 def test_clickhouse_and_duckdb_agree_on_a_million_impressions(settings: Settings, pg: psycopg.Connection) -> None:
     Generator(pg, seed=7).batch(advertisers=10, campaigns=10, impressions=10_000, ctr=0.05)
     sync(settings, SyncOptions(mode=Mode.FULL))

@@ -24,6 +24,8 @@ from pipeline.state import load_state
 from pipeline.sync import SyncOptions, missing_ranges, replay, sync
 from tests.conftest import run_cli
 
+pytestmark = pytest.mark.warehouses  # each test that uses `settings` runs on chdb, http and server
+
 
 def full(settings: Settings, **kw: object) -> None:
     sync(settings, SyncOptions(mode=Mode.FULL, **kw))

@@ -12,6 +12,8 @@ from pipeline.config import Settings
 from tests.conftest import run_cli
 from tests.test_sync import seed_hand_built
 
+pytestmark = pytest.mark.warehouses  # each test that uses `settings` runs on chdb, http and server
+
 
 def test_init_is_idempotent(settings: Settings) -> None:
     for _ in range(2):
@@ -46,13 +48,21 @@ def test_sync_json_summary_and_status(settings: Settings, pg: psycopg.Connection
     assert f"Last successful run: {summary['run_id']}" in status.stdout
 
 
-def test_sync_against_unreachable_postgres_is_one_line(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ADPIPE_POSTGRES_URL", "postgresql://adpipe:s3cret@127.0.0.1:1/nowhere")
+UNREACHABLE = [("ADPIPE_POSTGRES_URL", "Postgres"), ("ADPIPE_POSTGRES_REPLICA_URL", "the Postgres replica")]
+
+
+@pytest.mark.parametrize(("variable", "server"), UNREACHABLE)
+def test_sync_against_unreachable_postgres_is_one_line(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, variable: str, server: str
+) -> None:
+    monkeypatch.setenv(variable, "postgresql://adpipe:s3cret@127.0.0.1:1/nowhere")
     result = run_cli("sync")
     assert result.exit_code == 1
     assert result.stderr.count("\n") == 1
-    assert "cannot reach Postgres at postgresql://adpipe:***@127.0.0.1:1/nowhere" in result.stderr
+    assert f"cannot reach {server} at postgresql://adpipe:***@127.0.0.1:1/nowhere" in result.stderr
     assert "s3cret" not in result.stderr
+    assert not (settings.home / "last_synced_ids.json").exists()
+    assert list(settings.staging_dir.glob("*")) == []
 
 
 def test_invalid_chunk_rows_is_refused(settings: Settings) -> None:

@@ -3,7 +3,7 @@
 Command modules register themselves on `app` when imported below.
 """
 
-from pipeline.cli import demo, events, kpi, source, sync  # noqa: F401
+from pipeline.cli import demo, events, kpi, report, source, sync  # noqa: F401
 from pipeline.cli.app import app
 
 

@@ -73,11 +73,14 @@ def _global_options(
 
 
 def _quiet_drivers(record: logging.LogRecord) -> bool:
-    """Drop the HTTP drivers' warnings (retries before a failure we report in one line anyway); -v shows them.
+    """Drop the HTTP drivers' warnings and our ClickHouse retries (a failure is reported in one line anyway); -v
+    shows them.
 
     A handler filter, because clickhouse-connect resets urllib3's logger level when it is imported.
     """
-    return record.levelno >= logging.ERROR or not record.name.startswith(("urllib3", "clickhouse_connect"))
+    return record.levelno >= logging.ERROR or not record.name.startswith(
+        ("urllib3", "clickhouse_connect", "pipeline.clickhouse")
+    )
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from pipeline.cli.app import app, console, err_console, progress_bars
+from pipeline.errors import AdpipeError
 from pipeline.options import DEFAULT_CHUNK_ROWS, Engine, Mode, OnReset
 
 if TYPE_CHECKING:
@@ -20,15 +21,44 @@ app.add_typer(snapshots_app, name="snapshots")
 
 
 @app.command()
-def init() -> None:
+def init(
+    cluster: Annotated[
+        str | None, typer.Option(help="Create the schema ON CLUSTER: replicated local tables + Distributed.")
+    ] = None,
+    print_only: Annotated[
+        bool, typer.Option("--print", help="With --cluster: write the DDL to stdout, execute nothing.")
+    ] = False,
+) -> None:
     """Create the ClickHouse database, tables and materialized views (idempotent)."""
-    from pipeline import clickhouse
     from pipeline.config import load_settings
-    from pipeline.warehouse import apply_schema
 
     settings = load_settings()
+    if cluster is None:
+        if print_only:
+            raise AdpipeError("--print shows the DDL for a cluster: add --cluster NAME")
+        _init_single_node(settings)
+    else:
+        _init_cluster(settings, cluster, print_only)
+
+
+def _init_single_node(settings: Settings) -> None:
+    from pipeline import clickhouse
+    from pipeline.warehouse import apply_schema
+
     apply_schema(clickhouse.connect(settings))
     console.print(f"Warehouse schema is in place in database [bold]{settings.clickhouse_database}[/].")
+
+
+def _init_cluster(settings: Settings, cluster: str, print_only: bool) -> None:
+    from pipeline.cluster import create_on_cluster, render_cluster_schema
+
+    if print_only:
+        statements = render_cluster_schema(cluster, settings.clickhouse_database)
+        typer.echo("".join(f"{statement};\n\n" for statement in statements), nl=False)
+        return
+    create_on_cluster(settings, cluster)
+    database = settings.clickhouse_database
+    console.print(f"Warehouse schema is in place on cluster [bold]{cluster}[/] in database [bold]{database}[/].")
 
 
 @app.command()
@@ -102,7 +132,7 @@ def status() -> None:
     """Per table: Postgres vs ClickHouse rows and max id, rows behind, quarantined, and the last successful run."""
     from pipeline import clickhouse
     from pipeline.config import load_settings
-    from pipeline.status import warehouse_status
+    from pipeline.status import format_age, warehouse_status
     from pipeline.warehouse import apply_schema
 
     settings = load_settings()
@@ -136,18 +166,12 @@ def status() -> None:
     else:
         age = report.age_seconds
         console.print(
-            f"Last successful run: {report.last_run_id}" + (f", {_duration(age)} ago." if age is not None else ".")
+            f"Last successful run: {report.last_run_id}" + (f", {format_age(age)} ago." if age is not None else ".")
         )
 
 
 def _text(value: object) -> str:
     return "-" if value is None else f"{value:,}" if isinstance(value, int) else str(value)
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 @app.command()
@@ -167,23 +191,17 @@ def replay() -> None:
 @snapshots_app.command("list")
 def snapshots_list() -> None:
     """The staged runs, oldest first, with their row counts and whether they are committed."""
+    from pipeline.audit import run_summaries
     from pipeline.config import load_settings
-    from pipeline.stage import list_runs
-    from pipeline.state import load_state
 
     settings = load_settings()
-    last = load_state(settings.home).last_run_id
     table = Table(title=f"Staged runs in {settings.staging_dir}")
     # The run id ends in the mode (…-full, …-incremental), so it needs no column of its own.
     for column in ("Run", "Rows", "Quarantined", "Parts", "Committed"):
         table.add_column(column, justify="left" if column == "Run" else "right", no_wrap=True)
-    for run in list_runs(settings.staging_dir):
-        tables = run.manifest["tables"]
-        rows = sum(t["rows"] for name, t in tables.items() if name != "quarantine")
-        quarantined = tables.get("quarantine", {}).get("rows", 0)
-        parts = sum(len(t["parts"]) for t in tables.values())
-        committed = "yes" if last is not None and run.run_id <= last else "no"
-        table.add_row(run.run_id, f"{rows:,}", f"{quarantined:,}", str(parts), committed)
+    for run in run_summaries(settings):
+        committed = "yes" if run.committed else "no"
+        table.add_row(run.run_id, f"{run.rows:,}", f"{run.quarantined:,}", str(run.parts), committed)
     console.print(table)
 
 

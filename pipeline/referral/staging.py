@@ -20,6 +20,7 @@ from pathlib import Path
 
 import polars as pl
 
+from pipeline.config import StagingDir
 from pipeline.referral.events import EVENT_SCHEMA, HORIZON, KEY, ORDER
 
 EVENTS_DIR = "referral_events"
@@ -165,6 +166,17 @@ def _precedes(left: list[str], right: list[str]) -> pl.Expr:
     if len(left) == 1:
         return head
     return head | ((pl.col(left[0]) == pl.col(right[0])) & _precedes(left[1:], right[1:]))
+
+
+def quarantine_reasons(staging_dir: StagingDir) -> dict[str, int]:
+    """Quarantined event lines per reason, over the quarantine of every loaded file (each file's latest load)."""
+    if not isinstance(staging_dir, Path):
+        return {}  # events are not staged on S3 (`events load` refuses it), so none are quarantined there
+    files = sorted((staging_dir / QUARANTINE_DIR).glob("*.parquet"))
+    if not files:
+        return {}
+    counts = pl.read_parquet(files, columns=["reason"]).group_by("reason").len().sort("reason")
+    return dict(counts.iter_rows())
 
 
 def write_quarantine(staging_dir: Path, source_key: str, quarantined: pl.DataFrame) -> Path:

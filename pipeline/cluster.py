@@ -1,0 +1,169 @@
+"""The warehouse schema for a ClickHouse cluster, rendered from the single-node `schemas/clickhouse/*.sql`.
+
+The single-node files stay the one source of truth for columns, keys, partitions and views; this module
+only changes where each object lives, with ClickHouse's own machinery (ON CLUSTER DDL, Replicated*MergeTree
+with Keeper, Distributed tables):
+
+- The fact tables and their aggregates (`SHARDED`) become a `<name>_local` Replicated*MergeTree on every
+  shard plus a Distributed table under the original name, sharded by campaign_id. The materialized views
+  read the local fact table and write the local aggregate table, so each shard aggregates its own campaigns.
+- Every other table (dimensions, quarantine, sync_runs, referral_events) is replicated to every node — one
+  Keeper path for the whole cluster — so the KPIs' joins with the dimensions run locally on each shard.
+- Views are created on every node.
+
+The names the pipeline and the KPI SQL use therefore resolve to the same data as on one node.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from clickhouse_connect.driver.client import Client
+
+from pipeline import clickhouse
+from pipeline.clickhouse import quote_identifier
+from pipeline.config import Settings, mask_url
+from pipeline.errors import AdpipeError
+from pipeline.sqlfiles import SCHEMAS_DIR, statements
+from pipeline.warehouse import CLICKHOUSE_SCHEMA_DIR
+
+CLUSTER_SQL_DIR = SCHEMAS_DIR / "clickhouse" / "cluster"
+
+SHARDED = {
+    "impressions": "campaign_id",
+    "clicks": "campaign_id",
+    "campaign_daily": "campaign_id",
+    "campaign_hourly": "campaign_id",
+}
+"""Tables split over the shards, with their sharding key. Facts and aggregates share the key, so the rows
+a materialized view derives from a shard's events belong to that same shard."""
+
+LOCAL_SUFFIX = "_local"
+
+# Keeper paths. {uuid} is the table's own UUID, the same on every node because ON CLUSTER DDL assigns it
+# once; it keeps paths unique across databases and through renames. A sharded table has one replica group
+# per shard; a table on every node has a single group, so its replica names must be unique cluster-wide.
+SHARD_REPLICATION = ("/clickhouse/tables/{uuid}/{shard}", "{replica}")
+EVERY_NODE_REPLICATION = ("/clickhouse/tables/{uuid}/all", "{shard}-{replica}")
+
+_CLUSTER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+_CREATE_TABLE = re.compile(r"CREATE TABLE IF NOT EXISTS (\w+)\s*(\(.*\))\s*ENGINE\s*=\s*(\w+)(.*)", re.S)
+_CREATE_MV = re.compile(r"CREATE MATERIALIZED VIEW IF NOT EXISTS (\w+) TO (\w+) AS\s+(SELECT\b.*)", re.S)
+_CREATE_VIEW = re.compile(r"CREATE OR REPLACE VIEW (\w+) AS\s+(SELECT\b.*)", re.S)
+_TABLE_REFERENCE = re.compile(r"\b(FROM|JOIN)\s+(\w+)\b")
+
+
+@dataclass(frozen=True)
+class _Target:
+    cluster: str
+    database: str
+
+    def name(self, table: str) -> str:
+        return f"{quote_identifier(self.database)}.{quote_identifier(table)}"
+
+    @property
+    def on_cluster(self) -> str:
+        return f"ON CLUSTER {quote_identifier(self.cluster)}"
+
+
+def render_cluster_schema(cluster: str, database: str) -> list[str]:
+    """Every statement that creates the warehouse on `cluster`, in order, with database-qualified names."""
+    if not _CLUSTER_NAME.fullmatch(cluster):
+        raise AdpipeError(f"invalid cluster name {cluster!r}: use letters, digits, '_' and '-' (as in remote_servers)")
+    target = _Target(cluster, database)
+    create_database = _template("database.sql")
+    rendered = [create_database.format(database=quote_identifier(database), cluster=quote_identifier(cluster))]
+    for path in sorted(CLICKHOUSE_SCHEMA_DIR.glob("*.sql")):
+        for statement in statements(path):
+            rendered.extend(_render(statement, target, path.name))
+    return rendered
+
+
+def create_on_cluster(settings: Settings, cluster: str) -> None:
+    """Create the warehouse on `cluster` through the configured server, which must be one of its nodes.
+
+    Each ON CLUSTER statement returns once every node has run it. IF NOT EXISTS leaves existing objects alone,
+    so this is for a database that a single-node `init` or `sync` has not filled.
+    """
+    rendered = render_cluster_schema(cluster, settings.clickhouse_database)
+    if settings.clickhouse_is_embedded:
+        raise AdpipeError(
+            f"the embedded ClickHouse ({mask_url(settings.clickhouse_url)}) runs in this process and has no cluster "
+            f"{cluster!r}: point ADPIPE_CLICKHOUSE_URL at a node of the cluster, or add --print to see the DDL"
+        )
+    client = clickhouse.connect(settings)
+    for statement in rendered:
+        client.command(statement)
+
+
+def _render(statement: str, target: _Target, source: str) -> list[str]:
+    if match := _CREATE_TABLE.fullmatch(statement):
+        return _render_table(target, *match.groups())
+    if match := _CREATE_MV.fullmatch(statement):
+        view, destination, select = match.groups()
+        return [
+            f"CREATE MATERIALIZED VIEW IF NOT EXISTS {target.name(view)} {target.on_cluster} "
+            f"TO {target.name(_stored_name(destination))} AS\n{_qualify(select, target)}"
+        ]
+    if match := _CREATE_VIEW.fullmatch(statement):
+        view, select = match.groups()
+        return [f"CREATE OR REPLACE VIEW {target.name(view)} {target.on_cluster} AS\n{_qualify(select, target)}"]
+    # A new kind of statement in the single-node schema needs a decision here, not a silent copy.
+    raise AdpipeError(f"cannot render this statement of {source} for a cluster: {statement.splitlines()[0]}")
+
+
+def _render_table(target: _Target, table: str, columns: str, engine: str, rest: str) -> list[str]:
+    arguments, tail = _engine_arguments(rest)
+    path, replica = SHARD_REPLICATION if table in SHARDED else EVERY_NODE_REPLICATION
+    replicated_arguments = ", ".join([f"'{path}'", f"'{replica}'", *([arguments] if arguments else [])])
+    # Replicated tables deduplicate inserts through Keeper, with their own window setting.
+    tail = re.sub(r"\bnon_replicated_deduplication_window\b", "replicated_deduplication_window", tail)
+    stored = _stored_name(table)
+    created = [
+        f"CREATE TABLE IF NOT EXISTS {target.name(stored)} {target.on_cluster}\n{columns}\n"
+        f"ENGINE = Replicated{engine}({replicated_arguments}){tail}"
+    ]
+    if table in SHARDED:
+        created.append(
+            _template("distributed.sql").format(
+                database=quote_identifier(target.database),
+                table=quote_identifier(table),
+                local_table=quote_identifier(stored),
+                cluster=quote_identifier(target.cluster),
+                sharding_key=quote_identifier(SHARDED[table]),
+            )
+        )
+    return created
+
+
+def _engine_arguments(rest: str) -> tuple[str, str]:
+    """Split `(args) tail` after an engine name into the arguments (nested parentheses allowed) and the tail."""
+    if not rest.startswith("("):
+        return "", rest
+    depth = 0
+    for index, char in enumerate(rest):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth == 0:
+            return rest[1:index].strip(), rest[index + 1 :]
+    raise AdpipeError(f"unbalanced parentheses in an engine clause: {rest[:60]}")
+
+
+def _stored_name(table: str) -> str:
+    """Where a table's rows are stored on a node: the local table of a sharded one, else the table itself."""
+    return f"{table}{LOCAL_SUFFIX}" if table in SHARDED else table
+
+
+def _qualify(select: str, target: _Target) -> str:
+    """A view's SELECT reading what is stored on the node it runs on, with database-qualified names."""
+    return _TABLE_REFERENCE.sub(lambda m: f"{m[1]} {target.name(_stored_name(m[2]))}", select)
+
+
+def _template(name: str) -> str:
+    (statement,) = statements(CLUSTER_SQL_DIR / name)
+    return statement
+
+
+def is_cluster_warehouse(client: Client) -> bool:
+    """Whether the client's database holds the cluster layout (`init --cluster` made `<fact>_local` tables)."""
+    return bool(client.command(f"EXISTS TABLE {quote_identifier('impressions' + LOCAL_SUFFIX)}"))

@@ -1,0 +1,352 @@
+"""Every command shown in the README is executed by a test, so the README cannot drift from the code.
+
+What counts as shown: every line of a fenced code block tagged `bash`, `sh`, `shell` or `console`
+(in `console` blocks only the `$ ` lines; the rest is output). A line ending in `\\` continues on
+the next. Every other fenced block must carry a tag too, so no command hides in an untagged block.
+
+How each command is treated:
+- `adpipe …` — directly, after `uv run`, or after `NAME=value` prefixes, which are set in the
+  environment for that command (`$VAR` in a value expanded, as the shell would) — runs in process
+  (`run_cli`, exactly what the console script runs), in README order, in one fresh embedded
+  environment: its own ADPIPE_HOME and staging directory, the embedded Postgres started on demand,
+  as with no configuration, and a ClickHouse database of its own in the session's chDB engine (one
+  data directory per process). It must exit 0, unless the line ends with the comment
+  `# exits N: message`: then it must exit N and print `message` on stderr.
+- Anything else must start with a prefix listed in NOT_EXECUTED, with the reason it is not run here.
+  A command that is neither fails `test_every_readme_command_is_executed_or_listed`.
+- A `sql` block is a ClickHouse query: it runs against the warehouse at its place in the README
+  (after the commands above it) and must return rows.
+- A `mermaid` block must be a flowchart whose edges only use nodes it declares with a label.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from pipeline import clickhouse
+from pipeline.config import Settings, load_settings
+from pipeline.errors import AdpipeError
+from pipeline.generate import Generator, reset
+from pipeline.options import Mode
+from pipeline.postgres import EmbeddedPostgres
+from pipeline.sync import SyncOptions, sync
+from tests.conftest import run_cli
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+NOT_EXECUTED: dict[str, str] = {
+    "uv run pytest": "the test suite, which runs this test",
+    "uv run ruff check": "the linter; .ci/run runs it on every CI build",
+    "bash .ci/run": "CI's entry point: a clean install, the linter and the whole suite",
+    "uv run --group notebook jupyter nbconvert --clear-output": "rewrites the committed notebooks in place; "
+    "test_notebooks checks they are stored in the cleared state this command produces",
+    "docker compose": "needs a Docker engine, which the CI machine does not have",
+    "export ADPIPE_POSTGRES_URL=": "points adpipe at the compose Postgres (needs Docker); "
+    "the adpipe commands after it run here against the embedded default",
+    "export ADPIPE_CLICKHOUSE_URL=": "points adpipe at the compose ClickHouse (needs Docker); "
+    "the adpipe commands after it run here against the embedded default",
+}
+"""Commands the README shows that this test does not run: prefix → why. Add new ones here."""
+
+SHELL_TAGS = {"bash", "sh", "shell", "console"}
+OTHER_TAGS = {"sql", "mermaid", "text", "json", "python", "yaml", "toml", "dotenv", "ini"}
+FENCE = re.compile(r"^\s*(```+|~~~+)\s*([\w+-]*)")
+EXPECTED_EXIT = re.compile(r"^exits (\d+): (.+)$")
+SHELL_OPERATORS = re.compile(r"^[;&|<>()]+$")
+ENV_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+
+
+@dataclass(frozen=True)
+class Block:
+    line: int
+    tag: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Command:
+    line: int
+    text: str
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    expected_exit: int = 0
+    expected_stderr: str | None = None
+    problem: str | None = None
+
+    @property
+    def is_adpipe(self) -> bool:
+        return self.problem is None and bool(self.args)
+
+
+def fenced_blocks(markdown: str) -> list[Block]:
+    """The fenced code blocks of a Markdown text: opening line number, tag, body."""
+    blocks, lines, i = [], markdown.splitlines(), 0
+    while i < len(lines):
+        opening = FENCE.match(lines[i])
+        if not opening:
+            i += 1
+            continue
+        fence, start = opening.group(1), i
+        i += 1
+        body = []
+        while i < len(lines) and not lines[i].strip().startswith(fence):
+            body.append(lines[i])
+            i += 1
+        blocks.append(Block(start + 1, opening.group(2).lower(), "\n".join(body)))
+        i += 1
+    return blocks
+
+
+def split_comment(line: str) -> tuple[str, str]:
+    """`code`, `comment` of a shell line: a `#` outside quotes, at the start or after a blank, opens the comment."""
+    quote = None
+    for i, char in enumerate(line):
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == "#" and (i == 0 or line[i - 1].isspace()):
+            return line[:i].rstrip(), line[i + 1 :].strip()
+    return line.rstrip(), ""
+
+
+def shell_lines(block: Block) -> Iterator[tuple[int, str]]:
+    """(README line, command) for each command of a shell block, continuation lines joined."""
+    pending, first = "", 0
+    for offset, raw in enumerate(block.text.splitlines(), start=block.line + 1):
+        line = raw.strip()
+        if block.tag == "console" and not pending:
+            if not line.startswith("$ "):
+                continue  # output
+            line = line[2:]
+        elif line.startswith("$ "):
+            line = line[2:]
+        if not pending:
+            first = offset
+        if line.endswith("\\"):
+            pending += line[:-1].rstrip() + " "
+            continue
+        line, pending = pending + line, ""
+        if line and not line.startswith("#"):
+            yield first, line
+
+
+def parse_command(line_number: int, line: str) -> Command:
+    code, comment = split_comment(line)
+    text = " ".join(code.split())
+    lexer = shlex.shlex(code, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    tokens = list(lexer)
+    env = {}
+    while tokens and ENV_ASSIGNMENT.match(tokens[0]):
+        name, value = tokens.pop(0).split("=", 1)
+        env[name] = value
+    if tokens[:3] == ["uv", "run", "adpipe"]:
+        tokens = tokens[2:]
+    if tokens[:1] != ["adpipe"]:
+        return Command(line_number, text)
+    if any(SHELL_OPERATORS.match(token) for token in tokens):
+        return Command(line_number, text, problem="pipes, redirections and `;`/`&&` cannot run in process")
+    expected = EXPECTED_EXIT.match(comment)
+    if comment.startswith("exits") and not expected:
+        return Command(line_number, text, problem="write the expected outcome as `# exits N: message on stderr`")
+    return Command(
+        line_number,
+        text,
+        tuple(tokens[1:]),
+        env,
+        int(expected.group(1)) if expected else 0,
+        expected.group(2) if expected else None,
+    )
+
+
+def not_executed_reason(command: Command) -> str | None:
+    return next((reason for prefix, reason in NOT_EXECUTED.items() if command.text.startswith(prefix)), None)
+
+
+def readme_steps(markdown: str) -> list[Command | Block]:
+    """In README order: the commands of every shell block, and every `sql` block."""
+    steps: list[Command | Block] = []
+    for block in fenced_blocks(markdown):
+        if block.tag in SHELL_TAGS:
+            steps += [parse_command(number, line) for number, line in shell_lines(block)]
+        elif block.tag == "sql":
+            steps.append(block)
+    return steps
+
+
+STEPS = readme_steps(README.read_text())
+COMMANDS = [step for step in STEPS if isinstance(step, Command)]
+
+
+def test_every_readme_command_is_executed_or_listed() -> None:
+    untagged = [block.line for block in fenced_blocks(README.read_text()) if block.tag not in SHELL_TAGS | OTHER_TAGS]
+    assert not untagged, f"README.md lines {untagged}: tag every code block (bash, console, sql, mermaid, text…)"
+    problems = [f"README.md:{c.line}: {c.text}: {c.problem}" for c in COMMANDS if c.problem]
+    unlisted = [f"README.md:{c.line}: {c.text}" for c in COMMANDS if not c.is_adpipe and not not_executed_reason(c)]
+    assert not problems, "\n".join(problems)
+    assert not unlisted, "commands neither executed nor listed in NOT_EXECUTED (with a reason):\n" + "\n".join(unlisted)
+    unused = [prefix for prefix in NOT_EXECUTED if not any(c.text.startswith(prefix) for c in COMMANDS)]
+    assert not unused, f"NOT_EXECUTED lists commands the README no longer shows: {unused}"
+    assert sum(c.is_adpipe for c in COMMANDS) >= 30, "the README's adpipe commands were not found"
+
+
+MERMAID_ARROW = re.compile(r"\s*(?:-->|-\.->|==>|---)(?:\|[^|]*\|)?\s*")
+MERMAID_NODE = re.compile(r"^(\w+)\s*[\[({>]")
+
+
+def mermaid_problems(diagram: str) -> list[str]:
+    """What is wrong with a flowchart written as node declarations (`id["label"]`) then edges between bare ids.
+
+    Mermaid silently draws an undeclared id as a box showing the id, so a typo in an edge goes unnoticed
+    when rendered; here it is an error, as is a declared node no edge uses.
+    """
+    lines = [line.strip() for line in diagram.splitlines() if line.strip() and not line.strip().startswith("%%")]
+    if not lines or not re.fullmatch(r"flowchart (LR|RL|TB|TD|BT)", lines[0]):
+        return ["the diagram must start with `flowchart LR` (or RL, TB, TD, BT)"]
+    declared, used, problems = set(), set(), []
+    for line in lines[1:]:
+        if MERMAID_ARROW.search(line):
+            ids = MERMAID_ARROW.split(line)
+            problems += [f"edge `{line}`: `{i}` is not a bare node id" for i in ids if not re.fullmatch(r"\w+", i)]
+            used.update(ids)
+        elif node := MERMAID_NODE.match(line):
+            declared.add(node.group(1))
+        else:
+            problems.append(f"neither a node declaration nor an edge: `{line}`")
+    problems += [f"`{i}` is used in an edge but not declared" for i in sorted(used - declared)]
+    problems += [f"`{i}` is declared but no edge uses it" for i in sorted(declared - used)]
+    return problems
+
+
+def test_readme_architecture_diagram_is_consistent() -> None:
+    diagrams = [block for block in fenced_blocks(README.read_text()) if block.tag == "mermaid"]
+    assert diagrams, "the README's architecture diagram (a mermaid block) is missing"
+    for block in diagrams:
+        assert mermaid_problems(block.text) == [], f"README.md:{block.line}"
+
+
+def test_mermaid_problems_catch_an_undeclared_node() -> None:
+    diagram = 'flowchart LR\n    pg[("Postgres")]\n    ch["ClickHouse"]\n    pg --> ch\n    ch -.->|KPIs| kpis'
+    assert mermaid_problems(diagram) == ["`kpis` is used in an edge but not declared"]
+
+
+def heading_anchor(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_readme_links_to_its_own_sections_resolve() -> None:
+    markdown = README.read_text()
+    fenced = {line for block in fenced_blocks(markdown) for line in block.text.splitlines()}
+    anchors: set[str] = set()
+    for line in markdown.splitlines():
+        if line.startswith("#") and line not in fenced:
+            base = heading_anchor(line.lstrip("#"))
+            anchor, n = base, 0
+            while anchor in anchors:
+                n += 1
+                anchor = f"{base}-{n}"
+            anchors.add(anchor)
+    links = re.findall(r"\]\(#([^)]+)\)", markdown)
+    assert links, "no section links found"
+    assert sorted(set(links) - anchors) == []
+
+
+@pytest.fixture
+def embedded(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """The test's fresh environment with no Postgres configured: the embedded server, as a new user gets it."""
+    monkeypatch.delenv("ADPIPE_POSTGRES_URL")
+    monkeypatch.delenv("POSTGRES_HOST", raising=False)
+    embedded_settings = load_settings()
+    yield embedded_settings
+    EmbeddedPostgres(embedded_settings.embedded_postgres_dir).stop()
+
+
+def test_readme_commands_run_in_order(embedded: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    for step in STEPS:
+        if isinstance(step, Block):
+            rows = clickhouse.connect(load_settings()).query(step.text).result_rows
+            assert rows, f"README.md:{step.line}: the query returned no rows"
+            continue
+        if not step.is_adpipe:
+            continue
+        with monkeypatch.context() as scoped:
+            for name, value in step.env.items():
+                scoped.setenv(name, os.path.expandvars(value))
+            try:
+                result = run_cli(*step.args)
+            except Exception as exc:  # a bug: keep its traceback, and say which README line hit it
+                exc.add_note(f"README.md:{step.line}: {step.text}")
+                raise
+        where = f"README.md:{step.line}: {step.text}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+        assert result.exit_code == step.expected_exit, where
+        if step.expected_stderr is not None:
+            assert step.expected_stderr in " ".join(result.stderr.split()), where
+
+
+def test_readme_sync_runs_query_shows_each_run_and_its_outcome(settings: Settings, pg: psycopg.Connection) -> None:
+    (query,) = [step.text for step in STEPS if isinstance(step, Block) and "FROM sync_runs" in step.text]
+    Generator(pg, seed=3).batch(advertisers=2, campaigns=2, impressions=200, ctr=0.1)
+    sync(settings, SyncOptions(mode=Mode.FULL))
+    reset(pg)
+    Generator(pg, seed=4).batch(advertisers=1, campaigns=1, impressions=10, ctr=0.1)
+    with pytest.raises(AdpipeError, match="the source was reset"):
+        sync(settings, SyncOptions())
+    rows = clickhouse.connect(settings).query(query).named_results()
+    failed, full = list(rows)
+    assert (failed["mode"], failed["status"], failed["rows_loaded"]) == ("incremental", "failed", 0)
+    assert "the source was reset (impressions max id 10 is below the last synced id 800)" in failed["error"]
+    # 2 advertisers + 2 × 2 campaigns + 4 × 200 impressions + 4 × 20 clicks, nothing quarantined.
+    assert (full["mode"], full["status"], full["rows_loaded"], full["quarantined"]) == ("full", "success", 886, 0)
+    assert full["error"] is None
+    assert full["seconds"] > 0
+    assert full["run_id"] < failed["run_id"]
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (
+            "uv run adpipe sync --mode full   # reload",
+            Command(1, "uv run adpipe sync --mode full", ("sync", "--mode", "full")),
+        ),
+        (
+            "ADPIPE_STAGING_DIR=/tmp/s adpipe snapshots list",
+            Command(
+                1,
+                "ADPIPE_STAGING_DIR=/tmp/s adpipe snapshots list",
+                ("snapshots", "list"),
+                {"ADPIPE_STAGING_DIR": "/tmp/s"},
+            ),
+        ),
+        (
+            "uv run adpipe sync  # exits 1: the source was reset",
+            Command(1, "uv run adpipe sync", ("sync",), expected_exit=1, expected_stderr="the source was reset"),
+        ),
+        ("docker compose up -d  # start", Command(1, "docker compose up -d")),
+        (
+            "adpipe kpi list | head",
+            Command(1, "adpipe kpi list | head", problem="pipes, redirections and `;`/`&&` cannot run in process"),
+        ),
+    ],
+)
+def test_parse_command(line: str, expected: Command) -> None:
+    assert parse_command(1, line) == expected
+
+
+def test_shell_lines_join_continuations_and_skip_console_output() -> None:
+    block = Block(
+        10,
+        "console",
+        "$ adpipe kpi campaign_ctr \\\n    --format csv\ncampaign_id,impressions\n$ adpipe status  # a # b",
+    )
+    assert list(shell_lines(block)) == [(11, "adpipe kpi campaign_ctr --format csv"), (14, "adpipe status  # a # b")]

@@ -1,0 +1,322 @@
+"""From one node to many: the cluster DDL of `adpipe init --cluster`, the least-privilege users, the reader URL,
+and the compose profile `cluster`.
+
+There is no ClickHouse cluster (nor Docker) here: the rendered DDL and the users' SQL are parsed by the real
+engine (`formatQuery` in chDB), their structure is checked against expectations written below, and the
+rendered schema — with its replicated and Distributed engines swapped for single-node stand-ins — is run
+as a warehouse to show the materialized views and the unchanged KPI SQL resolve and compute right.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import xml.etree.ElementTree as ET
+
+import psycopg
+import pytest
+import yaml
+from clickhouse_connect.driver.client import Client
+
+from pipeline import clickhouse
+from pipeline.cluster import render_cluster_schema
+from pipeline.config import Settings
+from pipeline.kpi import Filters, compute
+from pipeline.sqlfiles import KPI_DIR, ROOT, SCHEMAS_DIR, statements
+from tests.conftest import run_cli
+from tests.test_sync import seed_hand_built
+
+CLUSTER = "adpipe"
+"""The cluster name the README and the compose profile use."""
+
+SHARD_PATH = "'/clickhouse/tables/{uuid}/{shard}', '{replica}'"
+EVERY_NODE_PATH = "'/clickhouse/tables/{uuid}/all', '{shard}-{replica}'"
+
+# What every table must become on the cluster, written out by hand from schemas/clickhouse/*.sql.
+EXPECTED_LOCAL_ENGINES = {
+    "impressions_local": f"ReplicatedMergeTree({SHARD_PATH})",
+    "clicks_local": f"ReplicatedMergeTree({SHARD_PATH})",
+    "campaign_daily_local": f"ReplicatedSummingMergeTree({SHARD_PATH}, (impressions, clicks))",
+    "campaign_hourly_local": f"ReplicatedSummingMergeTree({SHARD_PATH}, (impressions, clicks))",
+    "advertiser": f"ReplicatedReplacingMergeTree({EVERY_NODE_PATH}, version, is_deleted)",
+    "campaign": f"ReplicatedReplacingMergeTree({EVERY_NODE_PATH}, version, is_deleted)",
+    "quarantine": f"ReplicatedReplacingMergeTree({EVERY_NODE_PATH}, version, is_resolved)",
+    "sync_runs": f"ReplicatedReplacingMergeTree({EVERY_NODE_PATH}, updated_at)",
+    "referral_events": f"ReplicatedMergeTree({EVERY_NODE_PATH})",
+}
+EXPECTED_DISTRIBUTED = {
+    "impressions": "impressions_local",
+    "clicks": "clicks_local",
+    "campaign_daily": "campaign_daily_local",
+    "campaign_hourly": "campaign_hourly_local",
+}
+EXPECTED_VIEWS = {  # materialized view: (reads, writes) — both on the shard the rows land on
+    "impressions_daily_mv": ("impressions_local", "campaign_daily_local"),
+    "clicks_daily_mv": ("clicks_local", "campaign_daily_local"),
+    "impressions_hourly_mv": ("impressions_local", "campaign_hourly_local"),
+    "clicks_hourly_mv": ("clicks_local", "campaign_hourly_local"),
+}
+KPI_READS = {"campaign_daily", "campaign_hourly", "live_campaign", "live_advertiser"}
+"""Every table or view some kpi_sql/*.sql reads (read off the files by hand)."""
+
+
+def formatted(client: Client, sql: str) -> str:
+    """The statement as ClickHouse's own parser reads it, on one line; raises if it does not parse."""
+    return client.query("SELECT formatQuerySingleLine({q:String})", parameters={"q": sql}).result_rows[0][0]
+
+
+@pytest.fixture
+def cluster_ddl(settings: Settings) -> list[str]:
+    client = clickhouse.connect(settings)
+    return [formatted(client, statement) for statement in render_cluster_schema(CLUSTER, settings.clickhouse_database)]
+
+
+def created(ddl: list[str], kind: str) -> dict[str, str]:
+    """Name → statement for every `CREATE <kind>` of the rendered DDL, checking each is ON CLUSTER."""
+    found = {}
+    for statement in ddl:
+        match = re.match(rf"CREATE (?:OR REPLACE )?{kind} (?:IF NOT EXISTS )?\w+\.(\w+) ON CLUSTER (\w+)\b", statement)
+        if match:
+            assert match[2] == CLUSTER, statement
+            found[match[1]] = statement
+    return found
+
+
+def test_every_rendered_statement_parses_and_runs_on_the_cluster(settings: Settings, cluster_ddl: list[str]) -> None:
+    # 1 database + 9 stored tables + 4 Distributed tables + 4 materialized views + 2 views.
+    assert len(cluster_ddl) == 20
+    assert cluster_ddl[0] == f"CREATE DATABASE IF NOT EXISTS {settings.clickhouse_database} ON CLUSTER {CLUSTER}"
+    assert all(f" ON CLUSTER {CLUSTER}" in statement for statement in cluster_ddl)
+
+
+def test_facts_and_aggregates_are_replicated_locally_and_distributed_by_campaign(
+    settings: Settings, cluster_ddl: list[str]
+) -> None:
+    db = settings.clickhouse_database
+    tables = created(cluster_ddl, "TABLE")
+    assert set(tables) == set(EXPECTED_LOCAL_ENGINES) | set(EXPECTED_DISTRIBUTED)
+    for name, engine in EXPECTED_LOCAL_ENGINES.items():
+        assert f" ENGINE = {engine} " in tables[name] + " ", name
+        assert "replicated_deduplication_window = 10000" in tables[name] or name in {"sync_runs", "referral_events"}
+        assert "non_replicated" not in tables[name]
+    for name, local in EXPECTED_DISTRIBUTED.items():
+        assert tables[name].endswith(
+            f"AS {db}.{local} ENGINE = Distributed({CLUSTER}, {db}, {local}, campaign_id)"
+        ), tables[name]
+
+
+def test_materialized_views_aggregate_on_each_shard(settings: Settings, cluster_ddl: list[str]) -> None:
+    db = settings.clickhouse_database
+    views = created(cluster_ddl, "MATERIALIZED VIEW")
+    assert set(views) == set(EXPECTED_VIEWS)
+    for name, (source, target) in EXPECTED_VIEWS.items():
+        assert f" TO {db}.{target} AS SELECT " in views[name]
+        assert re.findall(r"FROM ([\w.]+)", views[name]) == [f"{db}.{source}"]
+
+
+def test_every_table_the_kpis_read_is_distributed_or_on_every_node(settings: Settings, cluster_ddl: list[str]) -> None:
+    db = settings.clickhouse_database
+    read = set()
+    for path in KPI_DIR.glob("*.sql"):
+        if path.name.endswith(".duckdb.sql"):
+            continue
+        text = path.read_text()
+        ctes = set(re.findall(r"(\w+) AS \(", text))
+        read |= set(re.findall(r"\b(?:FROM|JOIN)\s+(\w+)", text)) - ctes
+    assert read == KPI_READS
+    tables, views = created(cluster_ddl, "TABLE"), created(cluster_ddl, "VIEW")
+    assert {"campaign_daily", "campaign_hourly"} <= set(EXPECTED_DISTRIBUTED) & set(tables)
+    # The views the KPIs join read only tables replicated to every node, so each shard joins locally.
+    assert set(views) == {"live_campaign", "live_advertiser"}
+    assert re.findall(r"FROM ([\w.]+)", views["live_advertiser"]) == [f"{db}.advertiser"]
+    assert re.findall(r"FROM ([\w.]+)", views["live_campaign"]) == [f"{db}.campaign", f"{db}.live_advertiser"]
+    assert EVERY_NODE_PATH in tables["advertiser"] and EVERY_NODE_PATH in tables["campaign"]
+
+
+def single_node_stand_in(statement: str) -> str | None:
+    """The rendered statement runnable in chDB: no ON CLUSTER, plain engines, Merge() in place of Distributed."""
+    statement = re.sub(r" ON CLUSTER \w+", "", statement)
+    statement = re.sub(r"ENGINE = Replicated(\w+)\('[^']*', '[^']*'(?:, )?", r"ENGINE = \1(", statement)
+    statement = re.sub(r"ENGINE = Distributed\(\w+, (\w+), (\w+), \w+\)", r"ENGINE = Merge(\1, '^\2$')", statement)
+    return None if statement.startswith("CREATE DATABASE") else statement
+
+
+def test_the_kpi_sql_runs_unchanged_on_the_rendered_schema(settings: Settings, cluster_ddl: list[str]) -> None:
+    client = clickhouse.connect(settings)
+    for statement in filter(None, map(single_node_stand_in, cluster_ddl)):
+        client.command(statement)
+    client.command(
+        "INSERT INTO advertiser (id, name, row_hash, version, is_deleted) VALUES (1, 'Acme', 0, 1, 0), "
+        "(2, 'Globex', 0, 1, 0)"
+    )
+    client.command(
+        "INSERT INTO campaign (id, name, bid, budget, start_date, end_date, advertiser_id, row_hash, version, "
+        "is_deleted) VALUES (1, 'Spring', 1.50, 100, '2026-11-01', '2026-11-30', 1, 0, 1, 0), "
+        "(2, 'Summer', 2.00, 200, '2026-11-01', '2026-11-30', 1, 0, 1, 0), "
+        "(3, 'Autumn', 0.75, 50, '2026-11-01', '2026-11-30', 2, 0, 1, 0)"
+    )
+    # Rows go to the local tables, as a shard receives them; the views fill the local aggregates.
+    client.command(
+        "INSERT INTO impressions_local VALUES (1, 1, '2026-11-20 10:00:00'), (2, 1, '2026-11-20 23:59:59.999999'), "
+        "(3, 1, '2026-11-21 00:00:00'), (4, 2, '2026-11-21 08:30:00')"
+    )
+    client.command("INSERT INTO clicks_local VALUES (1, 1, '2026-11-20 10:00:30'), (2, 1, '2026-11-21 00:01:00')")
+
+    campaign_ctr = compute(settings, "campaign_ctr", Filters()).rows()
+    assert campaign_ctr == [(1, "Spring", 3, 2, 2 / 3), (2, "Summer", 1, 0, 0.0), (3, "Autumn", 0, 0, None)]
+    assert compute(settings, "advertiser_ctr", Filters()).rows() == [(1, "Acme", 4, 2, 0.5), (2, "Globex", 0, 0, None)]
+    assert compute(settings, "ctr_heatmap", Filters()).rows() == [  # 2026-11-20 is a Friday, the 21st a Saturday
+        (5, 10, 1, 1, 1.0),
+        (5, 23, 1, 0, 0.0),
+        (6, 0, 1, 1, 1.0),
+        (6, 8, 1, 0, 0.0),
+    ]
+
+
+def test_init_cluster_print_writes_the_ddl_and_executes_nothing(settings: Settings, cluster_ddl: list[str]) -> None:
+    result = run_cli("init", "--cluster", CLUSTER, "--print")
+    assert result.exit_code == 0, result.stderr
+    printed = [s for s in result.stdout.split(";\n\n") if s.strip()]
+    assert len(printed) == 20
+    client = clickhouse.connect(settings)
+    assert [formatted(client, s) for s in printed] == cluster_ddl
+    assert client.command("SELECT count() FROM system.tables WHERE database = currentDatabase()") == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("init", "--cluster", CLUSTER), f"runs in this process and has no cluster '{CLUSTER}'"),
+        (("init", "--print"), "--print shows the DDL for a cluster: add --cluster NAME"),
+        (("init", "--cluster", "two words", "--print"), "invalid cluster name 'two words'"),
+    ],
+)
+def test_init_cluster_bad_input_is_one_clear_line(settings: Settings, args: tuple[str, ...], message: str) -> None:
+    result = run_cli(*args)
+    assert result.exit_code == 1
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert result.stdout == ""
+
+
+def test_sync_refuses_a_full_load_into_a_cluster_warehouse(settings: Settings, pg: psycopg.Connection) -> None:
+    seed_hand_built(pg)
+    client = clickhouse.connect(settings)
+    client.command("CREATE TABLE impressions_local (id UInt64) ENGINE = MergeTree ORDER BY id")
+    result = run_cli("sync")  # the first sync is a full one
+    assert result.exit_code == 1
+    assert "is a cluster warehouse (`adpipe init --cluster`)" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not client.command(f"EXISTS DATABASE `{settings.clickhouse_database}__shadow`")
+    assert client.command("SELECT count() FROM impressions") == 0
+    engine = "SELECT engine FROM system.tables WHERE database = currentDatabase() AND name = 'impressions'"
+    assert client.command(engine) == "MergeTree"
+    assert not list((settings.staging_dir).glob("*/manifest.json"))
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_read_only_commands_use_the_reader_url_and_sync_does_not(
+    settings: Settings, pg: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed_hand_built(pg)
+    port = closed_port()
+    monkeypatch.setenv("ADPIPE_CLICKHOUSE_READER_URL", f"http://adpipe_reader:s3cret@127.0.0.1:{port}/adpipe")
+    synced = run_cli("sync")
+    assert synced.exit_code == 0, synced.stderr
+    for args in (("kpi", "campaign_ctr"), ("chstats",), ("reconcile",)):
+        result = run_cli(*args)
+        assert result.exit_code == 1, args
+        assert f"cannot reach ClickHouse at http://adpipe_reader:***@127.0.0.1:{port}/adpipe" in result.stderr, args
+        assert "s3cret" not in result.stderr + result.stdout
+    monkeypatch.setenv("ADPIPE_CLICKHOUSE_READER_URL", settings.clickhouse_url)
+    assert run_cli("kpi", "campaign_ctr", "--format", "csv").stdout.splitlines()[1:] == [
+        "1,Spring,3,2,0.6666666666666666",
+        "2,Summer,1,0,0.0",
+        "3,Autumn,0,0,",
+    ]
+
+
+USERS_SQL = SCHEMAS_DIR / "clickhouse" / "users" / "adpipe_users.sql"
+
+
+def test_users_sql_parses_and_grants_least_privilege(settings: Settings) -> None:
+    client = clickhouse.connect(settings)
+    users = [formatted(client, statement) for statement in statements(USERS_SQL)]
+    assert users == [
+        "CREATE ROLE IF NOT EXISTS adpipe_write",
+        "GRANT SELECT, INSERT, ALTER, CREATE, DROP, SHOW ON adpipe.* TO adpipe_write",
+        "GRANT SELECT, INSERT, ALTER, CREATE, DROP, SHOW ON adpipe__shadow.* TO adpipe_write",
+        "GRANT CLUSTER ON *.* TO adpipe_write",
+        "CREATE ROLE IF NOT EXISTS adpipe_read",
+        "GRANT SELECT, SHOW ON adpipe.* TO adpipe_read",
+        "CREATE USER IF NOT EXISTS adpipe_writer IDENTIFIED WITH sha256_password BY {writer_password:String} "
+        "DEFAULT DATABASE adpipe",
+        "GRANT adpipe_write TO adpipe_writer",
+        "CREATE USER IF NOT EXISTS adpipe_reader IDENTIFIED WITH sha256_password BY {reader_password:String} "
+        "DEFAULT DATABASE adpipe",
+        "GRANT adpipe_read TO adpipe_reader",
+    ]
+
+
+COMPOSE = ROOT / "docker-compose.yml"
+
+
+def test_compose_cluster_profile_is_two_shards_and_keeper() -> None:
+    compose = yaml.safe_load(COMPOSE.read_text())
+    services, configs = compose["services"], compose["configs"]
+    in_profile = {name for name, service in services.items() if "cluster" in service.get("profiles", [])}
+    assert in_profile == {"clickhouse-keeper", "clickhouse-s1", "clickhouse-s2"}
+    assert all("profiles" not in services[name] for name in ("postgres", "flyway", "clickhouse"))
+
+    xml = {name: ET.fromstring(c["content"]) for name, c in configs.items() if c.get("content", "").startswith("<")}
+    assert set(xml) == {"cluster-keeper", "cluster-servers", "cluster-macros-s1", "cluster-macros-s2"}
+
+    servers = xml["cluster-servers"]
+    (cluster,) = servers.find("remote_servers")
+    assert cluster.tag == CLUSTER
+    shards = [[r.findtext("host") for r in shard.findall("replica")] for shard in cluster.findall("shard")]
+    assert shards == [["clickhouse-s1"], ["clickhouse-s2"]]
+    assert all(shard.findtext("internal_replication") == "true" for shard in cluster.findall("shard"))
+
+    keeper = xml["cluster-keeper"].find("keeper_server")
+    node = servers.find("zookeeper/node")
+    assert (node.findtext("host"), node.findtext("port")) == ("clickhouse-keeper", keeper.findtext("tcp_port"))
+    assert services["clickhouse-keeper"]["hostname"] == "clickhouse-keeper"
+
+    for shard_number, name in enumerate(("clickhouse-s1", "clickhouse-s2"), start=1):
+        mounted = {c["source"]: c["target"] for c in services[name]["configs"]}
+        macros = xml[f"cluster-macros-s{shard_number}"]
+        assert mounted[f"cluster-macros-s{shard_number}"].startswith("/etc/clickhouse-server/config.d/")
+        assert mounted["cluster-servers"].startswith("/etc/clickhouse-server/config.d/")
+        assert macros.findtext("macros/shard") == f"0{shard_number}"
+        assert macros.findtext("macros/replica") == services[name]["hostname"] == name
+        assert "CLICKHOUSE_CLUSTER_SECRET" in services[name]["environment"]
+
+
+def test_compose_creates_the_users_from_the_sql_file() -> None:
+    compose = yaml.safe_load(COMPOSE.read_text())
+    sql_config = compose["configs"]["adpipe-users-sql"]
+    assert (ROOT / sql_config["file"]).resolve() == USERS_SQL
+    init_script = compose["configs"]["adpipe-users-init"]["content"]
+    for name in ("clickhouse", "clickhouse-s1", "clickhouse-s2"):
+        mounted = {c["source"]: c["target"] for c in compose["services"][name]["configs"]}
+        assert mounted["adpipe-users-init"].startswith("/docker-entrypoint-initdb.d/")
+        assert f"--queries-file {mounted['adpipe-users-sql']}" in init_script
+        environment = compose["services"][name]["environment"]
+        assert {"CLICKHOUSE_WRITER_PASSWORD", "CLICKHOUSE_READER_PASSWORD"} <= set(environment)
+    # Every query parameter of the SQL is given, from the container's environment (not expanded by Compose).
+    assert set(re.findall(r"\{(\w+):String\}", USERS_SQL.read_text())) == set(
+        re.findall(r"--param_(\w+)=\"\$\$\{CLICKHOUSE_\w+\}\"", init_script)
+    )
+
+
+def test_readme_documents_the_compose_cluster_and_both_users() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert f"adpipe init --cluster {CLUSTER} --print" in readme
+    assert "--profile cluster" in readme
+    assert all(name in readme for name in ("adpipe_writer", "adpipe_reader", "ADPIPE_CLICKHOUSE_READER_URL"))
