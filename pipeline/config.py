@@ -27,7 +27,7 @@ class Settings:
     """A hot standby of that server the sync extracts from (`ADPIPE_POSTGRES_REPLICA_URL`), or None: the primary."""
     clickhouse_url: str
     clickhouse_database: str
-    staging_dir: Path
+    staging_dir: StagingDir
 
     # Read-only warehouse access: ADPIPE_CLICKHOUSE_READER_URL, for the commands that only read ClickHouse.
     clickhouse_reader_url: str | None = None
@@ -57,9 +57,37 @@ def load_settings() -> Settings:
         postgres_replica_url=os.environ.get("ADPIPE_POSTGRES_REPLICA_URL") or None,
         clickhouse_url=clickhouse_url,
         clickhouse_database=_clickhouse_database(clickhouse_url),
-        staging_dir=Path(os.environ.get("ADPIPE_STAGING_DIR", "staging")).absolute(),
+        staging_dir=parse_staging_dir(os.environ.get("ADPIPE_STAGING_DIR", "staging")),
         clickhouse_reader_url=os.environ.get("ADPIPE_CLICKHOUSE_READER_URL") or None,
     )
+
+
+S3_SCHEME = "s3://"
+
+
+@dataclass(frozen=True)
+class S3Prefix:
+    """`ADPIPE_STAGING_DIR=s3://bucket/prefix`: staging on object storage (see `pipeline.storage`)."""
+
+    bucket: str
+    prefix: str
+    """Without leading or trailing slashes; empty for the bucket's root."""
+
+    def __str__(self) -> str:
+        return f"{S3_SCHEME}{self.bucket}/{self.prefix}" if self.prefix else f"{S3_SCHEME}{self.bucket}"
+
+
+type StagingDir = Path | S3Prefix
+
+
+def parse_staging_dir(value: str) -> StagingDir:
+    """An `s3://bucket/prefix` URL, or a local directory (made absolute)."""
+    if not value.startswith(S3_SCHEME):
+        return Path(value).absolute()
+    bucket, _, prefix = value.removeprefix(S3_SCHEME).partition("/")
+    if not bucket:
+        raise AdpipeError(f"ADPIPE_STAGING_DIR {value!r} names no bucket: expected s3://bucket/prefix")
+    return S3Prefix(bucket, prefix.strip("/"))
 
 
 def _postgres_url_from_seed_variables() -> str | None:

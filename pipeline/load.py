@@ -2,7 +2,9 @@
 
 Each part is sent as Parquet bytes (never as Python rows) with an insert_deduplication_token
 derived from its checksum, and with deduplication extended to the materialized views, so a
-part retried after a crash is dropped by the base table and by the aggregates alike.
+part retried after a crash is dropped by the base table and by the aggregates alike. When the
+staging is on S3, ClickHouse reads the part itself with its `s3()` table function instead
+(`INSERT … SELECT … FROM s3(…)`), with the same token: the bytes never pass through adpipe.
 
 A full load goes into a shadow database that is swapped in table by table with EXCHANGE
 TABLES (atomic per table), so readers never see a half-loaded table.
@@ -13,13 +15,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import PurePath
 
 from clickhouse_connect.driver.client import Client
 
 from pipeline.clickhouse import quote_identifier
 from pipeline.cluster import is_cluster_warehouse
 from pipeline.errors import AdpipeError
+from pipeline.storage import LocalStore, Store, s3_credentials
 from pipeline.warehouse import apply_schema
 
 log = logging.getLogger(__name__)
@@ -39,15 +42,53 @@ _INSERT_SETTINGS = {
 }
 
 
-def load_part(client: Client, table: str, path: Path, sha256: str, database: str | None = None) -> None:
-    """Insert one staged part; a second insert of the same part is a no-op.
+def load_part(
+    client: Client,
+    table: str,
+    store: Store,
+    path: PurePath,
+    sha256: str,
+    columns: list[str],
+    database: str | None = None,
+) -> None:
+    """Insert one staged part (whose columns are `columns`); a second insert of the same part is a no-op.
 
     That is also what makes the part safe to resend when a server connection breaks mid-insert
     (pipeline.clickhouse retries inserts that carry an insert_deduplication_token).
     """
     target = quote_identifier(table) if database is None else f"{quote_identifier(database)}.{quote_identifier(table)}"
     settings = {**_INSERT_SETTINGS, "insert_deduplication_token": f"{table}:{sha256}"}
-    client.raw_insert(target, insert_block=path.read_bytes(), fmt="Parquet", settings=settings)
+    if isinstance(store, LocalStore):
+        client.raw_insert(target, insert_block=store.read_bytes(path), fmt="Parquet", settings=settings)
+        return
+    # The token deduplicates block by block, so a retry must cut the part into the same blocks:
+    # one reading thread keeps the blocks in file order, as the byte path does. ClickHouse's own
+    # S3 retries default to hundreds: an endpoint it cannot reach would hang the load for minutes.
+    settings |= {"max_threads": 1, "max_insert_threads": 1, "s3_retry_attempts": 10, "s3_connect_timeout_ms": 5000}
+    names = ", ".join(quote_identifier(c) for c in columns)
+    source, parameters = _s3_source(store, path)
+    log.debug("loading %s into %s from %s", path.name, target, parameters["url"])
+    client.command(
+        f"INSERT INTO {target} ({names}) SELECT {names} FROM {source}", parameters=parameters, settings=settings
+    )
+
+
+def _s3_source(store: Store, path: PurePath) -> tuple[str, dict[str, str]]:
+    """The `s3()` call reading a part, and its parameters.
+
+    Bound as query parameters, so the key, secret and token are in no query text (nor ClickHouse's
+    query log). Without credentials in the environment, ClickHouse uses its own (a server's config).
+    """
+    parameters = {"url": store.http_url(path)}
+    credentials = s3_credentials()
+    if credentials is None:
+        return "s3({url:String}, 'Parquet')", parameters
+    key, secret, token = credentials
+    parameters |= {"key": key, "secret": secret}
+    if token is None:
+        return "s3({url:String}, {key:String}, {secret:String}, 'Parquet')", parameters
+    parameters["token"] = token
+    return "s3({url:String}, {key:String}, {secret:String}, {token:String}, 'Parquet')", parameters
 
 
 def shadow_name(database: str) -> str:

@@ -2,6 +2,9 @@
 
 DuckDB reads the staged files directly — an independent engine over the audit trail — through
 views named like the warehouse tables, so each KPI's DuckDB SQL reads like its ClickHouse twin.
+Local files are read with DuckDB's own `read_parquet`. Staging on S3 is read through pyarrow datasets
+over the same S3 filesystem the sync writes with: DuckDB's S3 support (the httpfs extension) is
+downloaded on first use, which a machine without internet access cannot do.
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ from typing import Any
 
 import duckdb
 import polars as pl
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 from clickhouse_connect.driver.client import Client
 
 from pipeline.config import Settings
@@ -20,6 +26,7 @@ from pipeline.extract import DIMENSIONS, FACTS
 from pipeline.kpi import Filters, list_kpis, run_clickhouse, run_duckdb, warehouse_client
 from pipeline.postgres import connect as connect_postgres
 from pipeline.stage import current_state_files
+from pipeline.storage import LocalStore, Store, open_store
 
 RELATIVE_TOLERANCE = 1e-9
 """Floating-point KPIs (ratios) may differ in the last bits between engines; counts must be equal."""
@@ -28,7 +35,7 @@ _DIMENSION_VIEW = """
 CREATE VIEW {name} AS
 SELECT * EXCLUDE (row_hash, version, is_deleted, _rank) FROM (
     SELECT *, row_number() OVER (PARTITION BY id ORDER BY version DESC) AS _rank
-    FROM read_parquet({files}, union_by_name = true)
+    FROM {source}
 ) WHERE _rank = 1 AND is_deleted = 0
 """
 # The same liveness rule as schemas/clickhouse/007_live_dimensions.sql; the dimension views above already hold
@@ -71,6 +78,7 @@ def snapshot_connection(settings: Settings) -> duckdb.DuckDBPyConnection:
     files = current_state_files(settings)
     if not files.get("advertiser") and not files.get("impressions"):
         raise AdpipeError(f"no committed snapshot in {settings.staging_dir}: run `adpipe sync` first")
+    store = open_store(settings.staging_dir)
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     for table in (*DIMENSIONS, *FACTS):
@@ -78,14 +86,30 @@ def snapshot_connection(settings: Settings) -> duckdb.DuckDBPyConnection:
         if not paths:
             raise AdpipeError(f"the committed snapshot has no {table} files; run `adpipe sync --mode full`")
         if table in DIMENSIONS:
-            con.execute(_DIMENSION_VIEW.format(name=table, files=paths))
+            con.execute(_DIMENSION_VIEW.format(name=table, source=_parquet_source(con, store, table, paths, True)))
         else:
-            con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet({paths})")
+            con.execute(f"CREATE VIEW {table} AS SELECT * FROM {_parquet_source(con, store, table, paths, False)}")
     for view in _LIVE_VIEWS:
         con.execute(view)
     con.execute(_AGGREGATE_VIEW.format(grain="daily", bucket="CAST(created_at AS DATE)", column="day"))
     con.execute(_AGGREGATE_VIEW.format(grain="hourly", bucket="date_trunc('hour', created_at)", column="hour"))
     return con
+
+
+def _parquet_source(
+    con: duckdb.DuckDBPyConnection, store: Store, table: str, paths: list[str], union_by_name: bool
+) -> str:
+    """A DuckDB table expression over the files: `read_parquet` locally, a registered pyarrow dataset on S3.
+
+    The dataset's schema is the union of the files' schemas (a column missing from a file reads as
+    NULL), which is what `union_by_name` does.
+    """
+    if isinstance(store, LocalStore):
+        return f"read_parquet({paths}, union_by_name = true)" if union_by_name else f"read_parquet({paths})"
+    schema = pa.unify_schemas([pq.read_schema(p, filesystem=store.fs) for p in paths]) if union_by_name else None
+    name = f"_{table}_files"
+    con.register(name, ds.dataset(paths, schema=schema, format="parquet", filesystem=store.fs))
+    return name
 
 
 def reconcile(settings: Settings, filters: Filters | None = None) -> ReconcileReport:

@@ -16,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version as package_version
-from pathlib import Path
+from pathlib import PurePath
 from typing import Any
 
 import numpy as np
@@ -36,6 +36,7 @@ from pipeline.options import DEFAULT_CHUNK_ROWS, Engine, Mode, OnReset
 from pipeline.prefetch import prefetch
 from pipeline.stage import Run, RunWriter, list_runs, new_run_id, remove_interrupted, state_runs
 from pipeline.state import FactState, Gap, SyncState, load_state, save_state
+from pipeline.storage import open_store
 from pipeline.warehouse import apply_schema
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ def sync(settings: Settings, options: SyncOptions) -> SyncResult:
     if options.chunk_rows < 1:
         raise AdpipeError(f"--chunk-rows must be 1 or more, got {options.chunk_rows}")
     with exclusive_lock(settings.home / "sync.lock", "sync"):
+        open_store(settings.staging_dir)  # an unreachable S3 staging fails here, before the warehouse is touched
         client = clickhouse.connect(settings)
         apply_schema(client)
         recovered = recover_pending_runs(client, settings)
@@ -132,16 +134,13 @@ def replay(settings: Settings, progress: Progress | None = None) -> list[str]:
 
 def load_run(client: Client, run: Run) -> None:
     """Load a published run: a full run through a shadow database swap, an incremental one in place."""
-    if run.mode == Mode.FULL:
-        shadow = create_shadow(client)
-        for table in LOAD_ORDER:
-            for part in run.parts(table):
-                load_part(client, table, run.directory / part.path, part.sha256, database=shadow)
+    shadow = create_shadow(client) if run.mode == Mode.FULL else None
+    for table in LOAD_ORDER:
+        columns = list(run.manifest["tables"].get(table, {}).get("schema", {}))
+        for part in run.parts(table):
+            load_part(client, table, run.store, run.directory / part.path, part.sha256, columns, database=shadow)
+    if shadow is not None:
         swap_in(client, shadow)
-    else:
-        for table in LOAD_ORDER:
-            for part in run.parts(table):
-                load_part(client, table, run.directory / part.path, part.sha256)
 
 
 def commit(settings: Settings, run: Run) -> None:
@@ -186,14 +185,14 @@ class _Pipeline:
         path = self.writer.write_part(table, data)
         self.timings["stage_write"] += time.perf_counter() - began
         if self.pool is not None:
-            sha = self.writer.tables[table].parts[-1].sha256
+            entry = self.writer.tables[table]
             while len(self.pending) >= 2:
                 self.pending.pop(0).result()
-            self.pending.append(self.pool.submit(self._load, table, path, sha))
+            self.pending.append(self.pool.submit(self._load, table, path, entry.parts[-1].sha256, list(entry.schema)))
 
-    def _load(self, table: str, path: Path, sha: str) -> None:
+    def _load(self, table: str, path: PurePath, sha: str, columns: list[str]) -> None:
         began = time.perf_counter()
-        load_part(self.client, table, path, sha, database=self.shadow)
+        load_part(self.client, table, self.writer.store, path, sha, columns, database=self.shadow)
         self.timings["load_overlapped"] += time.perf_counter() - began
 
     def finish(self) -> None:

@@ -91,6 +91,11 @@ def load_files(
         raise AdpipeError("no event files given")
     if not 0 <= window_seconds <= MAX_WINDOW_SECONDS:
         raise AdpipeError(f"--window must be between 0 and {MAX_WINDOW_SECONDS} seconds, got {window_seconds}")
+    if not isinstance(settings.staging_dir, Path):
+        raise AdpipeError(
+            f"events staging on S3 is not supported yet (ADPIPE_STAGING_DIR={settings.staging_dir}): "
+            "set ADPIPE_STAGING_DIR to a local directory for `adpipe events load`"
+        )
     for path in files:
         check_readable(path)
     window = timedelta(seconds=window_seconds)

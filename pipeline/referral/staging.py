@@ -20,6 +20,7 @@ from pathlib import Path
 
 import polars as pl
 
+from pipeline.config import StagingDir
 from pipeline.referral.events import EVENT_SCHEMA, HORIZON, KEY, ORDER
 
 EVENTS_DIR = "referral_events"
@@ -167,8 +168,10 @@ def _precedes(left: list[str], right: list[str]) -> pl.Expr:
     return head | ((pl.col(left[0]) == pl.col(right[0])) & _precedes(left[1:], right[1:]))
 
 
-def quarantine_reasons(staging_dir: Path) -> dict[str, int]:
+def quarantine_reasons(staging_dir: StagingDir) -> dict[str, int]:
     """Quarantined event lines per reason, over the quarantine of every loaded file (each file's latest load)."""
+    if not isinstance(staging_dir, Path):
+        return {}  # events are not staged on S3 (`events load` refuses it), so none are quarantined there
     files = sorted((staging_dir / QUARANTINE_DIR).glob("*.parquet"))
     if not files:
         return {}

@@ -1,0 +1,299 @@
+"""Staging on S3: the sync, snapshots, replay, prune and reconcile against a real S3-compatible server.
+
+The server is moto's, in a thread on a free port, for the whole session; each test gets its own
+bucket. ClickHouse (the embedded engine) reads the parts from it with its s3() table function.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import uuid
+from collections.abc import Iterator
+from datetime import date
+
+import psycopg
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pytest
+from moto.server import ThreadedMotoServer
+
+from pipeline import clickhouse
+from pipeline.config import S3Prefix, Settings, load_settings
+from pipeline.stage import RunWriter, list_runs, quarantined_rows
+from pipeline.storage import Store
+from tests.conftest import run_cli
+from tests.test_sync import aggregate_ch, ch, per_campaign_ch, seed_hand_built
+
+SECRET = "s3cr3t-never-shown"
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_settings(settings: Settings, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The test's adpipe environment with ADPIPE_STAGING_DIR on a new bucket of the S3 server."""
+    bucket = f"adpipe-{uuid.uuid4().hex[:12]}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "adpipe-test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("ADPIPE_STAGING_DIR", f"s3://{bucket}/snapshots/")
+    raw_s3(s3_endpoint).create_dir(bucket)
+    return load_settings()
+
+
+def raw_s3(endpoint: str) -> pafs.S3FileSystem:
+    """The server seen without adpipe's code: to create buckets and look at or damage objects."""
+    return pafs.S3FileSystem(
+        endpoint_override=endpoint,
+        access_key="adpipe-test",
+        secret_key=SECRET,
+        region="us-east-1",
+        allow_bucket_creation=True,
+    )
+
+
+def objects(endpoint: str, settings: Settings) -> list[str]:
+    """Every object key under the staging prefix, relative to it."""
+    assert isinstance(settings.staging_dir, S3Prefix)
+    root = f"{settings.staging_dir.bucket}/{settings.staging_dir.prefix}"
+    infos = raw_s3(endpoint).get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+    return sorted(i.path.removeprefix(root + "/") for i in infos if i.type == pafs.FileType.File)
+
+
+def sync_ok(*args: str) -> str:
+    result = run_cli("sync", *args)
+    assert result.exit_code == 0, result.stderr
+    return result.stdout
+
+
+def test_settings_parse_an_s3_staging_url(s3_settings: Settings) -> None:
+    assert s3_settings.staging_dir == S3Prefix(s3_settings.staging_dir.bucket, "snapshots")
+    assert str(s3_settings.staging_dir) == f"s3://{s3_settings.staging_dir.bucket}/snapshots"
+
+
+def test_full_and_incremental_sync_through_s3(
+    s3_settings: Settings, pg: psycopg.Connection, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed_hand_built(pg)
+    read_by_adpipe: list[str] = []
+    real_read = Store.read_bytes
+
+    def spy(self: Store, path: object) -> bytes:
+        read_by_adpipe.append(str(path))
+        return real_read(self, path)
+
+    monkeypatch.setattr(Store, "read_bytes", spy)
+    sync_ok("--mode", "full")
+    assert per_campaign_ch(s3_settings, "impressions") == {1: 3, 2: 1}
+    assert per_campaign_ch(s3_settings, "clicks") == {1: 2}
+    assert sorted(
+        ch(s3_settings, "SELECT campaign_id, day, sum(impressions), sum(clicks) FROM campaign_daily GROUP BY ALL")
+    ) == [(1, date(2026, 11, 20), 2, 1), (1, date(2026, 11, 21), 1, 1), (2, date(2026, 11, 21), 1, 0)]
+    assert ch(s3_settings, "SELECT count() FROM campaign FINAL") == [(3,)]
+    # ClickHouse read the parts itself: adpipe read no Parquet bytes, and wrote nothing locally.
+    assert not [path for path in read_by_adpipe if path.endswith(".parquet")]
+    assert not (s3_settings.home.parent / "staging").exists()
+    (run,) = list_runs(s3_settings.staging_dir)
+    assert objects(s3_endpoint, s3_settings) == [
+        f"{run.run_id}/{name}"
+        for name in (
+            "advertiser/part-00000.parquet",
+            "campaign/part-00000.parquet",
+            "clicks/part-00000.parquet",
+            "impressions/part-00000.parquet",
+            "manifest.json",
+        )
+    ]
+
+    pg.execute("INSERT INTO impressions (campaign_id, created_at) VALUES (3, '2026-11-22 12:00:00')")  # id 5
+    pg.execute("INSERT INTO clicks (campaign_id, created_at) VALUES (3, '2026-11-22 12:00:10')")
+    sync_ok()
+    assert per_campaign_ch(s3_settings, "impressions") == {1: 3, 2: 1, 3: 1}
+    assert per_campaign_ch(s3_settings, "clicks") == {1: 2, 3: 1}
+    assert aggregate_ch(s3_settings, "clicks") == {1: 2, 2: 0, 3: 1}
+
+    listing = run_cli("snapshots", "list")
+    assert listing.exit_code == 0, listing.stderr
+    assert f"Staged runs in s3://{s3_settings.staging_dir.bucket}/snapshots" in listing.stdout
+    rows = [line.split("│") for line in listing.stdout.splitlines() if "-full" in line or "-incremental" in line]
+    # Run, rows, quarantined, parts, committed: 2+3+4+2 rows in 4 parts, then 1+1 in 2.
+    assert [[cell.strip() for cell in row[2:6]] for row in rows] == [["11", "0", "4", "yes"], ["2", "0", "2", "yes"]]
+
+    reconciled = run_cli("reconcile")
+    assert reconciled.exit_code == 0, reconciled.stdout + reconciled.stderr
+    text = " ".join(reconciled.stdout.replace("│", " ").split())
+    assert "rows impressions pass Postgres 5 = ClickHouse 5 + quarantined 0 = snapshots 5 + quarantined 0" in text
+
+    pg.execute("INSERT INTO impressions (campaign_id, created_at) VALUES (NULL, '2026-11-22 13:00:00')")  # id 6
+    sync_ok()
+    assert quarantined_rows(s3_settings) == {"impressions": 1}  # read back from the quarantine part on S3
+
+
+def test_a_retried_s3_load_counts_once(
+    s3_settings: Settings, pg: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run loaded but not committed (a crash) is loaded again by the next sync: the tokens drop the repeat."""
+    import pipeline.sync as sync_module
+
+    seed_hand_built(pg)
+    sync_ok("--mode", "full")
+    pg.execute("INSERT INTO impressions (campaign_id, created_at) VALUES (2, '2026-11-22 12:00:00')")
+    real_commit = sync_module.commit
+
+    def crash(*_args: object) -> None:
+        raise RuntimeError("killed between load and commit")
+
+    monkeypatch.setattr(sync_module, "commit", crash)
+    with pytest.raises(RuntimeError):
+        run_cli("sync")
+    assert per_campaign_ch(s3_settings, "impressions") == {1: 3, 2: 2}  # loaded, not committed
+    monkeypatch.setattr(sync_module, "commit", real_commit)
+    result = run_cli("sync", "--json")  # loads that run again from S3, then syncs (nothing new)
+    assert result.exit_code == 0, result.stderr
+    assert len(json.loads(result.stdout)["recovered_runs"]) == 1
+    assert per_campaign_ch(s3_settings, "impressions") == {1: 3, 2: 2}
+    assert aggregate_ch(s3_settings, "impressions") == {1: 3, 2: 2}
+
+
+def test_verify_replay_and_prune_on_s3(s3_settings: Settings, pg: psycopg.Connection, s3_endpoint: str) -> None:
+    seed_hand_built(pg)
+    sync_ok("--mode", "full")
+    pg.execute("INSERT INTO impressions (campaign_id, created_at) VALUES (2, '2026-11-22 12:00:00')")
+    sync_ok()
+    pg.execute("UPDATE campaign SET name = 'Renamed' WHERE id = 1")
+    sync_ok("--keep", "2")  # the first full run is the base of the warehouse: nothing may go
+    assert len(list_runs(s3_settings.staging_dir)) == 3
+
+    verified = run_cli("snapshots", "verify")
+    assert verified.exit_code == 0, verified.stderr
+    assert "All 6 parts of 3 runs match their checksums." in verified.stdout
+
+    client = clickhouse.connect(s3_settings)
+    for table in ("impressions", "campaign_daily", "campaign"):
+        client.command(f"TRUNCATE TABLE {table}")
+    replayed = run_cli("replay")
+    assert replayed.exit_code == 0, replayed.stderr
+    assert "Replayed 3 runs" in replayed.stdout
+    assert per_campaign_ch(s3_settings, "impressions") == {1: 3, 2: 2}
+    assert aggregate_ch(s3_settings, "impressions") == {1: 3, 2: 2}
+    assert ch(s3_settings, "SELECT name FROM campaign FINAL WHERE id = 1") == [("Renamed",)]
+
+    sync_ok("--mode", "full")
+    pruned = run_cli("snapshots", "prune", "--keep", "1")
+    assert pruned.exit_code == 0, pruned.stderr
+    assert "Removed 3 staged runs." in pruned.stdout
+    (kept,) = list_runs(s3_settings.staging_dir)
+    assert kept.mode == "full"
+    assert {key.split("/")[0] for key in objects(s3_endpoint, s3_settings)} == {kept.run_id}
+
+    fs = raw_s3(s3_endpoint)
+    part = f"{kept.directory}/clicks/part-00000.parquet"
+    with fs.open_input_stream(part) as stream:
+        data = stream.read()
+    with fs.open_output_stream(part) as stream:
+        stream.write(data[:-1] + b"\x00")
+    damaged = run_cli("snapshots", "verify")
+    assert damaged.exit_code == 1
+    assert f"{kept.run_id}/clicks/part-00000.parquet: sha256" in damaged.stderr
+    fs.delete_file(part)
+    missing = run_cli("snapshots", "verify")
+    assert missing.exit_code == 1
+    assert f"{kept.run_id}/clicks/part-00000.parquet: missing" in missing.stderr
+
+
+def test_a_run_without_manifest_is_interrupted_and_removed(
+    s3_settings: Settings, pg: psycopg.Connection, s3_endpoint: str
+) -> None:
+    """On S3 the manifest, written last, is the commit point: parts without it are not a run."""
+    seed_hand_built(pg)
+    writer = RunWriter(s3_settings.staging_dir, "20261101T000000000000Z-full")
+    writer.write_part("impressions", pa.table({"id": pa.array([1], pa.uint64())}))
+    fs = raw_s3(s3_endpoint)
+    with fs.open_output_stream(f"{writer.store.root}/referral_events/day=2026-11-01/part-x.parquet") as stream:
+        stream.write(b"not a run")
+    assert list_runs(s3_settings.staging_dir) == []
+    assert "20261101T000000000000Z" not in run_cli("snapshots", "list").stdout
+
+    sync_ok("--mode", "full")
+    keys = objects(s3_endpoint, s3_settings)
+    assert not [key for key in keys if key.startswith("20261101T")]
+    assert "referral_events/day=2026-11-01/part-x.parquet" in keys
+    assert per_campaign_ch(s3_settings, "impressions") == {1: 3, 2: 1}
+
+
+def test_credentials_never_reach_the_output(s3_settings: Settings, pg: psycopg.Connection) -> None:
+    seed_hand_built(pg)
+    result = run_cli("-vv", "sync", "--mode", "full")
+    assert result.exit_code == 0, result.stderr
+    assert SECRET not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("command", [("sync",), ("snapshots", "list"), ("snapshots", "verify"), ("replay",)])
+def test_unreachable_endpoint_is_one_line(
+    s3_settings: Settings, monkeypatch: pytest.MonkeyPatch, command: tuple[str, ...]
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+    result = run_cli(*command)
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert f"cannot reach S3 staging {s3_settings.staging_dir} at http://127.0.0.1:1" in result.stderr
+    assert SECRET not in result.stderr
+
+
+def test_missing_bucket_is_one_line(s3_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ADPIPE_STAGING_DIR", "s3://no-such-bucket/runs")
+    result = run_cli("sync")
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "S3 staging s3://no-such-bucket/runs: bucket 'no-such-bucket' does not exist" in result.stderr
+
+
+def test_events_load_says_s3_is_not_supported(s3_settings: Settings, tmp_path: object) -> None:
+    events = s3_settings.home.parent / "events.jsonl"
+    events.write_text("")
+    result = run_cli("events", "load", str(events))
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "events staging on S3 is not supported yet" in result.stderr
+
+
+def test_a_part_clickhouse_cannot_read_is_one_line_without_the_secret(
+    s3_settings: Settings, pg: psycopg.Connection, s3_endpoint: str
+) -> None:
+    seed_hand_built(pg)
+    sync_ok("--mode", "full")
+    (run,) = list_runs(s3_settings.staging_dir)
+    raw_s3(s3_endpoint).delete_file(f"{run.directory}/impressions/part-00000.parquet")
+    result = run_cli("replay")
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "impressions/part-00000.parquet" in result.stderr
+    assert SECRET not in result.stderr
+    assert per_campaign_ch(s3_settings, "impressions") == {1: 3, 2: 1}  # the failed replay's shadow never swapped in
+
+
+def test_a_prefix_with_wildcards_is_refused(s3_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ADPIPE_STAGING_DIR", f"s3://{s3_settings.staging_dir.bucket}/runs-{{a,b}}")
+    result = run_cli("snapshots", "list")
+    assert result.exit_code == 1
+    assert "the prefix must not contain * ? { or }" in result.stderr
+
+
+def test_an_s3_url_without_bucket_is_refused(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    with monkeypatch.context() as patch:  # undone before the fixture's teardown reads the settings
+        patch.setenv("ADPIPE_STAGING_DIR", "s3:///runs")
+        result = run_cli("snapshots", "list")
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "ADPIPE_STAGING_DIR 's3:///runs' names no bucket: expected s3://bucket/prefix" in result.stderr
