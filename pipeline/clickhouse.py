@@ -247,7 +247,10 @@ _REQUEST_METHODS: dict[str, Callable[[dict[str, Any]], bool]] = {
     "_query_with_context": lambda a: True,  # query(), query_df()…: reads
     "raw_query": lambda a: bool(_SAFE_TWICE.match(a["query"])),  # query_arrow()
     "raw_stream": lambda a: bool(_SAFE_TWICE.match(a["query"])),
-    "command": lambda a: bool(_SAFE_TWICE.match(a["cmd"])) and a.get("data") is None,
+    # INSERT … SELECT FROM s3() of a staged part carries a token like raw_insert (pipeline.load).
+    "command": lambda a: (
+        (bool(_SAFE_TWICE.match(a["cmd"])) and a.get("data") is None) or _deduplicated(a.get("settings"))
+    ),
     "raw_insert": lambda a: _deduplicated(a.get("settings")),  # insert_arrow() and Parquet parts
     "data_insert": lambda a: _deduplicated(a["context"].settings),  # insert()
 }

@@ -48,6 +48,8 @@ NOT_EXECUTED: dict[str, str] = {
     "bash .ci/run": "CI's entry point: a clean install, the linter and the whole suite",
     "uv run --group notebook jupyter nbconvert --clear-output": "rewrites the committed notebooks in place; "
     "test_notebooks checks they are stored in the cleared state this command produces",
+    "ADPIPE_TEST_CLICKHOUSE_URL=": "the suite against a real ClickHouse server (the compose stack, needs Docker); "
+    "the same tests run here on the embedded engine and through the HTTP double",
     "docker compose": "needs a Docker engine, which the CI machine does not have",
     "export ADPIPE_POSTGRES_URL=": "points adpipe at the compose Postgres (needs Docker); "
     "the adpipe commands after it run here against the embedded default",
