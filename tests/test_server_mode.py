@@ -27,6 +27,7 @@ from pipeline.config import Settings, load_settings
 from pipeline.errors import AdpipeError, describe_failure
 from tests.clickhouse_http import ClickHouseHttp, Fault
 from tests.conftest import run_cli
+from tests.test_s3_staging import s3_endpoint, s3_settings  # noqa: F401 (fixtures)
 from tests.test_sync import aggregate_ch, ch, full, incremental, per_campaign_ch, seed_hand_built
 
 PARQUET_PART = r"`{table}` FORMAT Parquet"
@@ -74,6 +75,21 @@ def test_sync_retries_transient_failures_and_loads_each_row_once(
     incremental(settings)
     assert per_campaign_ch(settings, "impressions") == {1: 3, 2: 2}
     assert aggregate_ch(settings, "impressions") == {1: 3, 2: 2}
+
+
+def test_a_part_loaded_from_s3_is_resent_after_a_reset_and_counted_once(
+    s3_settings: Settings, pg: psycopg.Connection, double: ClickHouseHttp
+) -> None:
+    # With S3 staging the server reads each part itself (INSERT … SELECT FROM s3()): the statement runs, the
+    # connection breaks before the answer, and the resent statement is dropped by the part's token.
+    from_s3 = r"^INSERT INTO .*`impressions` .*FROM s3\("
+    seed_hand_built(pg)
+    double.inject(Fault.RESET, matching=from_s3)
+    full(s3_settings)
+
+    assert len(double.statements(from_s3)) == 2
+    assert per_campaign_ch(s3_settings, "impressions") == {1: 3, 2: 1}
+    assert aggregate_ch(s3_settings, "impressions") == {1: 3, 2: 1}
 
 
 def test_a_statement_unsafe_to_repeat_is_not_resent_and_the_next_sync_converges(
