@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -18,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+import pyarrow.fs as pafs
 import pytest
+from moto.server import ThreadedMotoServer
 from typer.testing import CliRunner
 
 from pipeline import clickhouse
@@ -157,3 +160,42 @@ def run_cli(*args: str, input: str | None = None) -> CliResult:
     """Run `adpipe ARGS` in this process, exactly as the console script would, capturing its output."""
     result = CliRunner().invoke(app, list(args), input=input, catch_exceptions=False)
     return CliResult(result.exit_code, result.stdout, result.stderr)
+
+
+# Staging on S3: moto's S3-compatible server, in a thread on a free port, for the whole session.
+SECRET = "s3cr3t-never-shown"
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_settings(settings: Settings, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The test's adpipe environment with ADPIPE_STAGING_DIR on a new bucket of the S3 server."""
+    bucket = f"adpipe-{uuid.uuid4().hex[:12]}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "adpipe-test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("ADPIPE_STAGING_DIR", f"s3://{bucket}/snapshots/")
+    raw_s3(s3_endpoint).create_dir(bucket)
+    return load_settings()
+
+
+def raw_s3(endpoint: str) -> pafs.S3FileSystem:
+    """The server seen without adpipe's code: to create buckets and look at or damage objects."""
+    return pafs.S3FileSystem(
+        endpoint_override=endpoint,
+        access_key="adpipe-test",
+        secret_key=SECRET,
+        region="us-east-1",
+        allow_bucket_creation=True,
+    )

@@ -7,60 +7,19 @@ bucket. ClickHouse (the embedded engine) reads the parts from it with its s3() t
 from __future__ import annotations
 
 import json
-import socket
-import uuid
-from collections.abc import Iterator
 from datetime import date
 
 import psycopg
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
-from moto.server import ThreadedMotoServer
 
 from pipeline import clickhouse
-from pipeline.config import S3Prefix, Settings, load_settings
+from pipeline.config import S3Prefix, Settings
 from pipeline.stage import RunWriter, list_runs, quarantined_rows
 from pipeline.storage import Store
-from tests.conftest import run_cli
+from tests.conftest import SECRET, raw_s3, run_cli
 from tests.test_sync import aggregate_ch, ch, per_campaign_ch, seed_hand_built
-
-SECRET = "s3cr3t-never-shown"
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def s3_settings(settings: Settings, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """The test's adpipe environment with ADPIPE_STAGING_DIR on a new bucket of the S3 server."""
-    bucket = f"adpipe-{uuid.uuid4().hex[:12]}"
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "adpipe-test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
-    monkeypatch.setenv("ADPIPE_STAGING_DIR", f"s3://{bucket}/snapshots/")
-    raw_s3(s3_endpoint).create_dir(bucket)
-    return load_settings()
-
-
-def raw_s3(endpoint: str) -> pafs.S3FileSystem:
-    """The server seen without adpipe's code: to create buckets and look at or damage objects."""
-    return pafs.S3FileSystem(
-        endpoint_override=endpoint,
-        access_key="adpipe-test",
-        secret_key=SECRET,
-        region="us-east-1",
-        allow_bucket_creation=True,
-    )
 
 
 def objects(endpoint: str, settings: Settings) -> list[str]:

@@ -27,7 +27,6 @@ from pipeline.config import Settings, load_settings
 from pipeline.errors import AdpipeError, describe_failure
 from tests.clickhouse_http import ClickHouseHttp, Fault
 from tests.conftest import run_cli
-from tests.test_s3_staging import s3_endpoint, s3_settings  # noqa: F401 (fixtures)
 from tests.test_sync import aggregate_ch, ch, full, incremental, per_campaign_ch, seed_hand_built
 
 PARQUET_PART = r"`{table}` FORMAT Parquet"
