@@ -12,11 +12,15 @@ with Keeper, Distributed tables):
 - Views are created on every node.
 
 The names the pipeline and the KPI SQL use therefore resolve to the same data as on one node.
+
+A full load (pipeline/load.py) uses the same rendering for its shadow database, and swaps it in with EXCHANGE
+TABLES ON CLUSTER (`render_shadow`, `render_swap`).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from clickhouse_connect.driver.client import Client
@@ -52,6 +56,8 @@ _CREATE_TABLE = re.compile(r"CREATE TABLE IF NOT EXISTS (\w+)\s*(\(.*\))\s*ENGIN
 _CREATE_MV = re.compile(r"CREATE MATERIALIZED VIEW IF NOT EXISTS (\w+) TO (\w+) AS\s+(SELECT\b.*)", re.S)
 _CREATE_VIEW = re.compile(r"CREATE OR REPLACE VIEW (\w+) AS\s+(SELECT\b.*)", re.S)
 _TABLE_REFERENCE = re.compile(r"\b(FROM|JOIN)\s+(\w+)\b")
+# The cluster argument of a Distributed engine as system.tables shows it (ClickHouse stores it as a string literal).
+_DISTRIBUTED_CLUSTER = re.compile(r"Distributed\(\s*['`]?([A-Za-z_][A-Za-z0-9_-]*)['`]?\s*,")
 
 
 @dataclass(frozen=True)
@@ -92,7 +98,12 @@ def create_on_cluster(settings: Settings, cluster: str) -> None:
             f"the embedded ClickHouse ({mask_url(settings.clickhouse_url)}) runs in this process and has no cluster "
             f"{cluster!r}: point ADPIPE_CLICKHOUSE_URL at a node of the cluster, or add --print to see the DDL"
         )
-    client = clickhouse.connect(settings)
+    run_on_cluster(clickhouse.connect(settings), rendered)
+
+
+def run_on_cluster(client: Client, rendered: list[str]) -> None:
+    """Run rendered ON CLUSTER statements in order: each returns once every node has run it, so the next can rely
+    on what it made everywhere."""
     for statement in rendered:
         client.command(statement)
 
@@ -164,6 +175,61 @@ def _template(name: str) -> str:
     return statement
 
 
-def is_cluster_warehouse(client: Client) -> bool:
-    """Whether the client's database holds the cluster layout (`init --cluster` made `<fact>_local` tables)."""
-    return bool(client.command(f"EXISTS TABLE {quote_identifier('impressions' + LOCAL_SUFFIX)}"))
+def warehouse_cluster(client: Client) -> str | None:
+    """The cluster of the client's database if `init --cluster` made it (named by its Distributed tables), else None.
+
+    A database with `<fact>_local` tables but no Distributed `impressions` is neither layout: refused, since a full
+    load would swap the wrong tables.
+    """
+    if not client.command(f"EXISTS TABLE {quote_identifier('impressions' + LOCAL_SUFFIX)}"):
+        return None
+    engine = client.command(
+        "SELECT engine_full FROM system.tables WHERE database = currentDatabase() AND name = {name:String}",
+        parameters={"name": "impressions"},
+    )
+    if match := _DISTRIBUTED_CLUSTER.match(str(engine)):
+        return match[1]
+    raise AdpipeError(
+        f"ClickHouse database {client.database!r} has an impressions{LOCAL_SUFFIX} table but no Distributed "
+        "impressions table: it is neither a single-node warehouse nor one `adpipe init --cluster` made"
+    )
+
+
+def render_shadow(cluster: str, shadow: str) -> list[str]:
+    """The statements that create a full load's empty shadow database `shadow` on every node of `cluster`, in order.
+
+    The warehouse's own rendering under the shadow's name: its Distributed tables point at the shadow's `_local`
+    tables and its materialized views read and write the shadow's local tables, so loading the shadow's Distributed
+    and replicated tables fills the shadow's aggregates on each shard and leaves the live ones alone. A shadow that
+    a failed load left behind is dropped first.
+    """
+    return [_drop_database(cluster, shadow), *render_cluster_schema(cluster, shadow)]
+
+
+def render_swap(cluster: str, database: str, shadow: str, tables: Sequence[str]) -> list[str]:
+    """The statements that swap the loaded `tables` of `shadow` into `database` on every node, then drop the shadow.
+
+    Only what stores rows is exchanged: a sharded table's `_local` table, and a replicated table itself. The
+    Distributed tables stay put: each names its local table by database and table name, so the live ones, which
+    name `database`, read the new rows once the locals are exchanged — an exchanged one would name the shadow,
+    which is dropped. The materialized views, on each node, also name their source and target tables: the live
+    views feed the new local aggregates after the exchange, and the shadow's views are dropped with the shadow.
+
+    Each EXCHANGE is atomic per table on each node, not across nodes: for the moment between two nodes running
+    it, a query over the Distributed table can read one shard's new rows beside another's old ones.
+    """
+    exchange = _template("exchange.sql")
+    exchanges = [
+        exchange.format(
+            database=quote_identifier(database),
+            shadow=quote_identifier(shadow),
+            table=quote_identifier(_stored_name(table)),
+            cluster=quote_identifier(cluster),
+        )
+        for table in tables
+    ]
+    return [*exchanges, _drop_database(cluster, shadow)]
+
+
+def _drop_database(cluster: str, database: str) -> str:
+    return _template("drop_database.sql").format(database=quote_identifier(database), cluster=quote_identifier(cluster))

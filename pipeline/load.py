@@ -7,7 +7,9 @@ staging is on S3, ClickHouse reads the part itself with its `s3()` table functio
 (`INSERT … SELECT … FROM s3(…)`), with the same token: the bytes never pass through adpipe.
 
 A full load goes into a shadow database that is swapped in table by table with EXCHANGE
-TABLES (atomic per table), so readers never see a half-loaded table.
+TABLES (atomic per table), so readers never see a half-loaded table. On a cluster warehouse
+(`adpipe init --cluster`) the shadow is created, swapped and dropped ON CLUSTER, with the
+warehouse's own cluster rendering (pipeline/cluster.py: `render_shadow`, `render_swap`).
 """
 
 from __future__ import annotations
@@ -20,8 +22,7 @@ from pathlib import PurePath
 from clickhouse_connect.driver.client import Client
 
 from pipeline.clickhouse import quote_identifier
-from pipeline.cluster import is_cluster_warehouse
-from pipeline.errors import AdpipeError
+from pipeline.cluster import render_shadow, render_swap, run_on_cluster, warehouse_cluster
 from pipeline.storage import LocalStore, Store, s3_credentials
 from pipeline.warehouse import apply_schema
 
@@ -96,15 +97,15 @@ def shadow_name(database: str) -> str:
 
 
 def create_shadow(client: Client) -> str:
-    """An empty copy of the warehouse schema beside the live database, for a full load."""
-    if is_cluster_warehouse(client):
-        # The shadow copy and EXCHANGE TABLES below act on the one node adpipe is connected to: on a cluster
-        # they would swap a Distributed table for a plain one there. Refuse before anything is written.
-        raise AdpipeError(
-            f"ClickHouse database {client.database!r} is a cluster warehouse (`adpipe init --cluster`): "
-            "adpipe cannot run a full load (nor the first sync, which is one) into a cluster yet"
-        )
+    """An empty copy of the warehouse schema beside the live database, for a full load.
+
+    On a cluster it is created on every node, with Distributed tables over its own `_local` tables: the load
+    inserts into the shadow as it would into the live warehouse.
+    """
     shadow = shadow_name(client.database)
+    if (cluster := warehouse_cluster(client)) is not None:
+        run_on_cluster(client, render_shadow(cluster, shadow))
+        return shadow
     client.command(f"DROP DATABASE IF EXISTS {quote_identifier(shadow)} SYNC")
     client.command(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(shadow)}")
     with using_database(client, shadow):
@@ -116,7 +117,12 @@ def swap_in(client: Client, shadow: str) -> None:
     """Exchange every replaced table with its loaded shadow twin, then drop the old data.
 
     The live materialized views write to tables by name, so after the exchange they feed the new tables.
+    On a cluster, see `render_swap` for what is exchanged on every node and why the Distributed tables are not.
     """
+    if (cluster := warehouse_cluster(client)) is not None:
+        run_on_cluster(client, render_swap(cluster, client.database, shadow, SWAPPED_TABLES))
+        log.info("swapped the full load into %s on cluster %s", client.database, cluster)
+        return
     live = quote_identifier(client.database)
     for table in SWAPPED_TABLES:
         name = quote_identifier(table)

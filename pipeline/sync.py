@@ -135,12 +135,17 @@ def replay(settings: Settings, progress: Progress | None = None) -> list[str]:
 def load_run(client: Client, run: Run) -> None:
     """Load a published run: a full run through a shadow database swap, an incremental one in place."""
     shadow = create_shadow(client) if run.mode == Mode.FULL else None
+    load_parts(client, run, database=shadow)
+    if shadow is not None:
+        swap_in(client, shadow)
+
+
+def load_parts(client: Client, run: Run, database: str | None = None) -> None:
+    """Insert every part of a published run, in LOAD_ORDER, into `database` (default: the client's)."""
     for table in LOAD_ORDER:
         columns = list(run.manifest["tables"].get(table, {}).get("schema", {}))
         for part in run.parts(table):
-            load_part(client, table, run.store, run.directory / part.path, part.sha256, columns, database=shadow)
-    if shadow is not None:
-        swap_in(client, shadow)
+            load_part(client, table, run.store, run.directory / part.path, part.sha256, columns, database=database)
 
 
 def commit(settings: Settings, run: Run) -> None:

@@ -4,7 +4,8 @@ and the compose profile `cluster`.
 There is no ClickHouse cluster (nor Docker) here: the rendered DDL and the users' SQL are parsed by the real
 engine (`formatQuery` in chDB), their structure is checked against expectations written below, and the
 rendered schema — with its replicated and Distributed engines swapped for single-node stand-ins — is run
-as a warehouse to show the materialized views and the unchanged KPI SQL resolve and compute right.
+as a warehouse to show the materialized views and the unchanged KPI SQL resolve and compute right. The full
+load's shadow, swap and drop are rendered and checked the same way, then run on the stand-ins with real runs.
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ import yaml
 from clickhouse_connect.driver.client import Client
 
 from pipeline import clickhouse
-from pipeline.cluster import render_cluster_schema
+from pipeline.cluster import render_cluster_schema, render_shadow, render_swap
 from pipeline.config import Settings
 from pipeline.kpi import Filters, compute
+from pipeline.load import SWAPPED_TABLES, shadow_name
 from pipeline.sqlfiles import KPI_DIR, ROOT, SCHEMAS_DIR, statements
+from pipeline.stage import list_runs
+from pipeline.sync import load_parts
 from tests.conftest import run_cli
 from tests.test_sync import seed_hand_built
 
@@ -100,9 +104,9 @@ def test_facts_and_aggregates_are_replicated_locally_and_distributed_by_campaign
         assert "replicated_deduplication_window = 10000" in tables[name] or name in {"sync_runs", "referral_events"}
         assert "non_replicated" not in tables[name]
     for name, local in EXPECTED_DISTRIBUTED.items():
-        assert tables[name].endswith(
-            f"AS {db}.{local} ENGINE = Distributed({CLUSTER}, {db}, {local}, campaign_id)"
-        ), tables[name]
+        assert tables[name].endswith(f"AS {db}.{local} ENGINE = Distributed({CLUSTER}, {db}, {local}, campaign_id)"), (
+            tables[name]
+        )
 
 
 def test_materialized_views_aggregate_on_each_shard(settings: Settings, cluster_ddl: list[str]) -> None:
@@ -133,17 +137,26 @@ def test_every_table_the_kpis_read_is_distributed_or_on_every_node(settings: Set
     assert EVERY_NODE_PATH in tables["advertiser"] and EVERY_NODE_PATH in tables["campaign"]
 
 
-def single_node_stand_in(statement: str) -> str | None:
-    """The rendered statement runnable in chDB: no ON CLUSTER, plain engines, Merge() in place of Distributed."""
+def single_node_stand_in(statement: str) -> str:
+    """The rendered statement runnable in chDB, which has no cluster: no ON CLUSTER; plain engines, deduplicating
+    inserts as the replicated ones do; in place of Distributed, a Buffer that writes every block straight through
+    to the same local table (its max thresholds are 0) and reads it — a cluster of one shard."""
     statement = re.sub(r" ON CLUSTER \w+", "", statement)
     statement = re.sub(r"ENGINE = Replicated(\w+)\('[^']*', '[^']*'(?:, )?", r"ENGINE = \1(", statement)
-    statement = re.sub(r"ENGINE = Distributed\(\w+, (\w+), (\w+), \w+\)", r"ENGINE = Merge(\1, '^\2$')", statement)
-    return None if statement.startswith("CREATE DATABASE") else statement
+    statement = re.sub(r"\breplicated_deduplication_window\b", "non_replicated_deduplication_window", statement)
+    return re.sub(
+        r"ENGINE = Distributed\(\w+, (\w+), (\w+), \w+\)", r"ENGINE = Buffer(\1, \2, 1, 0, 0, 0, 0, 0, 0)", statement
+    )
+
+
+def run_stand_ins(client: Client, rendered: list[str]) -> None:
+    for statement in rendered:
+        client.command(single_node_stand_in(formatted(client, statement)))
 
 
 def test_the_kpi_sql_runs_unchanged_on_the_rendered_schema(settings: Settings, cluster_ddl: list[str]) -> None:
     client = clickhouse.connect(settings)
-    for statement in filter(None, map(single_node_stand_in, cluster_ddl)):
+    for statement in map(single_node_stand_in, cluster_ddl):
         client.command(statement)
     client.command(
         "INSERT INTO advertiser (id, name, row_hash, version, is_deleted) VALUES (1, 'Acme', 0, 1, 0), "
@@ -199,18 +212,105 @@ def test_init_cluster_bad_input_is_one_clear_line(settings: Settings, args: tupl
     assert result.stdout == ""
 
 
-def test_sync_refuses_a_full_load_into_a_cluster_warehouse(settings: Settings, pg: psycopg.Connection) -> None:
+def test_full_load_renders_shadow_exchange_and_drop_on_cluster(settings: Settings, cluster_ddl: list[str]) -> None:
+    db = settings.clickhouse_database
+    shadow = f"{db}__shadow"
+    client = clickhouse.connect(settings)
+    created_shadow = [formatted(client, s) for s in render_shadow(CLUSTER, shadow)]
+    swap = [formatted(client, s) for s in render_swap(CLUSTER, db, shadow, SWAPPED_TABLES)]
+    drop_shadow = f"DROP DATABASE IF EXISTS {shadow} ON CLUSTER {CLUSTER} SYNC"
+
+    # A shadow a failed load left is dropped, then the whole warehouse is created again under the shadow's name:
+    # the same 20 statements, each naming the shadow and never the live database.
+    assert created_shadow[0] == drop_shadow
+    assert created_shadow[1] == f"CREATE DATABASE IF NOT EXISTS {shadow} ON CLUSTER {CLUSTER}"
+    assert len(created_shadow) == 1 + 20
+    assert [re.sub(rf"\b{shadow}\b", db, s) for s in created_shadow[1:]] == cluster_ddl
+    assert not any(re.search(rf"\b{db}\b", s) for s in created_shadow)
+    assert all(f" ON CLUSTER {CLUSTER}" in s for s in created_shadow)
+    # The shadow's Distributed tables route the load to the shadow's local tables; its views aggregate there.
+    tables, views = created(created_shadow, "TABLE"), created(created_shadow, "MATERIALIZED VIEW")
+    for name, local in EXPECTED_DISTRIBUTED.items():
+        assert tables[name].endswith(f"ENGINE = Distributed({CLUSTER}, {shadow}, {local}, campaign_id)"), name
+    for name, (source, target) in EXPECTED_VIEWS.items():
+        assert f" TO {shadow}.{target} AS SELECT " in views[name]
+        assert re.findall(r"FROM ([\w.]+)", views[name]) == [f"{shadow}.{source}"]
+
+    # The swap exchanges what stores rows — dimensions first, as on one node — never a Distributed table (the
+    # live ones keep naming the live database, whose locals then hold the new rows), then drops the old data.
+    assert swap == [
+        f"EXCHANGE TABLES {db}.{table} AND {shadow}.{table} ON CLUSTER {CLUSTER}"
+        for table in (
+            "advertiser",
+            "campaign",
+            "impressions_local",
+            "clicks_local",
+            "campaign_daily_local",
+            "campaign_hourly_local",
+            "quarantine",
+        )
+    ] + [drop_shadow]
+
+
+def test_full_load_on_the_stand_in_cluster_replaces_the_data_and_the_live_views_feed_it(
+    settings: Settings, pg: psycopg.Connection, cluster_ddl: list[str]
+) -> None:
+    seed_hand_built(pg)
+    assert run_cli("sync").exit_code == 0  # stages the full run (and loads the single-node warehouse)
+    pg.execute(
+        "INSERT INTO impressions (campaign_id, created_at) VALUES "
+        "(3, '2026-11-22 12:00:00'), (1, '2026-11-22 12:30:00')"
+    )
+    pg.execute("INSERT INTO clicks (campaign_id, created_at) VALUES (3, '2026-11-22 12:00:10')")
+    assert run_cli("sync").exit_code == 0  # stages an incremental run: 2 impressions, 1 click
+    full_run, incremental_run = list_runs(settings.staging_dir)
+
+    # The same database, laid out as on the cluster, holding one stale row for the full load to replace.
+    db, client = settings.clickhouse_database, clickhouse.connect(settings)
+    client.command(f"DROP DATABASE {db} SYNC")
+    for statement in map(single_node_stand_in, cluster_ddl):
+        client.command(statement)
+    client.command("INSERT INTO impressions VALUES (99, 9, '2026-10-01 00:00:00')")
+    daily = "SELECT campaign_id, sum(impressions), sum(clicks) FROM campaign_daily GROUP BY campaign_id ORDER BY 1"
+
+    shadow = shadow_name(db)
+    run_stand_ins(client, render_shadow(CLUSTER, shadow))
+    load_parts(client, full_run, database=shadow)
+    load_parts(client, full_run, database=shadow)  # sent again, as after a broken connection: dropped as duplicates
+    assert client.query(daily).result_rows == [(9, 1, 0)]  # readers still see the old data
+    run_stand_ins(client, render_swap(CLUSTER, db, shadow, SWAPPED_TABLES))
+
+    assert not client.command(f"EXISTS DATABASE {shadow}")
+    assert client.query("SELECT campaign_id, count() FROM impressions GROUP BY 1 ORDER BY 1").result_rows == [
+        (1, 3),
+        (2, 1),
+    ]
+    assert client.query(daily).result_rows == [(1, 3, 2), (2, 1, 0)]
+    assert client.command("SELECT count() FROM campaign FINAL") == 3
+
+    # An incremental run goes in place: the live views now read and write the swapped-in local tables.
+    load_parts(client, incremental_run)
+    assert client.query(daily).result_rows == [(1, 4, 2), (2, 1, 0), (3, 1, 1)]
+    assert client.query("SELECT sum(impressions) FROM campaign_hourly").result_rows == [(6,)]
+    assert compute(settings, "campaign_ctr", Filters()).rows() == [
+        (1, "Spring", 4, 2, 0.5),
+        (2, "Summer", 1, 0, 0.0),
+        (3, "Autumn", 1, 1, 1.0),
+    ]
+
+
+def test_sync_refuses_a_warehouse_with_local_tables_but_no_distributed_ones(
+    settings: Settings, pg: psycopg.Connection
+) -> None:
     seed_hand_built(pg)
     client = clickhouse.connect(settings)
     client.command("CREATE TABLE impressions_local (id UInt64) ENGINE = MergeTree ORDER BY id")
-    result = run_cli("sync")  # the first sync is a full one
+    result = run_cli("sync")  # the first sync is a full one; `impressions` is the single-node MergeTree
     assert result.exit_code == 1
-    assert "is a cluster warehouse (`adpipe init --cluster`)" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert "has an impressions_local table but no Distributed impressions table" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
     assert not client.command(f"EXISTS DATABASE `{settings.clickhouse_database}__shadow`")
     assert client.command("SELECT count() FROM impressions") == 0
-    engine = "SELECT engine FROM system.tables WHERE database = currentDatabase() AND name = 'impressions'"
-    assert client.command(engine) == "MergeTree"
     assert not list((settings.staging_dir).glob("*/manifest.json"))
 
 
