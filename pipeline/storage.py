@@ -3,9 +3,10 @@
 Both go through a pyarrow filesystem (`LocalFileSystem` or `S3FileSystem`), so the staging code is the
 same for both. Paths are `PurePath`s: a real `Path` locally, `PurePosixPath("bucket/key")` on S3 (the
 form pyarrow's S3 filesystem takes). What differs is in `LocalStore`: a local file needs its directory
-created first, a local manifest is fsync'd, only a local directory can be renamed (S3 has no rename: see
-`pipeline.stage` for the commit point), and local I/O errors stay as they were while S3 failures become
-one-line `AdpipeError`s naming the object.
+created first, a local file written whole is written to a temp file, fsync'd and renamed into place (on S3
+one upload does that: an object becomes visible only once complete), only a local directory can be renamed
+(S3 has no rename: see `pipeline.stage` and `pipeline.referral.staging` for the commit points), and local
+I/O errors stay as they were while S3 failures become one-line `AdpipeError`s naming the object.
 
 S3 settings are the standard AWS variables: `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL` (an S3-compatible
 server), `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN`, `AWS_REGION` or
@@ -28,7 +29,7 @@ import pyarrow.parquet as pq
 
 from pipeline.config import S3_SCHEME, StagingDir
 from pipeline.errors import AdpipeError, first_line
-from pipeline.state import write_json_atomic
+from pipeline.state import write_atomic
 
 
 def s3_endpoint() -> str | None:
@@ -83,6 +84,12 @@ class Store:
             infos = self.fs.get_file_info(pafs.FileSelector(str(path), allow_not_found=True))
         return sorted(info.base_name for info in infos if info.type == pafs.FileType.Directory)
 
+    def list_files(self, path: PurePath) -> list[PurePath]:
+        """Every file under `path`, at any depth, sorted; none if it does not exist."""
+        with self._errors(path):
+            infos = self.fs.get_file_info(pafs.FileSelector(str(path), recursive=True, allow_not_found=True))
+        return sorted(type(path)(info.path) for info in infos if info.type == pafs.FileType.File)
+
     def read_bytes(self, path: PurePath) -> bytes:
         with self._errors(path), self.fs.open_input_stream(str(path)) as stream:
             return stream.read()
@@ -102,11 +109,13 @@ class Store:
         with self._errors(path):
             pq.write_table(data, str(path), filesystem=self.fs, **options)
 
-    def write_json(self, path: PurePath, data: dict) -> None:
-        """Write JSON whole or not at all: one S3 PUT is atomic (the object appears complete, or not)."""
-        text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    def write_bytes(self, path: PurePath, data: bytes) -> None:
+        """Write the object whole or not at all: S3 makes an upload visible only once it is complete."""
         with self._errors(path), self.fs.open_output_stream(str(path)) as stream:
-            stream.write(text.encode())
+            stream.write(data)
+
+    def write_json(self, path: PurePath, data: dict) -> None:
+        self.write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
     def delete_tree(self, path: PurePath) -> None:
         with self._errors(path):
@@ -127,7 +136,7 @@ class Store:
 
 
 class LocalStore(Store):
-    """A local staging directory: the same operations, plus an atomic rename and fsync'd manifests."""
+    """A local staging directory: the same operations, plus an atomic rename and fsync'd whole-file writes."""
 
     @property
     def can_rename(self) -> bool:
@@ -140,8 +149,9 @@ class LocalStore(Store):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         super().write_parquet(path, data, **options)
 
-    def write_json(self, path: PurePath, data: dict) -> None:
-        write_json_atomic(Path(path), data)
+    def write_bytes(self, path: PurePath, data: bytes) -> None:
+        """A temp file beside `path`, fsync'd and renamed over it: `path` is never seen half written."""
+        write_atomic(Path(path), lambda tmp: tmp.write_bytes(data))
 
     def rename(self, source: PurePath, target: PurePath) -> None:
         Path(source).rename(target)

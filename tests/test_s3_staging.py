@@ -1,4 +1,5 @@
-"""Staging on S3: the sync, snapshots, replay, prune and reconcile against a real S3-compatible server.
+"""Staging on S3: the sync, snapshots, replay, prune, reconcile and the referral events load against a real
+S3-compatible server.
 
 The server is moto's, in a thread on a free port, for the whole session; each test gets its own
 bucket. ClickHouse (the embedded engine) reads the parts from it with its s3() table function.
@@ -7,18 +8,25 @@ bucket. ClickHouse (the embedded engine) reads the parts from it with its s3() t
 from __future__ import annotations
 
 import json
-from datetime import date
+import re
+from datetime import date, timedelta
+from pathlib import Path
 
 import psycopg
 import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline import clickhouse
 from pipeline.config import S3Prefix, Settings
+from pipeline.referral.load import LoadMode, load_files
+from pipeline.referral.publish import warehouse_hourly_reports
+from pipeline.referral.staging import quarantine_reasons
 from pipeline.stage import RunWriter, list_runs, quarantined_rows
 from pipeline.storage import Store
 from tests.conftest import SECRET, raw_s3, run_cli
+from tests.test_events_load import CL, EXPECTED, LINES, QUARANTINED, reports, write
 from tests.test_sync import aggregate_ch, ch, per_campaign_ch, seed_hand_built
 
 
@@ -218,15 +226,6 @@ def test_missing_bucket_is_one_line(s3_settings: Settings, monkeypatch: pytest.M
     assert "S3 staging s3://no-such-bucket/runs: bucket 'no-such-bucket' does not exist" in result.stderr
 
 
-def test_events_load_says_s3_is_not_supported(s3_settings: Settings, tmp_path: object) -> None:
-    events = s3_settings.home.parent / "events.jsonl"
-    events.write_text("")
-    result = run_cli("events", "load", str(events))
-    assert result.exit_code == 1
-    assert result.stderr.count("\n") == 1, result.stderr
-    assert "events staging on S3 is not supported yet" in result.stderr
-
-
 def test_a_part_clickhouse_cannot_read_is_one_line_without_the_secret(
     s3_settings: Settings, pg: psycopg.Connection, s3_endpoint: str
 ) -> None:
@@ -256,3 +255,99 @@ def test_an_s3_url_without_bucket_is_refused(settings: Settings, monkeypatch: py
     assert result.exit_code == 1
     assert result.stderr.count("\n") == 1, result.stderr
     assert "ADPIPE_STAGING_DIR 's3:///runs' names no bucket: expected s3://bucket/prefix" in result.stderr
+
+
+def staged_objects(endpoint: str, settings: Settings) -> tuple[list[str], list[str]]:
+    """(event parts, quarantine files) on S3, as keys relative to the staging prefix, each checked by name."""
+    keys = objects(endpoint, settings)
+    parts = [key for key in keys if key.startswith("referral_events/")]
+    quarantine = [key for key in keys if key.startswith("referral_quarantine/")]
+    assert sorted(parts + quarantine) == keys  # nothing else
+    assert all(re.fullmatch(r"referral_events/day=2022-01-05/part-[0-9a-f]{24}\.parquet", key) for key in parts), parts
+    assert all(re.fullmatch(r"referral_quarantine/[0-9a-f]{24}\.parquet", key) for key in quarantine), quarantine
+    return parts, quarantine
+
+
+def read_objects(endpoint: str, settings: Settings, keys: list[str]) -> pa.Table:
+    """The Parquet objects as stored, read without adpipe's code."""
+    root = f"{settings.staging_dir.bucket}/{settings.staging_dir.prefix}"
+    return pa.concat_tables(pq.read_table(f"{root}/{key}", filesystem=raw_s3(endpoint)) for key in keys)
+
+
+def nothing_local(settings: Settings) -> None:
+    """The test's directory holds no staging: the events and their quarantine went to S3 only."""
+    assert not (settings.home.parent / "staging").exists()
+    assert not list(settings.home.parent.rglob("referral_*"))
+
+
+@pytest.mark.parametrize("mode", [LoadMode.BATCH, LoadMode.STREAM])
+def test_events_load_stages_on_s3(s3_settings: Settings, tmp_path: Path, s3_endpoint: str, mode: LoadMode) -> None:
+    summary = load_files(s3_settings, [write(tmp_path / "events.jsonl", LINES)], mode, 300, block_bytes=300)
+    assert reports(s3_settings) == EXPECTED
+    assert (summary.lines, summary.valid, summary.staged, summary.duplicates) == (19, 13, 13, 2)
+    assert summary.quarantined == QUARANTINED
+    assert quarantine_reasons(s3_settings.staging_dir) == QUARANTINED
+
+    parts, quarantine = staged_objects(s3_endpoint, s3_settings)
+    # Batch mode stages the file's one day in one part; stream mode (300-byte chunks) in one part per chunk.
+    assert len(parts) == 1 if mode is LoadMode.BATCH else len(parts) > 1
+    assert len(quarantine) == 1
+    staged = read_objects(s3_endpoint, s3_settings, parts)
+    assert staged.column_names == ["event_id", "customer_id", "user_id", "fired_at", "event_type"]
+    assert sorted(staged.column("event_id").to_pylist()) == sorted(
+        ["e1", "e1", "e2", "x3", "e4", "x5", "e11", "e11", "e12", "x13", "e6", "e6", "x7"]
+    )
+    lines = read_objects(s3_endpoint, s3_settings, quarantine).sort_by("line_number")
+    assert lines.column("line_number").to_pylist() == [8, 14, 15, 16]
+
+    # ClickHouse got the staged events (sent as bytes read from S3) and computes the same reports.
+    client = clickhouse.connect(s3_settings)
+    assert client.command("SELECT count() FROM referral_events") == 13
+    assert warehouse_hourly_reports(client, timedelta(seconds=300)).rows() == [row[:6] for row in EXPECTED]
+    nothing_local(s3_settings)
+
+
+def test_same_events_file_twice_on_s3_changes_nothing(s3_settings: Settings, tmp_path: Path, s3_endpoint: str) -> None:
+    path = write(tmp_path / "events.jsonl", LINES)
+    load_files(s3_settings, [path])
+    before = objects(s3_endpoint, s3_settings)
+    again = load_files(s3_settings, [path], LoadMode.STREAM)
+    assert (again.valid, again.staged) == (13, 0)
+    assert reports(s3_settings) == EXPECTED
+    assert objects(s3_endpoint, s3_settings) == before  # same parts; the file's quarantine replaced in place
+    assert quarantine_reasons(s3_settings.staging_dir) == QUARANTINED  # not counted twice
+    assert clickhouse.connect(s3_settings).command("SELECT count() FROM referral_events") == 13
+    nothing_local(s3_settings)
+
+
+@pytest.mark.parametrize("order", ["loads first", "clicks first"])
+def test_two_events_files_in_either_order_on_s3(
+    s3_settings: Settings, tmp_path: Path, s3_endpoint: str, order: str
+) -> None:
+    # Every related click needs the other file: the second load recomputes its hours from the events on S3.
+    loads = write(tmp_path / "loads.jsonl", [line for line in LINES if CL not in line])
+    clicks = write(tmp_path / "clicks.jsonl", [line for line in LINES if CL in line] + [LINES[0]])
+    for path in [loads, clicks] if order == "loads first" else [clicks, loads]:
+        load_files(s3_settings, [path], LoadMode.STREAM)
+    assert reports(s3_settings) == EXPECTED
+    # Lines 8, 15 and 16 are in the loads file, line 14 (a click) in the clicks file, whose last line (line 1's
+    # page load, 10:00) comes after 11:10 in stream mode: 70 min behind, late.
+    assert quarantine_reasons(s3_settings.staging_dir) == {**QUARANTINED, "late": 1}
+    _parts, quarantine = staged_objects(s3_endpoint, s3_settings)
+    assert len(quarantine) == 2
+    client = clickhouse.connect(s3_settings)
+    assert client.command("SELECT count() FROM referral_events") == 13
+    assert warehouse_hourly_reports(client, timedelta(seconds=300)).rows() == [row[:6] for row in EXPECTED]
+    nothing_local(s3_settings)
+
+
+def test_events_load_with_unreachable_s3_is_one_line(
+    s3_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+    result = run_cli("events", "load", str(write(tmp_path / "events.jsonl", LINES)))
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert f"cannot reach S3 staging {s3_settings.staging_dir} at http://127.0.0.1:1" in result.stderr
+    assert SECRET not in result.stderr
+    assert reports(s3_settings) == []

@@ -1,8 +1,8 @@
 """`adpipe events load`: event files → clean → staged day partitions → hourly reports in Postgres, and the
 cleaned events in ClickHouse.
 
-1. Check every input first (files readable, --window, Postgres and ClickHouse reachable): bad input
-   fails before anything is written.
+1. Check every input first (files readable, --window, the staging store, Postgres and ClickHouse
+   reachable): bad input fails before anything is written.
 2. Per file: clean each chunk (batch: the whole file is one chunk), drop repeats, stage what is new.
 3. The *touched* hours are the (customer, hour) of every valid event read (also those already staged, so
    a re-load after a crash repairs its hours), the next hour after each page load (a click there may
@@ -11,6 +11,8 @@ cleaned events in ClickHouse.
    otherwise they are recomputed from the staged events (a day at a time, plus HORIZON before it), so
    reports stay right across files: a second file recomputes only the hours it touches.
 5. One Postgres transaction replaces the touched hours; the touched days are mirrored to ClickHouse.
+
+The staging directory may be local or on S3 (`pipeline.referral.staging` says what commits a part there).
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ from pipeline.referral.events import DEFAULT_WINDOW_SECONDS, HORIZON, MAX_WINDOW
 from pipeline.referral.lines import DEFAULT_BLOCK_BYTES, check_readable, iter_line_chunks
 from pipeline.referral.publish import replace_event_days, write_reports
 from pipeline.referral.report import HOUR_KEY, HOURLY_SCHEMA, hour_of, hourly_reports
-from pipeline.referral.staging import StagedKeys, events_root, read_range, staged_days, write_events, write_quarantine
+from pipeline.referral.staging import StagedKeys, read_range, staged_days, write_events, write_quarantine
 from pipeline.referral.stream import StreamAggregator
+from pipeline.storage import Store, open_store
 from pipeline.warehouse import apply_schema
 
 log = logging.getLogger(__name__)
@@ -91,21 +94,18 @@ def load_files(
         raise AdpipeError("no event files given")
     if not 0 <= window_seconds <= MAX_WINDOW_SECONDS:
         raise AdpipeError(f"--window must be between 0 and {MAX_WINDOW_SECONDS} seconds, got {window_seconds}")
-    if not isinstance(settings.staging_dir, Path):
-        raise AdpipeError(
-            f"events staging on S3 is not supported yet (ADPIPE_STAGING_DIR={settings.staging_dir}): "
-            "set ADPIPE_STAGING_DIR to a local directory for `adpipe events load`"
-        )
     for path in files:
         check_readable(path)
+    store = open_store(settings.staging_dir)  # an unreachable S3 staging fails here, before anything is written
     window = timedelta(seconds=window_seconds)
     # One load at a time per ADPIPE_HOME: two would race on the staged days and the touched hours.
     with exclusive_lock(settings.home / "events-load.lock", "events load"):
-        return _load(settings, files, mode, window, progress, block_bytes, started)
+        return _load(settings, store, files, mode, window, progress, block_bytes, started)
 
 
 def _load(
     settings: Settings,
+    store: Store,
     files: list[Path],
     mode: LoadMode,
     window: timedelta,
@@ -117,10 +117,9 @@ def _load(
     try:
         client = clickhouse.connect(settings)
         apply_schema(client)
-        root = events_root(settings.staging_dir)
         summary = LoadSummary(mode.value, int(window.total_seconds()), [str(p) for p in files])
-        staged_before = staged_days(root)
-        keys = StagedKeys(root, set(staged_before))
+        staged_before = staged_days(store)
+        keys = StagedKeys(store, set(staged_before))
         touched: list[pl.DataFrame] = []
         streamed: list[pl.DataFrame] = []
         recompute: list[pl.DataFrame] = []
@@ -139,13 +138,13 @@ def _load(
         to_recompute = pl.concat(recompute).unique()
         from_stream = pl.concat(streamed).join(to_recompute, on=HOUR_KEY, how="anti") if streamed else None
         hourly = pl.concat(
-            [_recompute(root, to_recompute, window), *([from_stream] if from_stream is not None else [])]
+            [_recompute(store, to_recompute, window), *([from_stream] if from_stream is not None else [])]
         )
         mark = _lap(summary, "reports", mark)
         write_reports(conn, all_touched.sort(HOUR_KEY), hourly.sort(HOUR_KEY))
         mark = _lap(summary, "postgres", mark)
         days = sorted(set(all_touched.get_column("hour").dt.date().to_list()))
-        summary.clickhouse_rows = replace_event_days(client, root, days, staged_before | keys.replaced_days)
+        summary.clickhouse_rows = replace_event_days(client, store, days, staged_before | keys.replaced_days)
         _lap(summary, "clickhouse", mark)
         summary.hours = len(all_touched)
         summary.hours_from_stream = 0 if from_stream is None else len(from_stream)
@@ -194,7 +193,7 @@ def _load_file(
                 )
             )
         fresh, _seen, replaced = keys.split(events)
-        write_events(keys.root, fresh)
+        write_events(keys.store, fresh)
         new_days |= set(fresh.get_column("fired_at").dt.date().unique().to_list())
         summary.valid += len(events)
         summary.staged += len(fresh)
@@ -204,7 +203,7 @@ def _load_file(
     keys.add_days(new_days)
     if quarantined:  # written even when empty: a re-load replaces the file's earlier quarantine
         quarantine = pl.concat(quarantined).cast(dict(QUARANTINE_SCHEMA))
-        write_quarantine(keys.root.parent, _source_key(path), quarantine)
+        write_quarantine(keys.store, _source_key(path), quarantine)
         for reason, count in quarantine.group_by("reason").len().iter_rows():
             summary.quarantined[reason] = summary.quarantined.get(reason, 0) + count
     keys_frame = pl.concat(touched).unique() if touched else pl.DataFrame(schema=_KEY_SCHEMA)
@@ -240,12 +239,12 @@ def _independent(keys: pl.DataFrame, staged_before: set[date]) -> pl.DataFrame:
     )
 
 
-def _recompute(root: Path, keys: pl.DataFrame, window: timedelta) -> pl.DataFrame:
+def _recompute(store: Store, keys: pl.DataFrame, window: timedelta) -> pl.DataFrame:
     """Reports of `keys` from the staged events, a day at a time (plus HORIZON before it for related clicks)."""
     frames = [pl.DataFrame(schema=HOURLY_SCHEMA)]
     for (day,), day_keys in keys.group_by(pl.col("hour").dt.date()):
         start = pl.select(pl.lit(day).cast(pl.Datetime("us"))).item()
-        events = read_range(root, start - HORIZON, start + timedelta(days=1))
+        events = read_range(store, start - HORIZON, start + timedelta(days=1))
         frames.append(hourly_reports(events, window).join(day_keys, on=HOUR_KEY, how="semi"))
     return pl.concat(frames)
 

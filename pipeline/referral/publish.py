@@ -9,6 +9,7 @@ from pathlib import Path
 
 import polars as pl
 import psycopg
+import pyarrow as pa
 import pyarrow.parquet as pq
 from clickhouse_connect.driver.client import Client
 
@@ -19,6 +20,7 @@ from pipeline.referral.events import EVENT_SCHEMA, HORIZON
 from pipeline.referral.report import HOUR_KEY, HOURLY_SCHEMA
 from pipeline.referral.staging import day_parts, dedup_staged, read_days
 from pipeline.sqlfiles import statements
+from pipeline.storage import Store
 
 log = logging.getLogger(__name__)
 
@@ -65,23 +67,25 @@ def read_reports(
     return pl.DataFrame(rows, schema={**dict(HOURLY_SCHEMA), "ctr": pl.Float64}, orient="row")
 
 
-def replace_event_days(client: Client, root: Path, days: list[date], mixed_days: set[date]) -> int:
+def replace_event_days(client: Client, store: Store, days: list[date], mixed_days: set[date]) -> int:
     """Make each day of `referral_events` equal to the staged day (one copy per event); returns rows sent.
 
     A day whose parts all come from this load holds each event once, so its Parquet parts are sent as they
-    are (ClickHouse reads Parquet natively); a day in `mixed_days` (staged before, or with a copy replaced)
-    is deduplicated first. Dropping the day's partition and inserting the staged day is idempotent, so a
-    re-load, or a crash between the two statements, converges on the next load.
+    are (ClickHouse reads Parquet natively; adpipe reads the bytes from the staging store, local or S3); a
+    day in `mixed_days` (staged before, or with a copy replaced) is deduplicated first. Dropping the day's
+    partition and inserting the staged day is idempotent, so a re-load, or a crash between the two
+    statements, converges on the next load.
     """
     sent = 0
     for day in days:
         client.command(f"ALTER TABLE {EVENTS_TABLE} DROP PARTITION %(day)s", parameters={"day": day.isoformat()})
         if day not in mixed_days:
-            for path in day_parts(root, day):
-                client.raw_insert(EVENTS_TABLE, insert_block=path.read_bytes(), fmt="Parquet")
-                sent += pq.read_metadata(path).num_rows
+            for path in day_parts(store, day):
+                part = store.read_bytes(path)
+                client.raw_insert(EVENTS_TABLE, insert_block=part, fmt="Parquet")
+                sent += pq.read_metadata(pa.BufferReader(part)).num_rows
             continue
-        events = dedup_staged(read_days(root, [day])).select(EVENT_SCHEMA.names())
+        events = dedup_staged(read_days(store, [day])).select(EVENT_SCHEMA.names())
         if not events.is_empty():
             client.insert_arrow(
                 EVENTS_TABLE, events.with_columns(pl.col("fired_at").dt.replace_time_zone("UTC")).to_arrow()

@@ -3,61 +3,75 @@
     referral_events/day=2022-01-05/part-<sha256 prefix>.parquet   (zstd, sorted by fired_at)
     referral_quarantine/<source key>.parquet
 
-A part is written to a temp file and renamed to a name derived from its content, so writing the same
-events twice is a no-op and a reader never sees half a file. Events are only added: a load drops every
-event already staged (same event_id and event_type, not later), so re-loading a file stages nothing.
-When a new copy is *earlier* than the staged one it is staged too, and readers keep the earliest copy
-(`dedup_staged`); the hours of the copy it replaces are reported as touched.
+The staging directory is a local directory or an `s3://bucket/prefix`, read and written through the same
+`pipeline.storage.Store` operations.
+
+The commit point is each part itself: a part is named after its content and written whole or not at all
+(locally a temp file fsync'd and renamed into place; on S3 one upload, which S3 makes visible only once it
+is complete, and S3 has no rename). A part name that exists therefore holds exactly those events, writing
+the same events twice is a no-op, and a reader never sees half a part. No manifest is needed because parts
+are only added, never rewritten, and each stands alone: a load that dies after staging some parts is
+completed by loading the file again (its events are found staged, and its hours are still recomputed and
+published). A file's quarantine is replaced the same way, in one write.
+
+Events are only added: a load drops every event already staged (same event_id and event_type, not later),
+so re-loading a file stages nothing. When a new copy is *earlier* than the staged one it is staged too,
+and readers keep the earliest copy (`dedup_staged`); the hours of the copy it replaces are reported as
+touched.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
+import io
 from datetime import date, datetime, timedelta
-from pathlib import Path
+from pathlib import PurePath
 
 import polars as pl
 
 from pipeline.config import StagingDir
 from pipeline.referral.events import EVENT_SCHEMA, HORIZON, KEY, ORDER
+from pipeline.storage import Store, open_store
 
 EVENTS_DIR = "referral_events"
 QUARANTINE_DIR = "referral_quarantine"
+PART = "part-*.parquet"
 
 
-def events_root(staging_dir: Path) -> Path:
-    return staging_dir / EVENTS_DIR
-
-
-def staged_days(root: Path) -> set[date]:
+def staged_days(store: Store) -> set[date]:
     """Days that have at least one staged part."""
-    if not root.exists():
-        return set()
+    root = store.root / EVENTS_DIR
     return {
-        date.fromisoformat(d.name.removeprefix("day="))
-        for d in root.glob("day=*")
-        if d.is_dir() and any(d.glob("part-*.parquet"))
+        date.fromisoformat(path.parent.name.removeprefix("day="))
+        for path in store.list_files(root)
+        if path.parent.parent == root and path.match(f"day=*/{PART}")
     }
 
 
-def day_parts(root: Path, day: date) -> list[Path]:
-    return sorted((root / f"day={day.isoformat()}").glob("part-*.parquet"))
+def day_directory(store: Store, day: date) -> PurePath:
+    return store.root / EVENTS_DIR / f"day={day.isoformat()}"
 
 
-def read_days(root: Path, days: list[date]) -> pl.DataFrame:
+def day_parts(store: Store, day: date) -> list[PurePath]:
+    directory = day_directory(store, day)
+    return [path for path in store.list_files(directory) if path.parent == directory and path.match(PART)]
+
+
+def read_days(store: Store, days: list[date]) -> pl.DataFrame:
     """Every staged row of `days` (duplicates included)."""
-    files = [path for day in days for path in day_parts(root, day)]
-    if not files:
-        return pl.DataFrame(schema=EVENT_SCHEMA)
-    return pl.read_parquet(files)
+    return _read_parquet(store, [path for day in days for path in day_parts(store, day)], EVENT_SCHEMA)
 
 
-def read_range(root: Path, start: datetime, end: datetime) -> pl.DataFrame:
+def read_range(store: Store, start: datetime, end: datetime) -> pl.DataFrame:
     """The staged events fired in [start, end), one per key (earliest), in time order."""
-    frame = read_days(root, days_between(start, end - timedelta(microseconds=1)))
+    frame = read_days(store, days_between(start, end - timedelta(microseconds=1)))
     return dedup_staged(frame.filter(pl.col("fired_at").is_between(start, end, closed="left")))
+
+
+def _read_parquet(store: Store, paths: list[PurePath], schema: pl.Schema) -> pl.DataFrame:
+    if not paths:
+        return pl.DataFrame(schema=schema)
+    return pl.concat([pl.read_parquet(store.read_bytes(path), columns=schema.names()) for path in paths])
 
 
 def dedup_staged(frame: pl.DataFrame) -> pl.DataFrame:
@@ -73,44 +87,36 @@ def days_between(first: datetime, last: datetime) -> list[date]:
     return [first.date() + timedelta(days=i) for i in range((last.date() - first.date()).days + 1)]
 
 
-def write_events(root: Path, events: pl.DataFrame) -> int:
+def write_events(store: Store, events: pl.DataFrame) -> int:
     """Stage `events` (EVENT_SCHEMA), one part per UTC day; returns the number of parts written."""
     written = 0
     events = events.select(EVENT_SCHEMA.names()).sort("fired_at", maintain_order=True)
     for (day,), part in events.group_by(pl.col("fired_at").dt.date(), maintain_order=True):
-        written += _write_part(root / f"day={day.isoformat()}", part)
+        written += _write_part(store, day_directory(store, day), part)
     return written
 
 
-def _write_part(directory: Path, frame: pl.DataFrame) -> int:
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".part-", suffix=".tmp")
-    os.close(fd)
-    try:
-        frame.write_parquet(tmp, compression="zstd", compression_level=1, statistics=True)
-        target = directory / f"part-{_sha256(Path(tmp))[:24]}.parquet"
-        if target.exists():  # the same events were staged before
-            return 0
-        os.replace(tmp, target)
-        return 1
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+def _write_part(store: Store, directory: PurePath, frame: pl.DataFrame) -> int:
+    data = _parquet_bytes(frame)
+    target = directory / f"part-{hashlib.sha256(data).hexdigest()[:24]}.parquet"
+    if store.is_file(target):  # the same events were staged before
+        return 0
+    store.write_bytes(target, data)
+    return 1
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _parquet_bytes(frame: pl.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer, compression="zstd", compression_level=1, statistics=True)
+    return buffer.getvalue()
 
 
 class StagedKeys:
     """The keys already staged before this load, read day by day as the load needs them, so that a load
     stages only events that are new (or earlier than the staged copy)."""
 
-    def __init__(self, root: Path, days: set[date]) -> None:
-        self.root = root
+    def __init__(self, store: Store, days: set[date]) -> None:
+        self.store = store
         self.days = days
         """Days staged before this load: only those can hold an earlier copy."""
         self._cache: dict[date, pl.DataFrame] = {}
@@ -152,7 +158,7 @@ class StagedKeys:
     def _keys(self, days: list[date]) -> pl.DataFrame:
         for day in days:
             if day not in self._cache:
-                self._cache[day] = read_days(self.root, [day])
+                self._cache[day] = read_days(self.store, [day])
         # Days well behind the ones asked for will not be asked again (input is roughly time-ordered).
         for day in [d for d in self._cache if d < days[0] - timedelta(days=1)]:
             del self._cache[day]
@@ -170,25 +176,15 @@ def _precedes(left: list[str], right: list[str]) -> pl.Expr:
 
 def quarantine_reasons(staging_dir: StagingDir) -> dict[str, int]:
     """Quarantined event lines per reason, over the quarantine of every loaded file (each file's latest load)."""
-    if not isinstance(staging_dir, Path):
-        return {}  # events are not staged on S3 (`events load` refuses it), so none are quarantined there
-    files = sorted((staging_dir / QUARANTINE_DIR).glob("*.parquet"))
-    if not files:
-        return {}
-    counts = pl.read_parquet(files, columns=["reason"]).group_by("reason").len().sort("reason")
-    return dict(counts.iter_rows())
+    store = open_store(staging_dir)
+    directory = store.root / QUARANTINE_DIR
+    files = [path for path in store.list_files(directory) if path.parent == directory and path.match("*.parquet")]
+    reasons = _read_parquet(store, files, pl.Schema({"reason": pl.String}))
+    return dict(reasons.group_by("reason").len().sort("reason").iter_rows())
 
 
-def write_quarantine(staging_dir: Path, source_key: str, quarantined: pl.DataFrame) -> Path:
+def write_quarantine(store: Store, source_key: str, quarantined: pl.DataFrame) -> PurePath:
     """Replace the quarantine of one source file (keyed by path, size and mtime: a re-load replaces it)."""
-    directory = staging_dir / QUARANTINE_DIR
-    directory.mkdir(parents=True, exist_ok=True)
-    target = directory / f"{source_key}.parquet"
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".q-", suffix=".tmp")
-    os.close(fd)
-    try:
-        quarantined.write_parquet(tmp, compression="zstd", compression_level=1)
-        os.replace(tmp, target)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    target = store.root / QUARANTINE_DIR / f"{source_key}.parquet"
+    store.write_bytes(target, _parquet_bytes(quarantined))
     return target
