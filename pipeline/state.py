@@ -110,6 +110,8 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     tmp = Path(name)
     try:
         write(tmp)
+        # mkstemp creates the file private (0600); the result gets the mode any other tool would give it.
+        os.chmod(tmp, 0o666 & ~_current_umask())
         with tmp.open("rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -119,3 +121,10 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _current_umask() -> int:
+    """The process umask (reading it means setting it: set it straight back)."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
