@@ -25,8 +25,10 @@ from clickhouse_connect.driver.exceptions import DatabaseError
 from pipeline import clickhouse
 from pipeline.config import Settings, load_settings
 from pipeline.errors import AdpipeError, describe_failure
+from pipeline.referral.load import load_files
 from tests.clickhouse_http import ClickHouseHttp, Fault
 from tests.conftest import run_cli
+from tests.test_events_load import EXPECTED, LINES, reports, write
 from tests.test_sync import aggregate_ch, ch, full, incremental, per_campaign_ch, seed_hand_built
 
 PARQUET_PART = r"`{table}` FORMAT Parquet"
@@ -89,6 +91,21 @@ def test_a_part_loaded_from_s3_is_resent_after_a_reset_and_counted_once(
     assert len(double.statements(from_s3)) == 2
     assert per_campaign_ch(s3_settings, "impressions") == {1: 3, 2: 1}
     assert aggregate_ch(s3_settings, "impressions") == {1: 3, 2: 1}
+
+
+def test_a_referral_events_insert_resent_after_a_reset_lands_once(
+    settings: Settings, double: ClickHouseHttp, tmp_path: Path
+) -> None:
+    # The hand-built file stages 13 events on one day. The insert runs, the connection breaks before the answer,
+    # the client resends it: the load's token drops the copy. A second load of the file replaces the day again.
+    events = write(tmp_path / "events.jsonl", LINES)
+    double.inject(Fault.RESET, matching="^INSERT INTO `?referral_events`? ")
+    load_files(settings, [events])
+    assert len(double.statements("^INSERT INTO `?referral_events`? ")) == 2
+    assert clickhouse.connect(settings).command("SELECT count() FROM referral_events") == 13
+    load_files(settings, [events])
+    assert clickhouse.connect(settings).command("SELECT count() FROM referral_events") == 13
+    assert reports(settings) == EXPECTED
 
 
 def test_a_statement_unsafe_to_repeat_is_not_resent_and_the_next_sync_converges(

@@ -4,6 +4,7 @@ days of cleaned events to ClickHouse, and reading the reports back."""
 from __future__ import annotations
 
 import logging
+import uuid
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -75,20 +76,27 @@ def replace_event_days(client: Client, store: Store, days: list[date], mixed_day
     day in `mixed_days` (staged before, or with a copy replaced) is deduplicated first. Dropping the day's
     partition and inserting the staged day is idempotent, so a re-load, or a crash between the two
     statements, converges on the next load.
+
+    Each insert carries a deduplication token unique to this call: clickhouse-connect resends an insert
+    whose connection broke after the server ran it, and the table drops the second copy.
     """
+    load_id = uuid.uuid4().hex
     sent = 0
     for day in days:
         client.command(f"ALTER TABLE {EVENTS_TABLE} DROP PARTITION %(day)s", parameters={"day": day.isoformat()})
         if day not in mixed_days:
             for path in day_parts(store, day):
                 part = store.read_bytes(path)
-                client.raw_insert(EVENTS_TABLE, insert_block=part, fmt="Parquet")
+                token = {"insert_deduplication_token": f"{EVENTS_TABLE}:{load_id}:{path.name}"}
+                client.raw_insert(EVENTS_TABLE, insert_block=part, fmt="Parquet", settings=token)
                 sent += pq.read_metadata(pa.BufferReader(part)).num_rows
             continue
         events = dedup_staged(read_days(store, [day])).select(EVENT_SCHEMA.names())
         if not events.is_empty():
             client.insert_arrow(
-                EVENTS_TABLE, events.with_columns(pl.col("fired_at").dt.replace_time_zone("UTC")).to_arrow()
+                EVENTS_TABLE,
+                events.with_columns(pl.col("fired_at").dt.replace_time_zone("UTC")).to_arrow(),
+                settings={"insert_deduplication_token": f"{EVENTS_TABLE}:{load_id}:{day.isoformat()}"},
             )
             sent += len(events)
     return sent

@@ -4,6 +4,9 @@
 --   insert), so re-loading a file or loading files in any order converges to exactly the staged events.
 -- * ORDER BY (customer_id, fired_at, ...): the hourly reports read one customer's events in time order.
 -- * DateTime64(6, 'UTC') with Delta + ZSTD on the sorted time column, like the other fact tables.
+-- * `non_replicated_deduplication_window`: every insert carries a token unique to its load, so an
+--   insert the client resends after a broken connection is dropped, while the next load's insert of
+--   the same rows (after its DROP PARTITION) has a token of its own and lands.
 
 CREATE TABLE IF NOT EXISTS referral_events
 (
@@ -15,4 +18,5 @@ CREATE TABLE IF NOT EXISTS referral_events
 )
 ENGINE = MergeTree
 PARTITION BY toDate(fired_at)
-ORDER BY (customer_id, fired_at, user_id, event_id);
+ORDER BY (customer_id, fired_at, user_id, event_id)
+SETTINGS non_replicated_deduplication_window = 10000;
