@@ -71,7 +71,7 @@ def read_range(store: Store, start: datetime, end: datetime) -> pl.DataFrame:
 def _read_parquet(store: Store, paths: list[PurePath], schema: pl.Schema) -> pl.DataFrame:
     if not paths:
         return pl.DataFrame(schema=schema)
-    return pl.concat([pl.read_parquet(store.read_bytes(path), columns=schema.names()) for path in paths])
+    return pl.concat(pl.from_arrow(store.read_parquet(path, columns=schema.names())) for path in paths)
 
 
 def dedup_staged(frame: pl.DataFrame) -> pl.DataFrame:
