@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -149,14 +148,17 @@ def _adpipe(*args: str) -> subprocess.CompletedProcess:
 
 
 def _adpipe_stream(path: Path) -> tuple[float, int, dict]:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """Wall time, peak RSS (KiB) of this child alone (wait4, not the maximum over all children) and --json."""
+    command = ["events", "load", str(path), "--mode", "stream", "--window", str(WINDOW), "--json"]
     started = time.perf_counter()
-    done = _adpipe("events", "load", str(path), "--mode", "stream", "--window", str(WINDOW), "--json")
+    child = subprocess.Popen([sys.executable, "-m", "pipeline", *command], stdout=subprocess.PIPE, text=True)
+    output = child.stdout.read()
+    _, status, usage = os.wait4(child.pid, 0)
     seconds = time.perf_counter() - started
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if rss <= before:
-        print("   (peak RSS not above an earlier child's; figure is a lower bound)")
-    return seconds, rss, json.loads(done.stdout)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        raise SystemExit(f"adpipe events load failed with exit code {child.returncode}")
+    return seconds, usage.ru_maxrss, json.loads(output)
 
 
 def _duckdb(path: Path) -> tuple[float, list[tuple]]:

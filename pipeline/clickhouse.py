@@ -89,6 +89,7 @@ _HTTP_STATUS = re.compile(r"HTTP driver received HTTP status (\d{3})")
 class MissingDatabaseError(AdpipeError):
     """The adpipe database is not there, and this caller may not create it (a read-only user)."""
 
+
 _open: dict[str, tuple[Client, int | None]] = {}
 """Open clients by URL, with the lock descriptor held for an embedded engine."""
 

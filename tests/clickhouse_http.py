@@ -377,9 +377,7 @@ def _execute(server: ClickHouseHttp, params: dict[str, str], statement: str, dat
         except Exception as exc:  # chDB raises its own error type with the server's message
             message = str(exc).strip()
             code = _CODE.match(message)
-            raise _ClickHouseError(
-                int(code[1]) if code else 1002, message.split("DB::Exception: ", 1)[-1]
-            ) from None
+            raise _ClickHouseError(int(code[1]) if code else 1002, message.split("DB::Exception: ", 1)[-1]) from None
         finally:
             if params.get("session_id") and settings:  # URL settings last one request, not the session
                 handle.query(f"SET {', '.join(f'{_identifier(name)} = DEFAULT' for name in settings)}", "TabSeparated")
@@ -434,4 +432,3 @@ def _identifier(name: str) -> str:
 
 def _string(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-

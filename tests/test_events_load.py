@@ -148,8 +148,37 @@ def test_two_files_in_either_order(settings: Settings, tmp_path: Path, order: st
 def test_two_files_in_one_load(settings: Settings, tmp_path: Path) -> None:
     loads = write(tmp_path / "loads.jsonl", [line for line in LINES if CL not in line])
     clicks = write(tmp_path / "clicks.jsonl", [line for line in LINES if CL in line])
-    load_files(settings, [clicks, loads], LoadMode.STREAM)
+    summary = load_files(settings, [clicks, loads], LoadMode.STREAM)
     assert reports(settings) == EXPECTED
+    # The second file staged into the day the first one mirrored: the day is sent again, whole, after the reports.
+    assert (summary.days, summary.days_mirrored) == (1, 0)
+    client = clickhouse.connect(settings)
+    assert client.command("SELECT count() FROM referral_events") == 13
+    assert warehouse_hourly_reports(client, timedelta(seconds=300)).rows() == [row[:6] for row in EXPECTED]
+
+
+def test_new_days_are_mirrored_to_clickhouse_as_they_are_staged(settings: Settings, tmp_path: Path) -> None:
+    # Four page loads on each of three days; chunks of about two lines, so each day is staged in several parts.
+    lines = [
+        event(f"d{day}u{user}", 1, user, f"01/0{day}/2022, 1{user}:00:00", PL) for day in (5, 6, 7) for user in range(4)
+    ]
+    first = load_files(settings, [write(tmp_path / "days.jsonl", lines)], LoadMode.STREAM, block_bytes=300)
+    assert (first.days, first.days_mirrored, first.clickhouse_rows) == (3, 3, 12)
+    client = clickhouse.connect(settings)
+    per_day = "SELECT toString(toDate(fired_at)), count() FROM referral_events GROUP BY 1 ORDER BY 1"
+    assert client.query(per_day).result_rows == [("2022-01-05", 4), ("2022-01-06", 4), ("2022-01-07", 4)]
+
+    # With the staging gone, the same days are new again: mirroring drops what ClickHouse held for them first.
+    shutil.rmtree(settings.staging_dir)
+    fewer = load_files(settings, [write(tmp_path / "fewer.jsonl", lines[:2] + lines[4:5])], LoadMode.STREAM)
+    assert (fewer.days, fewer.days_mirrored, fewer.clickhouse_rows) == (2, 2, 3)
+    assert client.query(per_day).result_rows == [("2022-01-05", 2), ("2022-01-06", 1), ("2022-01-07", 4)]
+
+    # The first file again: 9 events are new. Days 5 and 6 held staged events, so they are sent whole after the
+    # reports; day 7 is new to the staging, so it is mirrored (its 4 rows in ClickHouse replaced, not added to).
+    again = load_files(settings, [tmp_path / "days.jsonl"], LoadMode.STREAM, block_bytes=300)
+    assert (again.staged, again.days, again.days_mirrored, again.clickhouse_rows) == (9, 3, 1, 12)
+    assert client.query(per_day).result_rows == [("2022-01-05", 4), ("2022-01-06", 4), ("2022-01-07", 4)]
 
 
 def test_empty_file(settings: Settings, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ neither `MM/DD/YYYY, HH:MM:SS` nor ISO 8601. `email` and `ip` are never read: th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,9 +24,12 @@ QUARANTINE_SCHEMA = pl.Schema(
 
 _FIELDS = ("event_id", "customer_id", "user_id", "fired_at", "event_type")
 _AS_TEXT = pl.Struct({name: pl.String for name in _FIELDS})
-"""Every field decoded as text first, so a wrong type is a per-line reason rather than a failed chunk."""
+"""Every field decoded as text, so a wrong type is a per-line reason rather than a failed chunk."""
+_TYPED = pl.Schema({**_AS_TEXT.to_schema(), "customer_id": pl.Int64, "user_id": pl.Int64})
+"""The fast decode's schema: no id goes through text (~12% less decoding). A chunk it fails is decoded as text."""
 
 US_FORMAT = "%m/%d/%Y, %H:%M:%S"
+ISO_UTC_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 
 @dataclass(frozen=True)
@@ -74,14 +78,25 @@ def clean_chunk(chunk: LineChunk, source: str) -> Cleaned:
         schema=QUARANTINE_SCHEMA,
     )
     quarantined = pl.concat([failing.cast(dict(QUARANTINE_SCHEMA)), not_json]).sort("line_number")
-    return Cleaned(events.cast(dict(EVENT_SCHEMA)), quarantined)
+    return Cleaned(events.cast(dict(EVENT_SCHEMA)), detached(quarantined))
+
+
+def detached(frame: pl.DataFrame) -> pl.DataFrame:
+    """`frame` with its own copy of its strings, for a few rows kept while the chunk they came from is dropped.
+
+    Polars strings filtered out of a column still point into that column's buffers, so a kept quarantine
+    entry would hold its whole chunk's text: memory would grow with the file (~190 MB over 10M lines).
+    Through Arrow, only the rows' own bytes are copied."""
+    return pl.from_arrow(frame.to_arrow())
 
 
 def _reason() -> pl.Expr:
     """The first rule a line breaks, in the order a reader would check them."""
     reason = pl.when(~pl.col("is_json")).then(pl.lit("bad JSON"))
     for name in _FIELDS:
-        reason = reason.when(pl.col(name).is_null() | (pl.col(name) == "")).then(pl.lit(f"missing {name}"))
+        # Ids are integers already when the fast decode read the chunk.
+        empty = pl.col(name).cast(pl.String) == ""
+        reason = reason.when(pl.col(name).is_null() | empty).then(pl.lit(f"missing {name}"))
     return (
         reason.when(pl.col("customer_int").is_null())
         .then(pl.lit("customer_id is not an integer"))
@@ -94,32 +109,43 @@ def _reason() -> pl.Expr:
 
 
 def _decode(chunk: LineChunk) -> tuple[pl.DataFrame, np.ndarray, pl.Series]:
-    """Decode the lines that look like JSON objects: (their fields as text, their row numbers in the chunk,
-    whether each really decoded). The other lines are bad JSON.
+    """Decode the lines that look like JSON objects: (their fields, their row numbers in the chunk, whether each
+    really decoded). The other lines are bad JSON.
 
     The decoder reads the chunk's bytes as they are, or the runs of object-like lines joined (one copy;
     there are as many runs as bad lines, which are few)."""
     first, last = chunk.first_and_last_bytes()
     candidate = (first == ord("{")) & (last == ord("}"))
     if candidate.all():
-        return _whole(chunk)
-    # Rarer shapes (surrounding whitespace, \r\n) or no object at all: judged one by one, they are few.
-    data, offsets = chunk.data, chunk.offsets
-    for row in np.flatnonzero(~candidate).tolist():
-        text = data[offsets[row] : offsets[row + 1]].strip()
-        candidate[row] = text.startswith(b"{") and text.endswith(b"}")
-    rows = np.flatnonzero(candidate)
-    edges = np.flatnonzero(np.diff(np.concatenate(([0], candidate.astype(np.int8), [0]))))
-    view = memoryview(data)
-    runs = b"".join(view[offsets[start] : offsets[end]] for start, end in zip(edges[::2], edges[1::2], strict=True))
-    fields, ok = _decode_objects(_Lines(chunk, rows), runs, len(rows))
+        rows, data = np.arange(len(chunk)), chunk.data
+    else:
+        # Rarer shapes (surrounding whitespace, \r\n) or no object at all: judged one by one, they are few.
+        offsets = chunk.offsets
+        for row in np.flatnonzero(~candidate).tolist():
+            text = chunk.data[offsets[row] : offsets[row + 1]].strip()
+            candidate[row] = text.startswith(b"{") and text.endswith(b"}")
+        rows = np.flatnonzero(candidate)
+        edges = np.flatnonzero(np.diff(np.concatenate(([0], candidate.astype(np.int8), [0]))))
+        view = memoryview(chunk.data)
+        data = b"".join(view[offsets[start] : offsets[end]] for start, end in zip(edges[::2], edges[1::2], strict=True))
+    typed = _decode_typed(data, len(rows))
+    if typed is not None:
+        return typed, rows, pl.repeat(True, len(rows), eager=True)
+    fields, ok = _decode_objects(_Lines(chunk, rows), data, len(rows))
     return fields, rows, ok
 
 
-def _whole(chunk: LineChunk) -> tuple[pl.DataFrame, np.ndarray, pl.Series]:
-    rows = np.arange(len(chunk))
-    fields, ok = _decode_objects(_Lines(chunk, rows), chunk.data, len(chunk))
-    return fields, rows, ok
+def _decode_typed(data: bytes, count: int) -> pl.DataFrame | None:
+    """The usual case, decoded in one pass with the ids as integers; None when some line needs the careful path
+    (malformed, or an id that is not a JSON integer, e.g. `"12"`, which the text decode accepts and `1.5`,
+    which it quarantines)."""
+    if count == 0:
+        return None
+    try:
+        fields = pl.read_ndjson(data, schema=_TYPED)
+    except pl.exceptions.PolarsError:
+        return None
+    return fields if len(fields) == count else None
 
 
 @dataclass(frozen=True)
@@ -168,15 +194,25 @@ def _concatenated(lines: pl.Series) -> bytes:
 def _parse_fired_at(text: pl.Series) -> pl.Series:
     """`MM/DD/YYYY, HH:MM:SS` (UTC) or ISO 8601, naive (taken as UTC) or with an offset (converted to UTC).
 
-    The usual format is tried on every value; the ISO formats only on the values it did not parse."""
+    The usual format is tried on every value, the usual ISO form (`2022-01-05T14:23:15Z`) on the values it did
+    not parse, and the other ISO forms on what is left."""
     parsed = text.str.strptime(pl.Datetime("us"), US_FORMAT, strict=False)
+    # The usual ISO form stays on Polars' fast path: the general parse below is ~9x slower per value.
+    parsed = _fill_unparsed(text, parsed, lambda iso: iso.str.strptime(pl.Datetime("us"), ISO_UTC_FORMAT, strict=False))
+    return _fill_unparsed(text, parsed, _parse_iso)
+
+
+def _fill_unparsed(text: pl.Series, parsed: pl.Series, parse: Callable[[pl.Series], pl.Series]) -> pl.Series:
+    """`parsed`, with `parse` applied to the text of the values still unparsed (few, after the first format)."""
     retry = (parsed.is_null() & text.is_not_null()).arg_true()
-    if len(retry):
-        iso = text.gather(retry).str.replace(" ", "T", literal=True).str.replace(r"[Zz]$", "+00:00")
-        naive = iso.str.strptime(pl.Datetime("us"), "%Y-%m-%dT%H:%M:%S%.f", strict=False)
-        zoned = iso.str.strptime(pl.Datetime("us", "UTC"), "%Y-%m-%dT%H:%M:%S%.f%#z", strict=False)
-        parsed = parsed.scatter(retry, naive.fill_null(zoned.dt.replace_time_zone(None)))
-    return parsed
+    return parsed.scatter(retry, parse(text.gather(retry))) if len(retry) else parsed
+
+
+def _parse_iso(text: pl.Series) -> pl.Series:
+    iso = text.str.replace(" ", "T", literal=True).str.replace(r"[Zz]$", "+00:00")
+    naive = iso.str.strptime(pl.Datetime("us"), "%Y-%m-%dT%H:%M:%S%.f", strict=False)
+    zoned = iso.str.strptime(pl.Datetime("us", "UTC"), "%Y-%m-%dT%H:%M:%S%.f%#z", strict=False)
+    return naive.fill_null(zoned.dt.replace_time_zone(None))
 
 
 def dedup_earliest(events: pl.DataFrame) -> pl.DataFrame:

@@ -10,7 +10,9 @@ cleaned events in ClickHouse.
 4. Their reports come from the stream aggregates where this load alone holds the events they depend on,
    otherwise they are recomputed from the staged events (a day at a time, plus HORIZON before it), so
    reports stay right across files: a second file recomputes only the hours it touches.
-5. One Postgres transaction replaces the touched hours; the touched days are mirrored to ClickHouse.
+5. One Postgres transaction replaces the touched hours; the touched days are mirrored to ClickHouse: a day
+   first staged by this load part by part as its parts are written (`EventMirror`, overlapping the
+   reading), any other touched day after the reports (`replace_event_days`).
 
 The staging directory may be local or on S3 (`pipeline.referral.staging` says what commits a part there).
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
@@ -33,10 +36,10 @@ from pipeline.errors import AdpipeError
 from pipeline.locks import exclusive_lock
 from pipeline.options import LoadMode
 from pipeline.prefetch import prefetch
-from pipeline.referral.clean import QUARANTINE_SCHEMA, Cleaned, clean_chunk, dedup_earliest
+from pipeline.referral.clean import QUARANTINE_SCHEMA, Cleaned, clean_chunk, dedup_earliest, detached
 from pipeline.referral.events import DEFAULT_WINDOW_SECONDS, HORIZON, MAX_WINDOW_SECONDS, PAGE_LOAD
 from pipeline.referral.lines import DEFAULT_BLOCK_BYTES, check_readable, iter_line_chunks
-from pipeline.referral.publish import replace_event_days, write_reports
+from pipeline.referral.publish import EventMirror, replace_event_days, write_reports
 from pipeline.referral.report import HOUR_KEY, HOURLY_SCHEMA, hour_of, hourly_reports
 from pipeline.referral.staging import StagedKeys, read_range, staged_days, write_events, write_quarantine
 from pipeline.referral.stream import StreamAggregator
@@ -68,10 +71,13 @@ class LoadSummary:
     """(customer, hour) keys recomputed."""
     hours_from_stream: int = 0
     days: int = 0
+    days_mirrored: int = 0
+    """Of those, days sent to ClickHouse part by part while the files were read (the others after the reports)."""
     clickhouse_rows: int = 0
     seconds: float = 0.0
     timings_s: dict[str, float] = field(default_factory=dict)
-    """Wall time per stage: read_clean_stage, reports, postgres, clickhouse."""
+    """Wall time per stage: read_clean_stage, reports, postgres, clickhouse (after the reports), and
+    clickhouse_overlapped (inserts of mirrored parts, run while the other stages were)."""
 
     @property
     def events_per_second(self) -> float:
@@ -123,32 +129,41 @@ def _load(
         touched: list[pl.DataFrame] = []
         streamed: list[pl.DataFrame] = []
         recompute: list[pl.DataFrame] = []
-        for path in files:
-            before = set(keys.days)
-            file_touched, file_streamed = _load_file(path, mode, window, keys, summary, progress, block_bytes)
-            touched.append(file_touched)
-            if file_streamed is None:
-                recompute.append(file_touched)
-            else:
-                own = _independent(file_touched, before)
-                streamed.append(file_streamed.join(own, on=HOUR_KEY, how="semi"))
-                recompute.append(file_touched.join(own, on=HOUR_KEY, how="anti"))
-        mark = _lap(summary, "read_clean_stage", started)
-        all_touched = pl.concat(touched).unique()
-        to_recompute = pl.concat(recompute).unique()
-        from_stream = pl.concat(streamed).join(to_recompute, on=HOUR_KEY, how="anti") if streamed else None
-        hourly = pl.concat(
-            [_recompute(store, to_recompute, window), *([from_stream] if from_stream is not None else [])]
-        )
-        mark = _lap(summary, "reports", mark)
-        write_reports(conn, all_touched.sort(HOUR_KEY), hourly.sort(HOUR_KEY))
-        mark = _lap(summary, "postgres", mark)
+        load_id = uuid.uuid4().hex
+        with EventMirror(client, load_id) as mirror:
+            for path in files:
+                before = set(keys.days)
+                file_touched, file_streamed = _load_file(
+                    path, mode, window, keys, mirror, summary, progress, block_bytes
+                )
+                touched.append(file_touched)
+                if file_streamed is None:
+                    recompute.append(file_touched)
+                else:
+                    own = _independent(file_touched, before)
+                    streamed.append(file_streamed.join(own, on=HOUR_KEY, how="semi"))
+                    recompute.append(file_touched.join(own, on=HOUR_KEY, how="anti"))
+            mark = _lap(summary, "read_clean_stage", started)
+            all_touched = pl.concat(touched).unique()
+            to_recompute = pl.concat(recompute).unique()
+            from_stream = pl.concat(streamed).join(to_recompute, on=HOUR_KEY, how="anti") if streamed else None
+            hourly = pl.concat(
+                [_recompute(store, to_recompute, window), *([from_stream] if from_stream is not None else [])]
+            )
+            mark = _lap(summary, "reports", mark)
+            write_reports(conn, all_touched.sort(HOUR_KEY), hourly.sort(HOUR_KEY))
+            mark = _lap(summary, "postgres", mark)
+            mirrored = mirror.finish()
         days = sorted(set(all_touched.get_column("hour").dt.date().to_list()))
-        summary.clickhouse_rows = replace_event_days(client, store, days, staged_before | keys.replaced_days)
+        mixed = staged_before | keys.replaced_days
+        rest = [day for day in days if day not in mirrored or day in mixed]
+        summary.clickhouse_rows = mirror.rows + replace_event_days(client, store, rest, mixed, load_id)
         _lap(summary, "clickhouse", mark)
+        summary.timings_s["clickhouse_overlapped"] = round(mirror.seconds, 3)
         summary.hours = len(all_touched)
         summary.hours_from_stream = 0 if from_stream is None else len(from_stream)
         summary.days = len(days)
+        summary.days_mirrored = len(days) - len(rest)
     finally:
         conn.close()
     summary.seconds = time.perf_counter() - started
@@ -166,6 +181,7 @@ def _load_file(
     mode: LoadMode,
     window: timedelta,
     keys: StagedKeys,
+    mirror: EventMirror,
     summary: LoadSummary,
     progress: Progress | None,
     block_bytes: int,
@@ -188,12 +204,21 @@ def _load_file(
             events, late = aggregator.push(cleaned.events)
             summary.duplicates += aggregator.duplicates - before
             quarantined.append(
-                late.select(
-                    pl.lit(str(path)).alias("source"), "line_number", pl.lit(LATE_REASON).alias("reason"), "event_id"
+                detached(
+                    late.select(
+                        pl.lit(str(path)).alias("source"),
+                        "line_number",
+                        pl.lit(LATE_REASON).alias("reason"),
+                        "event_id",
+                    )
                 )
             )
         fresh, _seen, replaced = keys.split(events)
-        write_events(keys.store, fresh)
+        for part in write_events(keys.store, fresh):
+            if part.day in keys.days:  # staged before this file: replace_event_days redoes the day
+                mirror.skip(part.day)
+            else:
+                mirror.send(part)
         new_days |= set(fresh.get_column("fired_at").dt.date().unique().to_list())
         summary.valid += len(events)
         summary.staged += len(fresh)

@@ -4,7 +4,9 @@ days of cleaned events to ClickHouse, and reading the reports back."""
 from __future__ import annotations
 
 import logging
-import uuid
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from pipeline.config import Settings
 from pipeline.errors import AdpipeError
 from pipeline.referral.events import EVENT_SCHEMA, HORIZON
 from pipeline.referral.report import HOUR_KEY, HOURLY_SCHEMA
-from pipeline.referral.staging import day_parts, dedup_staged, read_days
+from pipeline.referral.staging import StagedPart, day_parts, dedup_staged, read_days
 from pipeline.sqlfiles import statements
 from pipeline.storage import Store
 
@@ -68,7 +70,7 @@ def read_reports(
     return pl.DataFrame(rows, schema={**dict(HOURLY_SCHEMA), "ctr": pl.Float64}, orient="row")
 
 
-def replace_event_days(client: Client, store: Store, days: list[date], mixed_days: set[date]) -> int:
+def replace_event_days(client: Client, store: Store, days: list[date], mixed_days: set[date], load_id: str) -> int:
     """Make each day of `referral_events` equal to the staged day (one copy per event); returns rows sent.
 
     A day whose parts all come from this load holds each event once, so its Parquet parts are sent as they
@@ -76,19 +78,14 @@ def replace_event_days(client: Client, store: Store, days: list[date], mixed_day
     day in `mixed_days` (staged before, or with a copy replaced) is deduplicated first. Dropping the day's
     partition and inserting the staged day is idempotent, so a re-load, or a crash between the two
     statements, converges on the next load.
-
-    Each insert carries a deduplication token unique to this call: clickhouse-connect resends an insert
-    whose connection broke after the server ran it, and the table drops the second copy.
     """
-    load_id = uuid.uuid4().hex
     sent = 0
     for day in days:
-        client.command(f"ALTER TABLE {EVENTS_TABLE} DROP PARTITION %(day)s", parameters={"day": day.isoformat()})
+        _drop_day(client, day)
         if day not in mixed_days:
             for path in day_parts(store, day):
                 part = store.read_bytes(path)
-                token = {"insert_deduplication_token": f"{EVENTS_TABLE}:{load_id}:{path.name}"}
-                client.raw_insert(EVENTS_TABLE, insert_block=part, fmt="Parquet", settings=token)
+                _insert_part(client, part, f"{load_id}:{path.name}")
                 sent += pq.read_metadata(pa.BufferReader(part)).num_rows
             continue
         events = dedup_staged(read_days(store, [day])).select(EVENT_SCHEMA.names())
@@ -100,6 +97,76 @@ def replace_event_days(client: Client, store: Store, days: list[date], mixed_day
             )
             sent += len(events)
     return sent
+
+
+class EventMirror:
+    """Copies the parts a load stages into `referral_events` while the load goes on (one background thread),
+    so ClickHouse ingests them while the next chunks are read and cleaned instead of after the last one.
+
+    Only days that nothing had staged before the file are mirrored: the first part of such a day drops its
+    partition and each part adds to it, so at the end the day holds exactly its staged parts, as
+    `replace_event_days` would have made it. A day that gets a part the mirror does not send (a later file of
+    the load staging into a day an earlier one did) is left unfinished, for `replace_event_days`. At most
+    MIRROR_BACKLOG parts wait, so memory stays bounded when ClickHouse is the slower side.
+    """
+
+    def __init__(self, client: Client, load_id: str) -> None:
+        self.client = client
+        self.load_id = load_id
+        self.rows = 0
+        self.seconds = 0.0
+        """Time spent inserting, overlapped with the load's other work."""
+        self.unfinished: set[date] = set()
+        self._dropped: set[date] = set()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adpipe-mirror")
+        self._pending: deque[Future[None]] = deque()
+
+    def __enter__(self) -> EventMirror:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        # On failure: do not start what still waits, let the running insert end (the day is redone next load).
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def send(self, part: StagedPart) -> None:
+        while len(self._pending) >= MIRROR_BACKLOG:
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(self._insert, part))
+
+    def skip(self, day: date) -> None:
+        """`day` got a part this mirror did not send: `replace_event_days` must redo it."""
+        self.unfinished.add(day)
+
+    def finish(self) -> set[date]:
+        """Wait for every insert; returns the days that `referral_events` now holds exactly as staged."""
+        while self._pending:
+            self._pending.popleft().result()
+        return self._dropped - self.unfinished
+
+    def _insert(self, part: StagedPart) -> None:
+        began = time.perf_counter()
+        if part.day not in self._dropped:
+            _drop_day(self.client, part.day)
+            self._dropped.add(part.day)
+        _insert_part(self.client, part.data, f"{self.load_id}:mirror:{part.path.name}")
+        self.rows += part.rows
+        self.seconds += time.perf_counter() - began
+
+
+MIRROR_BACKLOG = 2
+
+
+def _drop_day(client: Client, day: date) -> None:
+    client.command(f"ALTER TABLE {EVENTS_TABLE} DROP PARTITION %(day)s", parameters={"day": day.isoformat()})
+
+
+def _insert_part(client: Client, parquet: bytes, token: str) -> None:
+    """Insert a staged part's Parquet bytes. The token is unique to the load (and to the phase of it that sends
+    the part): clickhouse-connect resends an insert whose connection broke after the server ran it, and the
+    table drops that second copy, while a later load's insert of the same part (after its DROP PARTITION)
+    lands."""
+    settings = {"insert_deduplication_token": f"{EVENTS_TABLE}:{token}"}
+    client.raw_insert(EVENTS_TABLE, insert_block=parquet, fmt="Parquet", settings=settings)
 
 
 def warehouse_hourly_reports(client: Client, window: timedelta) -> pl.DataFrame:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import PurePath
 
@@ -87,22 +88,28 @@ def days_between(first: datetime, last: datetime) -> list[date]:
     return [first.date() + timedelta(days=i) for i in range((last.date() - first.date()).days + 1)]
 
 
-def write_events(store: Store, events: pl.DataFrame) -> int:
-    """Stage `events` (EVENT_SCHEMA), one part per UTC day; returns the number of parts written."""
-    written = 0
+@dataclass(frozen=True)
+class StagedPart:
+    """A part just written: its day, where it is, its bytes and how many events it holds."""
+
+    day: date
+    path: PurePath
+    data: bytes
+    rows: int
+
+
+def write_events(store: Store, events: pl.DataFrame) -> list[StagedPart]:
+    """Stage `events` (EVENT_SCHEMA), one part per UTC day; returns the parts written (not those already there)."""
+    written = []
     events = events.select(EVENT_SCHEMA.names()).sort("fired_at", maintain_order=True)
-    for (day,), part in events.group_by(pl.col("fired_at").dt.date(), maintain_order=True):
-        written += _write_part(store, day_directory(store, day), part)
+    for (day,), frame in events.group_by(pl.col("fired_at").dt.date(), maintain_order=True):
+        data = _parquet_bytes(frame)
+        target = day_directory(store, day) / f"part-{hashlib.sha256(data).hexdigest()[:24]}.parquet"
+        if store.is_file(target):  # the same events were staged before
+            continue
+        store.write_bytes(target, data)
+        written.append(StagedPart(day, target, data, len(frame)))
     return written
-
-
-def _write_part(store: Store, directory: PurePath, frame: pl.DataFrame) -> int:
-    data = _parquet_bytes(frame)
-    target = directory / f"part-{hashlib.sha256(data).hexdigest()[:24]}.parquet"
-    if store.is_file(target):  # the same events were staged before
-        return 0
-    store.write_bytes(target, data)
-    return 1
 
 
 def _parquet_bytes(frame: pl.DataFrame) -> bytes:
@@ -130,8 +137,8 @@ class StagedKeys:
             return events, empty, empty.select(EVENT_SCHEMA.names())
         first, last = events.get_column("fired_at").min(), events.get_column("fired_at").max()
         days = [d for d in days_between(first - HORIZON, last + HORIZON) if d in self.days]
-        staged = self._keys(days)
-        if staged.is_empty():
+        staged = self._keys(days) if days else None
+        if staged is None or staged.is_empty():
             empty = events.clear()
             return events, empty, empty.select(EVENT_SCHEMA.names())
         pair = events.with_row_index("_row").join(staged, on=KEY, how="left", suffix="_staged")
