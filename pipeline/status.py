@@ -79,7 +79,8 @@ def warehouse_status(settings: Settings, client: Client) -> WarehouseStatus:
     finished = None
     if state.last_run_id:
         rows = client.query(
-            "SELECT max(finished_at) FROM sync_runs FINAL WHERE run_id = {run:String} AND status = 'success'",
+            "SELECT max(finished_at) FROM sync_runs FINAL"
+            " WHERE run_id = {run:String} AND status IN ('success', 'recovered')",
             parameters={"run": state.last_run_id},
         ).result_rows
         if rows and rows[0][0]:

@@ -93,6 +93,7 @@ def sync(settings: Settings, options: SyncOptions) -> SyncResult:
         client = clickhouse.connect(settings)
         apply_schema(client)
         recovered = recover_pending_runs(client, settings)
+        close_interrupted_runs(client, set(recovered))
         state = load_state(settings.home)
         mode = options.mode
         if mode is Mode.INCREMENTAL and state.last_run_id is None:
@@ -112,7 +113,42 @@ def recover_pending_runs(client: Client, settings: Settings) -> list[str]:
         log.warning("loading run %s, staged but not committed by an earlier sync", run.run_id)
         load_run(client, run)
         commit(settings, run)
+        _record_recovered(client, run)
     return [run.run_id for run in pending]
+
+
+INTERRUPTED = "the sync process ended before recording how the run ended (killed, or the machine stopped)"
+
+
+def close_interrupted_runs(client: Client, recovered: set[str]) -> None:
+    """Mark the runs whose sync_runs rows still say `running` as `interrupted`.
+
+    Called under the sync lock, after recovery: no other sync of this ADPIPE_HOME runs, so such a run was
+    killed before it could record its end, and nothing of it was committed (what it had published was just
+    recovered and recorded as such). One ADPIPE_HOME per warehouse is assumed, as for the incremental state.
+    """
+    rows = client.query(
+        "SELECT run_id, any(mode), min(started_at) FROM sync_runs FINAL WHERE status = 'running' GROUP BY run_id"
+    ).result_rows
+    for run_id, mode, started in rows:
+        if run_id not in recovered:
+            log.warning("run %s was interrupted: recording it as such in sync_runs", run_id)
+            _record(client, SyncResult(run_id, mode), started.replace(tzinfo=UTC), "interrupted", error=INTERRUPTED)
+
+
+def _record_recovered(client: Client, run: Run) -> None:
+    """Record a run that this sync loaded and committed for the sync that staged it: status `recovered`."""
+    summary = run.manifest.get("summary")
+    if summary is None:  # staged by a version whose manifests lacked the summary: what was loaded, at least
+        tables = {
+            name: TableSummary(loaded=t["rows"], min_id=t["min_id"], max_id=t["max_id"])
+            for name, t in run.manifest["tables"].items()
+            if name in (*DIMENSIONS, *FACTS)
+        }
+    else:
+        tables = {name: TableSummary(**counts) for name, counts in summary.items()}
+    started = datetime.fromisoformat(run.manifest["source"]["taken_at"]).replace(tzinfo=UTC)
+    _record(client, SyncResult(run.run_id, run.mode, tables), started, "recovered")
 
 
 def replay(settings: Settings, progress: Progress | None = None) -> list[str]:
@@ -245,6 +281,7 @@ def _stage_and_load(
                 },
                 "engine": options.engine.value,
                 "chunk_rows": options.chunk_rows,
+                "summary": {name: t.__dict__ for name, t in result.tables.items()},
                 "versions": _versions(),
                 "state_after": state_after.to_json(),
             }
@@ -487,7 +524,7 @@ def _record(client: Client, result: SyncResult, started: datetime, status: str, 
             "min_id": t.min_id,
             "max_id": t.max_id,
             "started_at": started,
-            "finished_at": None if status == "running" else now,
+            "finished_at": None if status in ("running", "interrupted") else now,
             "status": status,
             "error": error,
             "updated_at": now,

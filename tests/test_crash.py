@@ -34,6 +34,7 @@ print(json.dumps({
     "clicks": dict(q("SELECT campaign_id, count() FROM clicks GROUP BY campaign_id")),
     "daily_impressions": dict(q("SELECT campaign_id, sum(impressions) FROM campaign_daily GROUP BY campaign_id")),
     "daily_clicks": dict(q("SELECT campaign_id, sum(clicks) FROM campaign_daily GROUP BY campaign_id")),
+    "runs": dict(q("SELECT status, uniqExact(run_id) FROM sync_runs FINAL GROUP BY status")),
 }))
 """
 
@@ -84,3 +85,6 @@ def test_sigkill_at_any_point_then_sync_converges(settings: Settings, pg: psycop
     assert warehouse["daily_impressions"] == impressions
     assert warehouse["clicks"] == clicks
     assert warehouse["daily_clicks"] == {campaign: clicks.get(campaign, 0) for campaign in impressions}
+    # Every run that got as far as recording itself says how it ended (some finish before their kill comes).
+    runs = warehouse["runs"]
+    assert set(runs) <= {"success", "recovered", "interrupted"} and 2 <= runs["success"] <= sum(runs.values()) <= 8

@@ -249,11 +249,43 @@ def test_crash_between_load_and_state_write_converges_without_doubling(
     with pytest.raises(Crash):
         incremental(settings)
     assert ch(settings, "SELECT count() FROM impressions") == [(250,)]  # loaded, but not committed
+    (crashed,) = ch(settings, "SELECT DISTINCT run_id FROM sync_runs FINAL WHERE status = 'failed'")[0]
     monkeypatch.setattr(sync_module, "commit", real_commit)
     incremental(settings)  # loads the pending run again (deduplicated), commits, then syncs
     assert ch(settings, "SELECT count() FROM impressions") == [(250,)]
     assert ch(settings, "SELECT sum(impressions), sum(clicks) FROM campaign_daily") == [(250, 2 * 10 + 10)]
     assert ch(settings, "SELECT count() FROM clicks") == [(30,)]
+    # The run that failed after loading is committed now, and sync_runs says so, with what it loaded.
+    recorded = f"SELECT table_name, status, rows_loaded FROM sync_runs FINAL WHERE run_id = '{crashed}' ORDER BY 1"
+    assert ch(settings, recorded) == [
+        ("advertiser", "recovered", 1),
+        ("campaign", "recovered", 1),
+        ("clicks", "recovered", 10),
+        ("impressions", "recovered", 50),
+    ]
+
+
+def test_a_run_killed_before_recording_its_end_is_marked_interrupted(
+    settings: Settings, pg: psycopg.Connection
+) -> None:
+    from datetime import UTC, datetime
+
+    from pipeline.sync import INTERRUPTED, SyncResult, _record
+    from pipeline.warehouse import apply_schema
+
+    Generator(pg, seed=5).batch(advertisers=1, campaigns=1, impressions=10, ctr=0.1)
+    # What a SIGKILLed sync leaves: its rows say `running`, nothing was published.
+    client = clickhouse.connect(settings)
+    apply_schema(client)
+    killed = SyncResult("20260101T000000000000Z-full", "full")
+    _record(client, killed, datetime(2026, 1, 1, tzinfo=UTC), "running")
+    full(settings)
+    ended = f"SELECT DISTINCT status, finished_at IS NULL, error FROM sync_runs FINAL WHERE run_id = '{killed.run_id}'"
+    assert ch(settings, ended) == [("interrupted", True, INTERRUPTED)]
+    assert ch(settings, "SELECT DISTINCT status FROM sync_runs FINAL ORDER BY status") == [
+        ("interrupted",),
+        ("success",),
+    ]
 
 
 def test_campaign_renamed_without_updated_at_and_advertiser_deleted(settings: Settings, pg: psycopg.Connection) -> None:

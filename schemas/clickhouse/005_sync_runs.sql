@@ -1,7 +1,8 @@
 -- One row per sync run and table: what was read, loaded and quarantined, and how it ended.
 --
 -- A run writes its row as `running` when it starts and again when it ends; the newest
--- `updated_at` wins (ReplacingMergeTree), so a run killed mid-way stays visible as `running`.
+-- `updated_at` wins (ReplacingMergeTree). A run killed mid-way stays `running` until the next
+-- sync settles it as `recovered` (it loads what the run had published) or `interrupted`.
 -- This table is history: a full sync never replaces it.
 
 CREATE TABLE IF NOT EXISTS sync_runs
