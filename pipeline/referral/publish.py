@@ -99,6 +99,10 @@ def replace_event_days(client: Client, store: Store, days: list[date], mixed_day
     return sent
 
 
+MIRROR_BACKLOG = 2
+"""Parts staged but not yet inserted by EventMirror, at most (each a few MB)."""
+
+
 class EventMirror:
     """Copies the parts a load stages into `referral_events` while the load goes on (one background thread),
     so ClickHouse ingests them while the next chunks are read and cleaned instead of after the last one.
@@ -151,9 +155,6 @@ class EventMirror:
         _insert_part(self.client, part.data, f"{self.load_id}:mirror:{part.path.name}")
         self.rows += part.rows
         self.seconds += time.perf_counter() - began
-
-
-MIRROR_BACKLOG = 2
 
 
 def _drop_day(client: Client, day: date) -> None:
