@@ -7,6 +7,8 @@ The file is generated once into --cache (reruns reuse it). Then, in one run:
            end to end (clean, stage Parquet, reports into Postgres, events into ClickHouse), and its peak RSS
   duckdb   read_json + the same hourly aggregates (page loads, clicks, unique users, related clicks) in SQL,
            then checked row for row against what adpipe wrote to Postgres
+  adpipe aggregates  stream mode's reading, cleaning and aggregation alone, in-process (no staging, Postgres or
+           ClickHouse), checked row for row against DuckDB's
   pandas   the usual approach: read_json(lines=True) + groupby (+ merge_asof for related clicks). It cannot
            read a file with malformed lines, so it gets the well-formed lines (filtered beforehand, untimed);
            with --pandas-lines it runs on the first N of them and its rate is quoted.
@@ -115,6 +117,9 @@ def main() -> None:
     print(f"duckdb aggregates  : {duck_seconds:7.2f} s {lines / duck_seconds:12,.0f} events/s")
     ours = _postgres_reports()
     print(f"   duckdb rows == adpipe's Postgres rows: {duck == ours} ({len(duck):,} vs {len(ours):,} rows)")
+    aggregates_seconds, aggregated = _aggregates_only(path)
+    print(f"adpipe aggregates  : {aggregates_seconds:7.2f} s {lines / aggregates_seconds:12,.0f} events/s")
+    print(f"   == duckdb rows: {aggregated == duck}")
 
     pandas_lines, pandas_seconds = _pandas(path, args.cache, args.pandas_lines)
     print(
@@ -125,6 +130,7 @@ def main() -> None:
     rate = {
         "adpipe": lines / adpipe_seconds,
         "core": lines / core,
+        "aggregates": lines / aggregates_seconds,
         "duckdb": lines / duck_seconds,
         "pandas": pandas_lines / pandas_seconds,
     }
@@ -133,7 +139,8 @@ def main() -> None:
     print("|---|---|---|---|")
     for name, label in (
         ("adpipe", "adpipe events load --mode stream (end to end, process wall)"),
-        ("core", "  of which read+clean+stage+reports (in-process)"),
+        ("core", "  of which read+clean+stage+reports, ClickHouse mirrored alongside (in-process)"),
+        ("aggregates", "adpipe's stream aggregation alone: read+clean+aggregate, no staging/Postgres/ClickHouse"),
         ("duckdb", "DuckDB read_json + SQL aggregates"),
         ("pandas", "pandas read_json(lines=True) + groupby"),
     ):
@@ -177,6 +184,25 @@ def _postgres_reports() -> list[tuple]:
 
     with connect(load_settings()) as conn:
         return [row[:6] for row in read_reports(conn, None, None, None).rows()]
+
+
+def _aggregates_only(path: Path) -> tuple[float, list[tuple]]:
+    """The stream mode's computation alone, in this process: the same reader, cleaning and StreamAggregator as
+    `events load --mode stream` (read and cleaned a chunk ahead in a thread), without staging, Postgres or
+    ClickHouse: what compares with DuckDB's query."""
+    from datetime import timedelta
+
+    from pipeline.prefetch import prefetch
+    from pipeline.referral.clean import clean_chunk
+    from pipeline.referral.lines import iter_line_chunks
+    from pipeline.referral.stream import StreamAggregator
+
+    started = time.perf_counter()
+    aggregator = StreamAggregator(timedelta(seconds=WINDOW))
+    for cleaned in prefetch(clean_chunk(chunk, str(path)) for chunk in iter_line_chunks(path)):
+        aggregator.push(cleaned.events)
+    reports = aggregator.finish()
+    return time.perf_counter() - started, reports.rows()
 
 
 def _pandas(path: Path, cache: Path, limit: int | None) -> tuple[int, float]:

@@ -157,6 +157,29 @@ def test_two_files_in_one_load(settings: Settings, tmp_path: Path) -> None:
     assert warehouse_hourly_reports(client, timedelta(seconds=300)).rows() == [row[:6] for row in EXPECTED]
 
 
+def test_daily_files_loaded_one_after_the_other_in_stream_mode(settings: Settings, tmp_path: Path) -> None:
+    # A page load and a related click every 20 minutes over two days, one file per day, read a few lines at a time:
+    # most chunks of the second file are more than an hour past anything staged (this used to crash the load).
+    def day_file(day: int) -> Path:
+        lines = []
+        for slot in range(72):
+            at = datetime(2022, 1, day) + timedelta(minutes=20 * slot)
+            lines += [
+                event(f"d{day}s{slot}", 1, slot, at.strftime("%m/%d/%Y, %H:%M:%S"), PL),
+                event(f"d{day}s{slot}", 1, slot, (at + timedelta(minutes=1)).strftime("%m/%d/%Y, %H:%M:%S"), CL),
+            ]
+        return write(tmp_path / f"day{day}.jsonl", lines)
+
+    for day in (5, 6):
+        summary = load_files(settings, [day_file(day)], LoadMode.STREAM, block_bytes=1000)
+        assert (summary.valid, summary.staged) == (144, 144)
+    rows = reports(settings)
+    # 48 hours, each with 3 page loads and 3 related clicks by 3 users.
+    assert len(rows) == 48
+    assert {row[2:] for row in rows} == {(3, 3, 3, 3, 1.0)}
+    assert clickhouse.connect(settings).command("SELECT count() FROM referral_events") == 288
+
+
 def test_new_days_are_mirrored_to_clickhouse_as_they_are_staged(settings: Settings, tmp_path: Path) -> None:
     # Four page loads on each of three days; chunks of about two lines, so each day is staged in several parts.
     lines = [
