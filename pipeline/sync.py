@@ -62,6 +62,7 @@ class SyncResult:
     mode: str
     tables: dict[str, TableSummary] = field(default_factory=dict)
     recovered: list[str] = field(default_factory=list)
+    interrupted: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -69,6 +70,7 @@ class SyncResult:
             "run_id": self.run_id,
             "mode": self.mode,
             "recovered_runs": self.recovered,
+            "interrupted_runs": self.interrupted,
             "tables": {name: t.__dict__ for name, t in self.tables.items()},
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
         }
@@ -93,14 +95,14 @@ def sync(settings: Settings, options: SyncOptions) -> SyncResult:
         client = clickhouse.connect(settings)
         apply_schema(client)
         recovered = recover_pending_runs(client, settings)
-        close_interrupted_runs(client, set(recovered))
+        interrupted = close_interrupted_runs(client, set(recovered))
         state = load_state(settings.home)
         mode = options.mode
         if mode is Mode.INCREMENTAL and state.last_run_id is None:
             log.warning("no previous sync: running a full sync")
             mode = Mode.FULL
         result = _run(client, settings, options, mode, state)
-        result.recovered = recovered
+        result.recovered, result.interrupted = recovered, interrupted
         return result
 
 
@@ -120,8 +122,8 @@ def recover_pending_runs(client: Client, settings: Settings) -> list[str]:
 INTERRUPTED = "the sync process ended before recording how the run ended (killed, or the machine stopped)"
 
 
-def close_interrupted_runs(client: Client, recovered: set[str]) -> None:
-    """Mark the runs whose sync_runs rows still say `running` as `interrupted`.
+def close_interrupted_runs(client: Client, recovered: set[str]) -> list[str]:
+    """Mark the runs whose sync_runs rows still say `running` as `interrupted`; returns their ids.
 
     Called under the sync lock, after recovery: no other sync of this ADPIPE_HOME runs, so such a run was
     killed before it could record its end, and nothing of it was committed (what it had published was just
@@ -130,10 +132,11 @@ def close_interrupted_runs(client: Client, recovered: set[str]) -> None:
     rows = client.query(
         "SELECT run_id, any(mode), min(started_at) FROM sync_runs FINAL WHERE status = 'running' GROUP BY run_id"
     ).result_rows
+    interrupted = sorted(run_id for run_id, _, _ in rows if run_id not in recovered)
     for run_id, mode, started in rows:
-        if run_id not in recovered:
-            log.warning("run %s was interrupted: recording it as such in sync_runs", run_id)
+        if run_id in interrupted:
             _record(client, SyncResult(run_id, mode), started.replace(tzinfo=UTC), "interrupted", error=INTERRUPTED)
+    return interrupted
 
 
 def _record_recovered(client: Client, run: Run) -> None:

@@ -279,7 +279,7 @@ def test_a_run_killed_before_recording_its_end_is_marked_interrupted(
     apply_schema(client)
     killed = SyncResult("20260101T000000000000Z-full", "full")
     _record(client, killed, datetime(2026, 1, 1, tzinfo=UTC), "running")
-    full(settings)
+    assert sync(settings, SyncOptions(mode=Mode.FULL)).interrupted == [killed.run_id]
     ended = f"SELECT DISTINCT status, finished_at IS NULL, error FROM sync_runs FINAL WHERE run_id = '{killed.run_id}'"
     assert ch(settings, ended) == [("interrupted", True, INTERRUPTED)]
     assert ch(settings, "SELECT DISTINCT status FROM sync_runs FINAL ORDER BY status") == [

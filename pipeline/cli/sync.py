@@ -115,6 +115,8 @@ def _verify(settings: Settings) -> None:
 def print_sync_result(result: SyncResult, pruned: list[str]) -> None:
     for run_id in result.recovered:
         console.print(f"[yellow]Loaded run {run_id}, which an interrupted sync had staged.[/]")
+    for run_id in result.interrupted:
+        console.print(f"[yellow]Run {run_id} was killed before it recorded its end: marked interrupted.[/]")
     table = Table(title=f"{result.mode} sync {result.run_id}")
     for column in ("Table", "Extracted", "Loaded", "Quarantined", "Ids"):
         table.add_column(column, justify="left" if column == "Table" else "right", no_wrap=True)
