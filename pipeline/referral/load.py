@@ -219,7 +219,7 @@ def _load_file(
                 mirror.skip(part.day)
             else:
                 mirror.send(part)
-        new_days |= set(fresh.get_column("fired_at").dt.date().unique().to_list())
+            new_days.add(part.day)
         summary.valid += len(events)
         summary.staged += len(fresh)
         touched += [_touched_keys(events), _touched_keys(replaced)]
