@@ -265,6 +265,41 @@ def test_crash_between_load_and_state_write_converges_without_doubling(
     ]
 
 
+def test_a_run_staged_before_manifests_had_a_summary_is_recorded_with_what_it_loaded(
+    settings: Settings, pg: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipeline.sync as sync_module
+    from pipeline.stage import MANIFEST
+
+    generator = Generator(pg, seed=4)
+    generator.batch(advertisers=1, campaigns=1, impressions=100, ctr=0.1)
+    full(settings)
+    generator.batch(advertisers=1, campaigns=1, impressions=40, ctr=0.25)
+    real_commit = sync_module.commit
+
+    def crash(*_args: object) -> None:
+        raise Crash
+
+    monkeypatch.setattr(sync_module, "commit", crash)
+    with pytest.raises(Crash):
+        incremental(settings)
+    monkeypatch.setattr(sync_module, "commit", real_commit)
+    pending = list_runs(settings.staging_dir)[-1]
+    manifest = json.loads((pending.directory / MANIFEST).read_text())
+    del manifest["summary"]  # as an older adpipe wrote it
+    (pending.directory / MANIFEST).write_text(json.dumps(manifest))
+    incremental(settings)
+    recorded = (
+        f"SELECT table_name, status, rows_loaded FROM sync_runs FINAL WHERE run_id = '{pending.run_id}' ORDER BY 1"
+    )
+    assert ch(settings, recorded) == [
+        ("advertiser", "recovered", 1),
+        ("campaign", "recovered", 1),
+        ("clicks", "recovered", 10),
+        ("impressions", "recovered", 40),
+    ]
+
+
 def test_a_run_killed_before_recording_its_end_is_marked_interrupted(
     settings: Settings, pg: psycopg.Connection
 ) -> None:
