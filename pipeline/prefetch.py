@@ -1,14 +1,17 @@
-"""Overlapping a producer with its consumer: the next chunk is made in a thread while the current one is used.
+"""Overlapping a stage of work with the thread that feeds it: `prefetch` makes the next chunk in a thread while
+the current one is used, `Worker` finishes calls in a thread while the caller goes on to the next chunk.
 
-Polars, Arrow, the Postgres drivers and chDB release the GIL in their heavy parts, so on two cores the producer
-and the consumer really do run at the same time.
+Polars, Arrow, the Postgres drivers and chDB release the GIL in their heavy parts, so on two cores the threads
+really do run at the same time.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from queue import Empty, Queue
 
 
@@ -46,3 +49,33 @@ def prefetch[T](chunks: Iterator[T], name: str = "adpipe-prefetch") -> Iterator[
             with contextlib.suppress(Empty):
                 queue.get(timeout=0.1)
         worker.join()
+
+
+class Worker:
+    """Runs the calls handed to it one at a time, in order, in a background thread.
+
+    At most `backlog` calls are unfinished (the one running included): `submit` waits for room, so memory stays
+    bounded when the worker is the slower side. A call's error is raised in the caller, by the next `submit` or
+    by `wait`. Leaving the `with` block drops the calls not started and waits for the running one.
+    """
+
+    def __init__(self, name: str, backlog: int = 2) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._backlog = backlog
+        self._pending: deque[Future[None]] = deque()
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def submit[**P](self, call: Callable[P, None], *args: P.args, **kwargs: P.kwargs) -> None:
+        while len(self._pending) >= self._backlog:
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(call, *args, **kwargs))
+
+    def wait(self) -> None:
+        """Wait for every call handed so far."""
+        while self._pending:
+            self._pending.popleft().result()

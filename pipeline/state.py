@@ -7,6 +7,7 @@ below the high-water mark.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -124,7 +125,12 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def _current_umask() -> int:
-    """The process umask (reading it means setting it: set it straight back)."""
-    mask = os.umask(0o077)
+    """The process umask, as Linux shows it in /proc: other threads write files too (staging parts, chDB), and
+    reading it the portable way means setting it for an instant, which would give their files mode 0600."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o077)  # elsewhere: set it and set it straight back
     os.umask(mask)
     return mask

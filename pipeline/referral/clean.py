@@ -117,12 +117,12 @@ def _decode(chunk: LineChunk) -> tuple[pl.DataFrame, np.ndarray, pl.Series]:
     first, last = chunk.first_and_last_bytes()
     candidate = (first == ord("{")) & (last == ord("}"))
     if candidate.all():
-        rows, data = np.arange(len(chunk)), chunk.data
+        rows, data = np.arange(len(chunk)), bytes(chunk.data)  # the decoder takes bytes, not a view: a copy then
     else:
         # Rarer shapes (surrounding whitespace, \r\n) or no object at all: judged one by one, they are few.
         offsets = chunk.offsets
         for row in np.flatnonzero(~candidate).tolist():
-            text = chunk.data[offsets[row] : offsets[row + 1]].strip()
+            text = bytes(chunk.data[offsets[row] : offsets[row + 1]]).strip()
             candidate[row] = text.startswith(b"{") and text.endswith(b"}")
         rows = np.flatnonzero(candidate)
         edges = np.flatnonzero(np.diff(np.concatenate(([0], candidate.astype(np.int8), [0]))))

@@ -3,7 +3,9 @@ cleaned events in ClickHouse.
 
 1. Check every input first (files readable, --window, the staging store, Postgres and ClickHouse
    reachable): bad input fails before anything is written.
-2. Per file: clean each chunk (batch: the whole file is one chunk), drop repeats, stage what is new.
+2. Per file: clean each chunk (batch: the whole file is one chunk), drop repeats, stage what is new. Three
+   threads overlap: the next chunk is read and cleaned, this one is deduplicated and aggregated, the previous
+   one's new events are written as Parquet parts (and mirrored, step 5).
 3. The *touched* hours are the (customer, hour) of every valid event read (also those already staged, so
    a re-load after a crash repairs its hours), the next hour after each page load (a click there may
    relate to it) and the hours of staged copies a new earlier copy replaced.
@@ -35,7 +37,7 @@ from pipeline.config import Settings
 from pipeline.errors import AdpipeError
 from pipeline.locks import exclusive_lock
 from pipeline.options import LoadMode
-from pipeline.prefetch import prefetch
+from pipeline.prefetch import Worker, prefetch
 from pipeline.referral.clean import QUARANTINE_SCHEMA, Cleaned, clean_chunk, dedup_earliest, detached
 from pipeline.referral.events import DEFAULT_WINDOW_SECONDS, HORIZON, MAX_WINDOW_SECONDS, PAGE_LOAD
 from pipeline.referral.lines import DEFAULT_BLOCK_BYTES, check_readable, iter_line_chunks
@@ -130,11 +132,12 @@ def _load(
         streamed: list[pl.DataFrame] = []
         recompute: list[pl.DataFrame] = []
         load_id = uuid.uuid4().hex
-        with EventMirror(client, load_id) as mirror:
+        # The stager hands parts to the mirror, so it is left (stopped) first.
+        with EventMirror(client, load_id) as mirror, Worker("adpipe-stage") as stager:
             for path in files:
                 before = set(keys.days)
                 file_touched, file_streamed = _load_file(
-                    path, mode, window, keys, mirror, summary, progress, block_bytes
+                    path, mode, window, keys, _Staging(stager, mirror), summary, progress, block_bytes
                 )
                 touched.append(file_touched)
                 if file_streamed is None:
@@ -181,7 +184,7 @@ def _load_file(
     mode: LoadMode,
     window: timedelta,
     keys: StagedKeys,
-    mirror: EventMirror,
+    staging: _Staging,
     summary: LoadSummary,
     progress: Progress | None,
     block_bytes: int,
@@ -191,7 +194,6 @@ def _load_file(
     aggregator = StreamAggregator(window) if mode is LoadMode.STREAM else None
     quarantined: list[pl.DataFrame] = []
     touched: list[pl.DataFrame] = []
-    new_days: set[date] = set()
     # The next chunk is read and cleaned in a thread while this one is deduplicated, aggregated and staged.
     for lines, bytes_read, cleaned in prefetch(_cleaned_chunks(path, block_bytes if aggregator else None)):
         summary.lines += lines
@@ -214,18 +216,13 @@ def _load_file(
                 )
             )
         fresh, _seen, replaced = keys.split(events)
-        for part in write_events(keys.store, fresh):
-            if part.day in keys.days:  # staged before this file: replace_event_days redoes the day
-                mirror.skip(part.day)
-            else:
-                mirror.send(part)
-            new_days.add(part.day)
+        staging.stage(keys.store, fresh, frozenset(keys.days))
         summary.valid += len(events)
         summary.staged += len(fresh)
         touched += [_touched_keys(events), _touched_keys(replaced)]
         if progress:
             progress(path.name, bytes_read, size)
-    keys.add_days(new_days)
+    keys.add_days(staging.finish_file())
     if quarantined:  # written even when empty: a re-load replaces the file's earlier quarantine
         quarantine = pl.concat(quarantined).cast(dict(QUARANTINE_SCHEMA))
         write_quarantine(keys.store, _source_key(path), quarantine)
@@ -236,6 +233,32 @@ def _load_file(
 
 
 _KEY_SCHEMA = {"customer_id": pl.Int64, "hour": pl.Datetime("us")}
+
+
+@dataclass
+class _Staging:
+    """Writes a file's new events as Parquet parts in the stager's thread and hands each part to the mirror."""
+
+    stager: Worker
+    mirror: EventMirror
+    days: set[date] = field(default_factory=set)
+    """Days the file has staged into so far."""
+
+    def stage(self, store: Store, events: pl.DataFrame, staged_before: frozenset[date]) -> None:
+        self.stager.submit(self._write, store, events, staged_before)
+
+    def finish_file(self) -> set[date]:
+        """Wait until every part of the file is written; the days it staged into (the next file checks them)."""
+        self.stager.wait()
+        return self.days
+
+    def _write(self, store: Store, events: pl.DataFrame, staged_before: frozenset[date]) -> None:
+        for part in write_events(store, events):
+            if part.day in staged_before:  # staged before this file: replace_event_days redoes the day
+                self.mirror.skip(part.day)
+            else:
+                self.mirror.send(part)
+            self.days.add(part.day)
 
 
 def _cleaned_chunks(path: Path, block_bytes: int | None) -> Iterator[tuple[int, int, Cleaned]]:

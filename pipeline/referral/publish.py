@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from clickhouse_connect.driver.client import Client
 from pipeline import postgres
 from pipeline.config import Settings
 from pipeline.errors import AdpipeError
+from pipeline.prefetch import Worker
 from pipeline.referral.events import EVENT_SCHEMA, HORIZON
 from pipeline.referral.report import HOUR_KEY, HOURLY_SCHEMA
 from pipeline.referral.staging import StagedPart, day_parts, dedup_staged, read_days
@@ -122,20 +121,17 @@ class EventMirror:
         """Time spent inserting, overlapped with the load's other work."""
         self.unfinished: set[date] = set()
         self._dropped: set[date] = set()
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adpipe-mirror")
-        self._pending: deque[Future[None]] = deque()
+        self._worker = Worker("adpipe-mirror", MIRROR_BACKLOG)
 
     def __enter__(self) -> EventMirror:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         # On failure: do not start what still waits, let the running insert end (the day is redone next load).
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._worker.__exit__(*exc_info)
 
     def send(self, part: StagedPart) -> None:
-        while len(self._pending) >= MIRROR_BACKLOG:
-            self._pending.popleft().result()
-        self._pending.append(self._pool.submit(self._insert, part))
+        self._worker.submit(self._insert, part)
 
     def skip(self, day: date) -> None:
         """`day` got a part this mirror did not send: `replace_event_days` must redo it."""
@@ -143,8 +139,7 @@ class EventMirror:
 
     def finish(self) -> set[date]:
         """Wait for every insert; returns the days that `referral_events` now holds exactly as staged."""
-        while self._pending:
-            self._pending.popleft().result()
+        self._worker.wait()
         return self._dropped - self.unfinished
 
     def _insert(self, part: StagedPart) -> None:
