@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from pipeline.referral.events import EVENT_SCHEMA, EVENT_TYPES, KEY, ORDER
+from pipeline.referral.events import EVENT_SCHEMA, EVENT_TYPES, ORDER, keep_first
 from pipeline.referral.lines import LineChunk
 
 QUARANTINE_SCHEMA = pl.Schema(
@@ -216,11 +216,5 @@ def _parse_iso(text: pl.Series) -> pl.Series:
 
 
 def dedup_earliest(events: pl.DataFrame) -> pl.DataFrame:
-    """One event per key: the earliest (see ORDER, then the first in the file), in time order.
-
-    Only the rows whose key repeats (about 1%) are sorted to pick one; hashing finds them in one pass."""
-    repeated = events.select(pl.struct(KEY).is_duplicated()).to_series()
-    if not repeated.any():
-        return events.sort("fired_at", maintain_order=True)
-    picked = events.filter(repeated).sort([*ORDER, "line_number"]).unique(KEY, keep="first", maintain_order=True)
-    return pl.concat([events.filter(~repeated), picked]).sort("fired_at", maintain_order=True)
+    """One event per key: the earliest (see ORDER, then the first in the file), in time order."""
+    return keep_first(events, [*ORDER, "line_number"])

@@ -38,3 +38,22 @@ LATE_TOLERANCE = timedelta(minutes=10)
 
 DEFAULT_WINDOW_SECONDS = 300
 MAX_WINDOW_SECONDS = int(HORIZON.total_seconds())
+
+
+def keep_first(frame: pl.DataFrame, order: list[str]) -> pl.DataFrame:
+    """One row per KEY, the first by `order`, in time order.
+
+    Only the rows whose key repeats (about 1% of a file) are sorted to pick one; hashing finds them in one pass
+    and every other row keeps its place, so a frame already in time order is not sorted again.
+    """
+    repeated = frame.select(pl.struct(KEY).is_duplicated()).to_series()
+    if repeated.any():
+        picked = (
+            frame.with_row_index("_row")
+            .filter(repeated)
+            .sort(order)
+            .unique(KEY, keep="first", maintain_order=True)
+            .get_column("_row")
+        )
+        frame = frame.filter((~repeated).scatter(picked, True))
+    return frame if frame.get_column("fired_at").is_sorted() else frame.sort("fired_at", maintain_order=True)

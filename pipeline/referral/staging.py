@@ -31,7 +31,7 @@ from pathlib import PurePath
 import polars as pl
 
 from pipeline.config import StagingDir
-from pipeline.referral.events import EVENT_SCHEMA, HORIZON, KEY, ORDER
+from pipeline.referral.events import EVENT_SCHEMA, HORIZON, KEY, ORDER, keep_first
 from pipeline.storage import Store, open_store
 
 EVENTS_DIR = "referral_events"
@@ -76,12 +76,8 @@ def _read_parquet(store: Store, paths: list[PurePath], schema: pl.Schema) -> pl.
 
 
 def dedup_staged(frame: pl.DataFrame) -> pl.DataFrame:
-    """One row per key, the first in ORDER, in time order. Only keys that repeat are sorted to pick one."""
-    repeated = frame.select(pl.struct(KEY).is_duplicated()).to_series()
-    if repeated.any():
-        picked = frame.filter(repeated).sort(ORDER).unique(KEY, keep="first", maintain_order=True)
-        frame = pl.concat([frame.filter(~repeated), picked])
-    return frame.sort("fired_at", maintain_order=True)
+    """One row per key, the first in ORDER, in time order."""
+    return keep_first(frame, ORDER)
 
 
 def days_between(first: datetime, last: datetime) -> list[date]:

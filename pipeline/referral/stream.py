@@ -91,7 +91,9 @@ class StreamAggregator:
         )
         self.counts = _add(self.counts, added)
         clicks = kept.filter(is_click)
-        self.click_users = pl.concat([self.click_users, clicks.select("customer_id", hour_of(), "user_id")]).unique()
+        # Repeats stay until the hour closes (n_unique then): open hours hold few clicks, deduplicating every chunk
+        # cost more.
+        self.click_users = pl.concat([self.click_users, clicks.select("customer_id", hour_of(), "user_id")])
         self.loads = pl.concat([self.loads, kept.filter(is_load).select(_PER_USER)])
         self.pending = pl.concat([self.pending, clicks.select(_PER_USER)])
 
