@@ -47,3 +47,17 @@ def test_bad_shapes_and_chunk_boundaries(tmp_path: Path, block_bytes: int | None
         (8, "missing user_id"),
         (10, "bad JSON"),
     ]
+
+
+@pytest.mark.parametrize("block_bytes", [1, 2, 5, 13, 26, 27, 28, 40, 79, 80, 81, 1000])
+def test_chunks_hold_every_line_once_with_its_number(tmp_path: Path, block_bytes: int) -> None:
+    """Blocks cut anywhere: inside a line, right after a newline, in a line longer than the block, at the end."""
+    path = tmp_path / "e.jsonl"
+    # 26, 1 and 53 bytes with their newlines; the last line has none.
+    path.write_bytes(b"abcdefghijklmnopqrstuvwxy\n\n" + b"z" * 52 + b"\nend")
+    numbered = []
+    for chunk in iter_line_chunks(path, block_bytes):
+        lines = chunk.lines.to_list()
+        numbered += list(enumerate(lines, start=chunk.first_line))
+    assert numbered == [(1, "abcdefghijklmnopqrstuvwxy\n"), (2, "\n"), (3, "z" * 52 + "\n"), (4, "end\n")]
+    assert chunk.bytes_read == 83

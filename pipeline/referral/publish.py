@@ -36,8 +36,8 @@ def write_reports(conn: psycopg.Connection, keys: pl.DataFrame, hourly: pl.DataF
     Delete and insert in one transaction: readers see the old hours or the new ones, never a mix, and a
     key that no longer has events loses its rows.
     """
-    hourly = hourly.join(keys, on=HOUR_KEY, how="semi").select(HOURLY_SCHEMA.names())
-    copies = iter([keys.select(HOUR_KEY), hourly])
+    hourly = hourly.join(keys, on=HOUR_KEY, how="semi")
+    copies = iter([keys.select(HOUR_KEY), *report_tables(hourly)])
     with conn.transaction(), conn.cursor() as cursor:
         for statement in statements(SQL_DIR / "postgres_replace_hours.sql"):
             if statement.startswith("COPY"):
@@ -46,6 +46,20 @@ def write_reports(conn: psycopg.Connection, keys: pl.DataFrame, hourly: pl.DataF
             else:
                 cursor.execute(statement)
     log.info("replaced %d report hours (%d with events)", len(keys), len(hourly))
+
+
+def report_tables(hourly: pl.DataFrame) -> list[pl.DataFrame]:
+    """The rows of referral.page_loads, clicks, unique_user_clicks and click_through_rate, from HOURLY_SCHEMA rows.
+
+    A count table has a row where its count is not 0; click_through_rate has one per hour with a page load or a
+    click, its ctr NULL without page loads (the same IEEE division Postgres would do)."""
+    counts = [
+        hourly.filter(pl.col(column) > 0).select(*HOUR_KEY, column)
+        for column in ("page_loads", "clicks", "unique_user_clicks")
+    ]
+    page_loads = pl.when(pl.col("page_loads") > 0).then(pl.col("page_loads"))
+    ctr = hourly.select(*HOUR_KEY, "page_loads", "related_clicks", ctr=pl.col("related_clicks") / page_loads)
+    return [*counts, ctr]
 
 
 def query_reports(
