@@ -70,11 +70,10 @@ def test_leaving_the_block_drops_the_calls_not_started() -> None:
         release.wait()
         done.append(n)
 
-    with pytest.raises(RuntimeError, match="stage failed"):
-        with Worker("test-worker", backlog=3) as worker:
-            worker.submit(call, 1)
-            worker.submit(call, 2)
-            started.wait(timeout=5)
-            threading.Timer(0.2, release.set).start()  # the running call ends after the block is left
-            raise RuntimeError("stage failed")
+    with pytest.raises(RuntimeError, match="stage failed"), Worker("test-worker", backlog=3) as worker:
+        worker.submit(call, 1)
+        worker.submit(call, 2)
+        started.wait(timeout=5)
+        threading.Timer(0.2, release.set).start()  # the running call ends after the block is left
+        raise RuntimeError("stage failed")
     assert done == [1]
