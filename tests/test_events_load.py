@@ -16,7 +16,7 @@ from pipeline import clickhouse
 from pipeline.config import Settings
 from pipeline.errors import AdpipeError
 from pipeline.referral.load import LoadMode, load_files
-from pipeline.referral.publish import read_reports, warehouse_hourly_reports
+from pipeline.referral.publish import read_reports, warehouse_hourly_reports, write_reports
 
 pytestmark = pytest.mark.warehouses  # each test that uses `settings` runs on chdb, http and server
 
@@ -132,6 +132,31 @@ def test_same_file_twice_changes_nothing(settings: Settings, tmp_path: Path) -> 
     assert reports(settings) == EXPECTED
     assert sorted((settings.staging_dir / "referral_events").rglob("*.parquet")) == parts
     assert clickhouse.connect(settings).command("SELECT count() FROM referral_events") == 13
+
+
+def test_reports_replaced_twice_in_a_callers_transaction(settings: Settings, pg: psycopg.Connection) -> None:
+    """The second call replaces what the first wrote: its temp table is dropped even before the caller commits."""
+    from pipeline.postgres import connect
+
+    keys = pl.DataFrame({"customer_id": [2], "hour": [H10]})
+    first = pl.DataFrame(
+        {
+            "customer_id": [2],
+            "hour": [H10],
+            "page_loads": [1],
+            "clicks": [1],
+            "unique_user_clicks": [1],
+            "related_clicks": [1],
+        }
+    )
+    second = first.with_columns(page_loads=pl.lit(3), clicks=pl.lit(0), unique_user_clicks=pl.lit(0))
+    with connect(settings) as conn, conn.transaction():
+        write_reports(conn, keys, first)
+        write_reports(conn, keys, second)
+    assert table_rows(pg, "page_loads") == [(2, H10, 3)]
+    assert table_rows(pg, "clicks") == []
+    assert table_rows(pg, "unique_user_clicks") == []
+    assert table_rows(pg, "click_through_rate") == [(2, H10, 3, 1, 1 / 3)]
 
 
 @pytest.mark.parametrize("order", ["loads first", "clicks first"])

@@ -27,3 +27,6 @@ COPY referral.unique_user_clicks (customer_id, hour, unique_user_clicks) FROM ST
 
 -- ctr arrives NULL (an empty field) in an hour without page loads.
 COPY referral.click_through_rate (customer_id, hour, page_loads, related_clicks, ctr) FROM STDIN (FORMAT csv);
+
+-- Inside a caller's transaction, ON COMMIT would wait for the caller's commit: a second call would find the table.
+DROP TABLE referral_touched;
