@@ -68,6 +68,10 @@ class Worker:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Drop the calls not started and wait for the running one."""
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     def submit[**P](self, call: Callable[P, None], *args: P.args, **kwargs: P.kwargs) -> None:

@@ -17,6 +17,8 @@ from pipeline.config import Settings
 from pipeline.errors import AdpipeError
 from pipeline.referral.load import LoadMode, load_files
 from pipeline.referral.publish import read_reports, warehouse_hourly_reports, write_reports
+from pipeline.referral.staging import StagedPart
+from pipeline.storage import Store
 
 pytestmark = pytest.mark.warehouses  # each test that uses `settings` runs on chdb, http and server
 
@@ -132,6 +134,31 @@ def test_same_file_twice_changes_nothing(settings: Settings, tmp_path: Path) -> 
     assert reports(settings) == EXPECTED
     assert sorted((settings.staging_dir / "referral_events").rglob("*.parquet")) == parts
     assert clickhouse.connect(settings).command("SELECT count() FROM referral_events") == 13
+
+
+def test_a_failed_part_write_stops_the_load_and_the_next_load_completes_it(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parts are written in their own thread: its error reaches the caller as it is, and nothing hangs."""
+    from pipeline.referral import load as load_module
+
+    real = load_module.write_events
+    calls = []
+
+    def fail_second(store: Store, events: pl.DataFrame) -> list[StagedPart]:
+        calls.append(len(events))
+        if len(calls) == 2:
+            raise AdpipeError("cannot write part: disk full")
+        return real(store, events)
+
+    path = write(tmp_path / "events.jsonl", LINES)
+    monkeypatch.setattr(load_module, "write_events", fail_second)
+    with pytest.raises(AdpipeError, match="disk full"):
+        load_files(settings, [path], LoadMode.STREAM, 300, block_bytes=300)
+    assert reports(settings) == []  # the reports are written after the staging: none yet
+    monkeypatch.setattr(load_module, "write_events", real)
+    load_files(settings, [path], LoadMode.STREAM, 300, block_bytes=300)
+    assert reports(settings) == EXPECTED
 
 
 def test_reports_replaced_twice_in_a_callers_transaction(settings: Settings, pg: psycopg.Connection) -> None:

@@ -3,9 +3,9 @@ cleaned events in ClickHouse.
 
 1. Check every input first (files readable, --window, the staging store, Postgres and ClickHouse
    reachable): bad input fails before anything is written.
-2. Per file: clean each chunk (batch: the whole file is one chunk), drop repeats, stage what is new. Three
+2. Per file: clean each chunk (batch: the whole file is one chunk), drop repeats, stage what is new. Four
    threads overlap: the next chunk is read and cleaned, this one is deduplicated and aggregated, the previous
-   one's new events are written as Parquet parts (and mirrored, step 5).
+   one's new events are written as Parquet parts, and parts already written are inserted into ClickHouse (5).
 3. The *touched* hours are the (customer, hour) of every valid event read (also those already staged, so
    a re-load after a crash repairs its hours), the next hour after each page load (a click there may
    relate to it) and the hours of staged copies a new earlier copy replaced.
@@ -135,9 +135,10 @@ def _load(
         # The stager hands parts to the mirror, so it is left (stopped) first.
         with EventMirror(client, load_id) as mirror, Worker("adpipe-stage") as stager:
             for path in files:
-                before = set(keys.days)
+                before = frozenset(keys.days)
+                staging = _Staging(stager, mirror, store, before)
                 file_touched, file_streamed = _load_file(
-                    path, mode, window, keys, _Staging(stager, mirror), summary, progress, block_bytes
+                    path, mode, window, keys, staging, summary, progress, block_bytes
                 )
                 touched.append(file_touched)
                 if file_streamed is None:
@@ -216,7 +217,7 @@ def _load_file(
                 )
             )
         fresh, _seen, replaced = keys.split(events)
-        staging.stage(keys.store, fresh, frozenset(keys.days))
+        staging.stage(fresh)
         summary.valid += len(events)
         summary.staged += len(fresh)
         touched += [_touched_keys(events), _touched_keys(replaced)]
@@ -237,24 +238,27 @@ _KEY_SCHEMA = {"customer_id": pl.Int64, "hour": pl.Datetime("us")}
 
 @dataclass
 class _Staging:
-    """Writes a file's new events as Parquet parts in the stager's thread and hands each part to the mirror."""
+    """Writes one file's new events as Parquet parts in the stager's thread and hands each part to the mirror."""
 
     stager: Worker
     mirror: EventMirror
+    store: Store
+    staged_before: frozenset[date]
+    """Days staged before the file: replace_event_days redoes those, so the mirror skips them."""
     days: set[date] = field(default_factory=set)
     """Days the file has staged into so far."""
 
-    def stage(self, store: Store, events: pl.DataFrame, staged_before: frozenset[date]) -> None:
-        self.stager.submit(self._write, store, events, staged_before)
+    def stage(self, events: pl.DataFrame) -> None:
+        self.stager.submit(self._write, events)
 
     def finish_file(self) -> set[date]:
         """Wait until every part of the file is written; the days it staged into (the next file checks them)."""
         self.stager.wait()
         return self.days
 
-    def _write(self, store: Store, events: pl.DataFrame, staged_before: frozenset[date]) -> None:
-        for part in write_events(store, events):
-            if part.day in staged_before:  # staged before this file: replace_event_days redoes the day
+    def _write(self, events: pl.DataFrame) -> None:
+        for part in write_events(self.store, events):
+            if part.day in self.staged_before:
                 self.mirror.skip(part.day)
             else:
                 self.mirror.send(part)
@@ -275,7 +279,7 @@ def _touched_keys(events: pl.DataFrame) -> pl.DataFrame:
     return pl.concat([events.select("customer_id", hour_of()), spill]).unique().cast(_KEY_SCHEMA)
 
 
-def _independent(keys: pl.DataFrame, staged_before: set[date]) -> pl.DataFrame:
+def _independent(keys: pl.DataFrame, staged_before: frozenset[date]) -> pl.DataFrame:
     """The keys whose reports depend only on events of this file: nothing was staged, before the file, on
     the day of the hour or on the day HORIZON before it."""
     if not staged_before:

@@ -142,7 +142,7 @@ class EventMirror:
 
     def __exit__(self, *exc_info: object) -> None:
         # On failure: do not start what still waits, let the running insert end (the day is redone next load).
-        self._worker.__exit__(*exc_info)
+        self._worker.close()
 
     def send(self, part: StagedPart) -> None:
         self._worker.submit(self._insert, part)
