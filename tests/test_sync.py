@@ -230,14 +230,8 @@ class Crash(BaseException):
     """Stands in for the process dying: not an Exception, so nothing on the way catches it."""
 
 
-def test_crash_between_load_and_state_write_converges_without_doubling(
-    settings: Settings, pg: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    generator = Generator(pg, seed=3)
-    generator.batch(advertisers=1, campaigns=2, impressions=100, ctr=0.1)
-    full(settings)
-    generator.batch(advertisers=1, campaigns=1, impressions=50, ctr=0.2)
-
+def crash_before_commit(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An incremental sync that dies after loading, before its commit; the real commit is back afterwards."""
     import pipeline.sync as sync_module
 
     real_commit = sync_module.commit
@@ -248,9 +242,19 @@ def test_crash_between_load_and_state_write_converges_without_doubling(
     monkeypatch.setattr(sync_module, "commit", crash)
     with pytest.raises(Crash):
         incremental(settings)
+    monkeypatch.setattr(sync_module, "commit", real_commit)
+
+
+def test_crash_between_load_and_state_write_converges_without_doubling(
+    settings: Settings, pg: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    generator = Generator(pg, seed=3)
+    generator.batch(advertisers=1, campaigns=2, impressions=100, ctr=0.1)
+    full(settings)
+    generator.batch(advertisers=1, campaigns=1, impressions=50, ctr=0.2)
+    crash_before_commit(settings, monkeypatch)
     assert ch(settings, "SELECT count() FROM impressions") == [(250,)]  # loaded, but not committed
     (crashed,) = ch(settings, "SELECT DISTINCT run_id FROM sync_runs FINAL WHERE status = 'failed'")[0]
-    monkeypatch.setattr(sync_module, "commit", real_commit)
     incremental(settings)  # loads the pending run again (deduplicated), commits, then syncs
     assert ch(settings, "SELECT count() FROM impressions") == [(250,)]
     assert ch(settings, "SELECT sum(impressions), sum(clicks) FROM campaign_daily") == [(250, 2 * 10 + 10)]
@@ -268,22 +272,13 @@ def test_crash_between_load_and_state_write_converges_without_doubling(
 def test_a_run_staged_before_manifests_had_a_summary_is_recorded_with_what_it_loaded(
     settings: Settings, pg: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pipeline.sync as sync_module
     from pipeline.stage import MANIFEST
 
     generator = Generator(pg, seed=4)
     generator.batch(advertisers=1, campaigns=1, impressions=100, ctr=0.1)
     full(settings)
     generator.batch(advertisers=1, campaigns=1, impressions=40, ctr=0.25)
-    real_commit = sync_module.commit
-
-    def crash(*_args: object) -> None:
-        raise Crash
-
-    monkeypatch.setattr(sync_module, "commit", crash)
-    with pytest.raises(Crash):
-        incremental(settings)
-    monkeypatch.setattr(sync_module, "commit", real_commit)
+    crash_before_commit(settings, monkeypatch)
     pending = list_runs(settings.staging_dir)[-1]
     manifest = json.loads((pending.directory / MANIFEST).read_text())
     del manifest["summary"]  # as an older adpipe wrote it
