@@ -53,11 +53,17 @@ def test_bad_shapes_and_chunk_boundaries(tmp_path: Path, block_bytes: int | None
 def test_chunks_hold_every_line_once_with_its_number(tmp_path: Path, block_bytes: int) -> None:
     """Blocks cut anywhere: inside a line, right after a newline, in a line longer than the block, at the end."""
     path = tmp_path / "e.jsonl"
-    # 26, 1 and 53 bytes with their newlines; the last line has none.
-    path.write_bytes(b"abcdefghijklmnopqrstuvwxy\n\n" + b"z" * 52 + b"\nend")
+    # 26, 1, 53 and 4 bytes with their newlines (line 4 is not UTF-8); the last line has none.
+    path.write_bytes(b"abcdefghijklmnopqrstuvwxy\n\n" + b"z" * 52 + b"\na\xffb\nend")
     numbered = []
     for chunk in iter_line_chunks(path, block_bytes):
         lines = chunk.lines.to_list()
         numbered += list(enumerate(lines, start=chunk.first_line))
-    assert numbered == [(1, "abcdefghijklmnopqrstuvwxy\n"), (2, "\n"), (3, "z" * 52 + "\n"), (4, "end\n")]
-    assert chunk.bytes_read == 83
+    assert numbered == [
+        (1, "abcdefghijklmnopqrstuvwxy\n"),
+        (2, "\n"),
+        (3, "z" * 52 + "\n"),
+        (4, "a\ufffdb\n"),  # the bad byte replaced, so the line can still be judged
+        (5, "end\n"),
+    ]
+    assert chunk.bytes_read == 87
