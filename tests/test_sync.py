@@ -230,6 +230,12 @@ class Crash(BaseException):
     """Stands in for the process dying: not an Exception, so nothing on the way catches it."""
 
 
+def run_record(settings: Settings, run_id: str) -> list[tuple]:
+    """What sync_runs says of one run: (table, status, rows loaded) per table."""
+    query = "SELECT table_name, status, rows_loaded FROM sync_runs FINAL WHERE run_id = {run_id:String} ORDER BY 1"
+    return clickhouse.connect(settings).query(query, parameters={"run_id": run_id}).result_rows
+
+
 def crash_before_commit(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """An incremental sync that dies after loading, before its commit; the real commit is back afterwards."""
     import pipeline.sync as sync_module
@@ -260,8 +266,7 @@ def test_crash_between_load_and_state_write_converges_without_doubling(
     assert ch(settings, "SELECT sum(impressions), sum(clicks) FROM campaign_daily") == [(250, 2 * 10 + 10)]
     assert ch(settings, "SELECT count() FROM clicks") == [(30,)]
     # The run that failed after loading is committed now, and sync_runs says so, with what it loaded.
-    recorded = f"SELECT table_name, status, rows_loaded FROM sync_runs FINAL WHERE run_id = '{crashed}' ORDER BY 1"
-    assert ch(settings, recorded) == [
+    assert run_record(settings, crashed) == [
         ("advertiser", "recovered", 1),
         ("campaign", "recovered", 1),
         ("clicks", "recovered", 10),
@@ -284,10 +289,7 @@ def test_a_run_staged_before_manifests_had_a_summary_is_recorded_with_what_it_lo
     del manifest["summary"]  # as an older adpipe wrote it
     (pending.directory / MANIFEST).write_text(json.dumps(manifest))
     incremental(settings)
-    recorded = (
-        f"SELECT table_name, status, rows_loaded FROM sync_runs FINAL WHERE run_id = '{pending.run_id}' ORDER BY 1"
-    )
-    assert ch(settings, recorded) == [
+    assert run_record(settings, pending.run_id) == [
         ("advertiser", "recovered", 1),
         ("campaign", "recovered", 1),
         ("clicks", "recovered", 10),
