@@ -1,10 +1,14 @@
 """Referral events: `adpipe events load --mode stream` side by side with DuckDB and pandas on the same file.
 
     uv run python bench/bench_events.py [--events 10000000] [--cache /tmp/adpipe-bench-events] [--pandas-lines N]
+                                        [--rounds 3]
 
-The file is generated once into --cache (reruns reuse it). Then, in one run:
+The file is generated once into --cache (reruns reuse it). Then, in one run, --rounds times in turn (each load from an
+empty staging directory; on a 2-core machine one run of the same code varies by ±10%, so the table gives medians and
+each round's ratio to DuckDB's run in the same round), then pandas once:
   adpipe   `adpipe events load FILE --mode stream --json` in a subprocess, from an empty staging directory:
            end to end (clean, stage Parquet, reports into Postgres, events into ClickHouse), and its peak RSS
+           (VmHWM, so Linux only)
   duckdb   read_json + the same hourly aggregates (page loads, clicks, unique users, related clicks) in SQL,
            then checked row for row against what adpipe wrote to Postgres
   adpipe aggregates  stream mode's reading, cleaning and aggregation alone, in-process (no staging, Postgres or
@@ -20,6 +24,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -78,6 +83,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/adpipe-bench-events"))
     parser.add_argument("--pandas-lines", type=int, default=None, help="pandas on the first N lines only")
+    parser.add_argument("--rounds", type=int, default=3, help="adpipe, DuckDB and adpipe's aggregation, N times each")
     args = parser.parse_args()
 
     args.cache.mkdir(parents=True, exist_ok=True)
@@ -104,22 +110,29 @@ def main() -> None:
 
     os.environ["ADPIPE_HOME"] = str(args.cache / "home")
     os.environ["ADPIPE_STAGING_DIR"] = str(args.cache / "staging")
-    shutil.rmtree(args.cache / "staging", ignore_errors=True)
-    adpipe_seconds, rss, summary = _adpipe_stream(path)
-    print(
-        f"adpipe stream load : {adpipe_seconds:7.2f} s wall (process) {lines / adpipe_seconds:12,.0f} events/s"
-        f"  peak RSS {rss / 1024:,.0f} MiB"
-    )
-    print(f"   in-process      : {summary['seconds']:.2f} s {json.dumps(summary['timings_s'])}")
-    core = summary["timings_s"]["read_clean_stage"] + summary["timings_s"]["reports"]
-
-    duck_seconds, duck = _duckdb(path)
-    print(f"duckdb aggregates  : {duck_seconds:7.2f} s {lines / duck_seconds:12,.0f} events/s")
-    ours = _postgres_reports()
-    print(f"   duckdb rows == adpipe's Postgres rows: {duck == ours} ({len(duck):,} vs {len(ours):,} rows)")
-    aggregates_seconds, aggregated = _aggregates_only(path)
-    print(f"adpipe aggregates  : {aggregates_seconds:7.2f} s {lines / aggregates_seconds:12,.0f} events/s")
-    print(f"   == duckdb rows: {aggregated == duck}")
+    seconds: dict[str, list[float]] = {"adpipe": [], "core": [], "aggregates": [], "duckdb": []}
+    peak_rss = []
+    for round_number in range(1, args.rounds + 1):
+        print(f"round {round_number} of {args.rounds}")
+        shutil.rmtree(args.cache / "staging", ignore_errors=True)
+        adpipe_seconds, rss, summary = _adpipe_stream(path)
+        print(
+            f"  adpipe stream load : {adpipe_seconds:7.2f} s wall (process) {lines / adpipe_seconds:12,.0f} events/s"
+            f"  peak RSS {rss / 1024:,.0f} MiB"
+        )
+        print(f"     in-process      : {summary['seconds']:.2f} s {json.dumps(summary['timings_s'])}")
+        duck_seconds, duck = _duckdb(path)
+        print(f"  duckdb aggregates  : {duck_seconds:7.2f} s {lines / duck_seconds:12,.0f} events/s")
+        ours = _postgres_reports()
+        print(f"     duckdb rows == adpipe's Postgres rows: {duck == ours} ({len(duck):,} vs {len(ours):,} rows)")
+        aggregates_seconds, aggregated = _aggregates_only(path)
+        print(f"  adpipe aggregates  : {aggregates_seconds:7.2f} s {lines / aggregates_seconds:12,.0f} events/s")
+        print(f"     == duckdb rows: {aggregated == duck}")
+        seconds["adpipe"].append(adpipe_seconds)
+        seconds["core"].append(summary["timings_s"]["read_clean_stage"] + summary["timings_s"]["reports"])
+        seconds["aggregates"].append(aggregates_seconds)
+        seconds["duckdb"].append(duck_seconds)
+        peak_rss.append(rss)
 
     pandas_lines, pandas_seconds = _pandas(path, args.cache, args.pandas_lines)
     print(
@@ -127,45 +140,59 @@ def main() -> None:
         f" (on {pandas_lines:,} well-formed lines)"
     )
 
-    rate = {
-        "adpipe": lines / adpipe_seconds,
-        "core": lines / core,
-        "aggregates": lines / aggregates_seconds,
-        "duckdb": lines / duck_seconds,
-        "pandas": pandas_lines / pandas_seconds,
-    }
-    print()
-    print("| run | events/s | vs pandas | vs DuckDB |")
-    print("|---|---|---|---|")
+    pandas_rate = pandas_lines / pandas_seconds
+    duck_rate = lines / statistics.median(seconds["duckdb"])
+    print(f"\n{args.rounds} rounds: the median, and in brackets each round's ratio to DuckDB's in the same round")
+    print("| run | s, median (min–max) | events/s | vs pandas | vs DuckDB |")
+    print("|---|---|---|---|---|")
     for name, label in (
         ("adpipe", "adpipe events load --mode stream (end to end, process wall)"),
         ("core", "  of which read+clean+stage+reports, ClickHouse mirrored alongside (in-process)"),
         ("aggregates", "adpipe's stream aggregation alone: read+clean+aggregate, no staging/Postgres/ClickHouse"),
         ("duckdb", "DuckDB read_json + SQL aggregates"),
-        ("pandas", "pandas read_json(lines=True) + groupby"),
     ):
+        runs = seconds[name]
+        rate = lines / statistics.median(runs)
+        paired = [duck / ours for duck, ours in zip(seconds["duckdb"], runs, strict=True)]
         print(
-            f"| {label} | {rate[name]:,.0f} | {rate[name] / rate['pandas']:.1f}× | {rate[name] / rate['duckdb']:.2f}× |"
+            f"| {label} | {statistics.median(runs):.2f} ({min(runs):.2f}–{max(runs):.2f}) | {rate:,.0f}"
+            f" | {rate / pandas_rate:.1f}× | {rate / duck_rate:.2f}× ({min(paired):.2f}–{max(paired):.2f}) |"
         )
-    print(f"\npeak RSS of the stream load: {rss / 1024:,.0f} MiB")
+    print(f"| pandas read_json(lines=True) + groupby | {pandas_seconds:.2f} | {pandas_rate:,.0f} | 1.0× | |")
+    print(f"\npeak RSS of the stream load: {min(peak_rss) / 1024:,.0f}–{max(peak_rss) / 1024:,.0f} MiB")
 
 
 def _adpipe(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pipeline", *args], check=True, capture_output=True, text=True)
 
 
+PEAK_RSS_AT_EXIT = """
+import atexit, runpy, sys
+def report():
+    with open("/proc/self/status") as status:
+        print(next(line for line in status if line.startswith("VmHWM:")).strip(), file=sys.stderr)
+atexit.register(report)
+sys.argv = ["adpipe", *sys.argv[1:]]
+runpy.run_module("pipeline", run_name="__main__")
+"""
+"""Runs the CLI and prints its peak RSS (Linux VmHWM) as it exits. Not wait4's ru_maxrss: the child is forked from
+this process (vfork), and Linux carries the parent's high-water mark into it, which after a round of DuckDB and the
+in-process aggregation is ~1.9 GB, not the load's."""
+
+
 def _adpipe_stream(path: Path) -> tuple[float, int, dict]:
-    """Wall time, peak RSS (KiB) of this child alone (wait4, not the maximum over all children) and --json."""
+    """Wall time, peak RSS (KiB) of the load process and its --json summary."""
     command = ["events", "load", str(path), "--mode", "stream", "--window", str(WINDOW), "--json"]
     started = time.perf_counter()
-    child = subprocess.Popen([sys.executable, "-m", "pipeline", *command], stdout=subprocess.PIPE, text=True)
-    output = child.stdout.read()
-    _, status, usage = os.wait4(child.pid, 0)
+    child = subprocess.Popen(
+        [sys.executable, "-c", PEAK_RSS_AT_EXIT, *command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    output, errors = child.communicate()
     seconds = time.perf_counter() - started
-    child.returncode = os.waitstatus_to_exitcode(status)
     if child.returncode != 0:
-        raise SystemExit(f"adpipe events load failed with exit code {child.returncode}")
-    return seconds, usage.ru_maxrss, json.loads(output)
+        raise SystemExit(f"adpipe events load failed with exit code {child.returncode}: {errors.strip()}")
+    peak = next(line for line in reversed(errors.splitlines()) if line.startswith("VmHWM:"))
+    return seconds, int(peak.split()[1]), json.loads(output)
 
 
 def _duckdb(path: Path) -> tuple[float, list[tuple]]:
