@@ -128,6 +128,8 @@ def main() -> None:
         aggregates_seconds, aggregated = _aggregates_only(path)
         print(f"  adpipe aggregates  : {aggregates_seconds:7.2f} s {lines / aggregates_seconds:12,.0f} events/s")
         print(f"     == duckdb rows: {aggregated == duck}")
+        if not duck == ours == aggregated:
+            raise SystemExit("the reports differ: adpipe's and DuckDB's rows must be identical (see above)")
         seconds["adpipe"].append(adpipe_seconds)
         seconds["core"].append(summary["timings_s"]["read_clean_stage"] + summary["timings_s"]["reports"])
         seconds["aggregates"].append(aggregates_seconds)
