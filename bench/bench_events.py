@@ -85,6 +85,8 @@ def main() -> None:
     parser.add_argument("--pandas-lines", type=int, default=None, help="pandas on the first N lines only")
     parser.add_argument("--rounds", type=int, default=3, help="adpipe, DuckDB and adpipe's aggregation, N times each")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
 
     args.cache.mkdir(parents=True, exist_ok=True)
     path = args.cache / f"events-{args.events}-{args.customers}-{args.users}-{args.seed}.jsonl"
