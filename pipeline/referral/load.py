@@ -39,10 +39,10 @@ from pipeline.locks import exclusive_lock
 from pipeline.options import LoadMode
 from pipeline.prefetch import Worker, prefetch
 from pipeline.referral.clean import QUARANTINE_SCHEMA, Cleaned, clean_chunk, dedup_earliest, detached
-from pipeline.referral.events import DEFAULT_WINDOW_SECONDS, HORIZON, MAX_WINDOW_SECONDS, PAGE_LOAD
+from pipeline.referral.events import DEFAULT_WINDOW_SECONDS, HORIZON, MAX_WINDOW_SECONDS
 from pipeline.referral.lines import DEFAULT_BLOCK_BYTES, check_readable, iter_line_chunks
 from pipeline.referral.publish import EventMirror, replace_event_days, write_reports
-from pipeline.referral.report import HOUR_KEY, HOURLY_SCHEMA, hour_of, hourly_reports
+from pipeline.referral.report import HOUR_KEY, HOURLY_SCHEMA, hour_counts, hourly_reports, touched_hours
 from pipeline.referral.staging import StagedKeys, read_range, staged_days, write_events, write_quarantine
 from pipeline.referral.stream import StreamAggregator
 from pipeline.storage import Store, open_store
@@ -202,9 +202,10 @@ def _load_file(
         if aggregator is None:
             events = dedup_earliest(cleaned.events)
             summary.duplicates += len(cleaned.events) - len(events)
+            counts = hour_counts(events)
         else:
             before = aggregator.duplicates
-            events, late = aggregator.push(cleaned.events)
+            events, late, counts = aggregator.push(cleaned.events)
             summary.duplicates += aggregator.duplicates - before
             quarantined.append(
                 detached(
@@ -220,7 +221,7 @@ def _load_file(
         staging.stage(fresh)
         summary.valid += len(events)
         summary.staged += len(fresh)
-        touched += [_touched_keys(events), _touched_keys(replaced)]
+        touched += [touched_hours(counts), touched_hours(hour_counts(replaced))]
         if progress:
             progress(path.name, bytes_read, size)
     keys.add_days(staging.finish_file())
@@ -229,7 +230,7 @@ def _load_file(
         write_quarantine(keys.store, _source_key(path), quarantine)
         for reason, count in quarantine.group_by("reason").len().iter_rows():
             summary.quarantined[reason] = summary.quarantined.get(reason, 0) + count
-    keys_frame = pl.concat(touched).unique() if touched else pl.DataFrame(schema=_KEY_SCHEMA)
+    keys_frame = pl.concat(touched).unique().cast(_KEY_SCHEMA) if touched else pl.DataFrame(schema=_KEY_SCHEMA)
     return keys_frame, aggregator.finish() if aggregator else None
 
 
@@ -269,14 +270,6 @@ def _cleaned_chunks(path: Path, block_bytes: int | None) -> Iterator[tuple[int, 
     """(lines, bytes of the file read so far, the cleaned lines) per chunk; the raw bytes are not kept."""
     for chunk in iter_line_chunks(path, block_bytes):
         yield len(chunk), chunk.bytes_read, clean_chunk(chunk, str(path))
-
-
-def _touched_keys(events: pl.DataFrame) -> pl.DataFrame:
-    """The hours whose reports `events` can change: their own, and for page loads the next one."""
-    spill = events.filter(pl.col("event_type") == PAGE_LOAD).select(
-        "customer_id", (pl.col("fired_at") + HORIZON).dt.truncate("1h").alias("hour")
-    )
-    return pl.concat([events.select("customer_id", hour_of()), spill]).unique().cast(_KEY_SCHEMA)
 
 
 def _independent(keys: pl.DataFrame, staged_before: frozenset[date]) -> pl.DataFrame:

@@ -32,6 +32,20 @@ def hour_of(column: str = "fired_at") -> pl.Expr:
     return pl.col(column).dt.truncate("1h").alias("hour")
 
 
+def hour_counts(events: pl.DataFrame) -> pl.DataFrame:
+    """Page loads and clicks per (customer, hour) that has events."""
+    return events.group_by("customer_id", hour_of()).agg(
+        page_loads=(pl.col("event_type") == PAGE_LOAD).sum(), clicks=(pl.col("event_type") == CLICK).sum()
+    )
+
+
+def touched_hours(counts: pl.DataFrame) -> pl.DataFrame:
+    """The (customer, hour) keys whose reports the events counted in `counts` (`hour_counts`) can change: their
+    own, and the next hour after a page load, where a click may relate to it (HORIZON is one hour)."""
+    spill = counts.filter(pl.col("page_loads") > 0).select("customer_id", pl.col("hour") + timedelta(hours=1))
+    return pl.concat([counts.select(HOUR_KEY), spill]).unique()
+
+
 def hourly_reports(events: pl.DataFrame, window: timedelta) -> pl.DataFrame:
     """Every report for each (customer, hour) that has a page load or a click among `events`.
 

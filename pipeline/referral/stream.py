@@ -15,12 +15,13 @@ time-ordered input nothing is late, and the result equals `report.hourly_reports
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 import polars as pl
 
 from pipeline.referral.clean import dedup_earliest
 from pipeline.referral.events import CLICK, HORIZON, KEY, LATE_TOLERANCE, PAGE_LOAD
-from pipeline.referral.report import HOUR_KEY, HOURLY_SCHEMA, finish, hour_of, related_flags
+from pipeline.referral.report import HOUR_KEY, HOURLY_SCHEMA, finish, hour_counts, hour_of, related_flags
 
 _COUNTS = pl.Schema(
     {
@@ -32,6 +33,14 @@ _COUNTS = pl.Schema(
     }
 )
 _PER_USER = ["customer_id", "user_id", "event_id", "fired_at"]
+
+
+class Pushed(NamedTuple):
+    kept: pl.DataFrame
+    """The chunk's events that are neither late nor repeats, in time order."""
+    late: pl.DataFrame
+    counts: pl.DataFrame
+    """`hour_counts` of the kept events."""
 
 
 class StreamAggregator:
@@ -53,10 +62,10 @@ class StreamAggregator:
         self.closed: list[pl.DataFrame] = []
         self.duplicates = 0
 
-    def push(self, events: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-        """Take one chunk of cleaned events (file order); returns (events kept, in time order; late events)."""
+    def push(self, events: pl.DataFrame) -> Pushed:
+        """Take one chunk of cleaned events (file order)."""
         if events.is_empty():
-            return events, events
+            return Pushed(events, events, hour_counts(events))
         late = self._late_mask(events)
         late_events, events = events.filter(late), events.filter(~late)
         self.watermark = max(filter(None, (self.watermark, events.get_column("fired_at").max())))
@@ -66,9 +75,9 @@ class StreamAggregator:
         self.recent = pl.concat([self.recent, kept.select(self.recent.columns)]).filter(
             pl.col("fired_at") >= horizon_start
         )
-        self._count(kept)
+        counts = self._count(kept)
         self._advance(self.watermark - self.tolerance)
-        return kept, late_events
+        return Pushed(kept, late_events, counts)
 
     def finish(self) -> pl.DataFrame:
         """Close every hour; the reports of all hours seen (HOURLY_SCHEMA)."""
@@ -84,18 +93,17 @@ class StreamAggregator:
             newest_before = newest_before.fill_null(self.watermark).clip(lower_bound=self.watermark)
         return (fired < newest_before - self.tolerance).fill_null(False)
 
-    def _count(self, kept: pl.DataFrame) -> None:
-        is_load, is_click = pl.col("event_type") == PAGE_LOAD, pl.col("event_type") == CLICK
-        added = kept.group_by("customer_id", hour_of()).agg(
-            page_loads=is_load.sum(), clicks=is_click.sum(), related_clicks=pl.lit(0)
-        )
-        self.counts = _add(self.counts, added)
-        clicks = kept.filter(is_click)
+    def _count(self, kept: pl.DataFrame) -> pl.DataFrame:
+        """Add the kept events to the open hours; returns their counts per hour (`hour_counts`)."""
+        counts = hour_counts(kept)
+        self.counts = _add(self.counts, counts.with_columns(related_clicks=pl.lit(0)))
+        clicks = kept.filter(pl.col("event_type") == CLICK)
         # Repeats stay until the hour closes (n_unique then): open hours hold few clicks, deduplicating every chunk
         # cost more.
         self.click_users = pl.concat([self.click_users, clicks.select("customer_id", hour_of(), "user_id")])
-        self.loads = pl.concat([self.loads, kept.filter(is_load).select(_PER_USER)])
+        self.loads = pl.concat([self.loads, kept.filter(pl.col("event_type") == PAGE_LOAD).select(_PER_USER)])
         self.pending = pl.concat([self.pending, clicks.select(_PER_USER)])
+        return counts
 
     def _advance(self, cutoff: datetime | None) -> None:
         """Settle the clicks before `cutoff` and close the hours that end by it (None: everything)."""
