@@ -17,6 +17,7 @@ from pipeline.config import Settings
 from pipeline.errors import AdpipeError
 from pipeline.referral.load import LoadMode, load_files
 from pipeline.referral.publish import read_reports, warehouse_hourly_reports, write_reports
+from pipeline.referral.report import HOUR_KEY, hour_counts, touched_hours
 from pipeline.referral.staging import StagedPart
 from pipeline.storage import Store
 
@@ -254,6 +255,32 @@ def test_new_days_are_mirrored_to_clickhouse_as_they_are_staged(settings: Settin
     again = load_files(settings, [tmp_path / "days.jsonl"], LoadMode.STREAM, block_bytes=300)
     assert (again.staged, again.days, again.days_mirrored, again.clickhouse_rows) == (9, 3, 1, 12)
     assert client.query(per_day).result_rows == [("2022-01-05", 4), ("2022-01-06", 4), ("2022-01-07", 4)]
+
+
+def test_touched_hours_are_the_events_hours_and_the_hour_after_a_page_load() -> None:
+    events = pl.DataFrame(
+        {
+            "customer_id": [1, 1, 2, 3],
+            "fired_at": [
+                datetime(2022, 1, 5, 10, 59, 59),
+                datetime(2022, 1, 5, 12),
+                datetime(2022, 1, 5, 11, 30),
+                datetime(2022, 1, 5, 23, 10),
+            ],
+            "event_type": [PL, CL, CL, PL],
+        }
+    )
+    touched = touched_hours(hour_counts(events)).sort(HOUR_KEY).rows()
+    # Customer 1: the page load's hour and the next; the click's hour. Customer 2: a click touches its hour only.
+    # Customer 3: a page load at 23:10 reaches into the next day.
+    assert touched == [
+        (1, datetime(2022, 1, 5, 10)),
+        (1, datetime(2022, 1, 5, 11)),
+        (1, datetime(2022, 1, 5, 12)),
+        (2, datetime(2022, 1, 5, 11)),
+        (3, datetime(2022, 1, 5, 23)),
+        (3, datetime(2022, 1, 6, 0)),
+    ]
 
 
 def test_empty_file(settings: Settings, tmp_path: Path) -> None:
