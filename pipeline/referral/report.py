@@ -41,7 +41,8 @@ def hour_counts(events: pl.DataFrame) -> pl.DataFrame:
 
 def touched_hours(counts: pl.DataFrame) -> pl.DataFrame:
     """The (customer, hour) keys whose reports the events counted in `counts` (`hour_counts`) can change: their
-    own, and the next hour after a page load, where a click may relate to it (HORIZON is one hour)."""
+    own, and the next hour after a page load, where a click may relate to it (no further: HORIZON, the furthest a
+    related click can be from its page load, is at most one hour)."""
     spill = counts.filter(pl.col("page_loads") > 0).select("customer_id", pl.col("hour") + timedelta(hours=1))
     return pl.concat([counts.select(HOUR_KEY), spill]).unique()
 
