@@ -17,7 +17,7 @@ from pipeline.config import Settings
 from pipeline.errors import AdpipeError
 from pipeline.referral.load import LoadMode, load_files
 from pipeline.referral.publish import read_reports, warehouse_hourly_reports, write_reports
-from pipeline.referral.report import HOUR_KEY, hour_counts, touched_hours
+from pipeline.referral.report import HOUR_KEY, hour_counts, related_flags, touched_hours
 from pipeline.referral.staging import StagedPart
 from pipeline.storage import Store
 
@@ -281,6 +281,30 @@ def test_touched_hours_are_the_events_hours_and_the_hour_after_a_page_load() -> 
         (3, datetime(2022, 1, 5, 23)),
         (3, datetime(2022, 1, 6, 0)),
     ]
+
+
+@pytest.mark.parametrize("big", [False, True], ids=["ids packed", "ids too large to pack"])
+def test_related_flags_match_users_exactly(big: bool) -> None:
+    # related_flags packs (customer_id, user_id) into one integer when the ids allow it; user 2^32 of customer 0
+    # would collide with user 0 of customer 1 under a careless packing.
+    user = 2**32 if big else 7
+
+    def frame(rows: list[tuple[int, int, str, str]]) -> pl.DataFrame:
+        return pl.DataFrame(rows, schema=["customer_id", "user_id", "event_id", "fired_at"], orient="row").with_columns(
+            pl.col("fired_at").str.strptime(pl.Datetime("us"), "%H:%M:%S")
+        )
+
+    loads = frame([(1, 0, "a", "10:00:00"), (0, user, "b", "09:40:00")])
+    clicks = frame(
+        [
+            (1, 0, "x", "10:05:00"),  # related: exactly the window after (1, 0)'s page load
+            (0, user, "y", "10:03:00"),  # not related: its own page load is 23 min old; (1, 0)'s is not its own
+            (0, user, "b", "10:30:00"),  # related by event_id
+            (0, 0, "z", "10:01:00"),  # not related: no page load of (0, 0)
+            (1, user, "a", "10:01:00"),  # not related: "a" is another user's page load
+        ]
+    )
+    assert related_flags(clicks, loads, timedelta(seconds=300)).to_list() == [True, False, True, False, False]
 
 
 def test_empty_file(settings: Settings, tmp_path: Path) -> None:
