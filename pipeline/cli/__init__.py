@@ -3,7 +3,8 @@
 Command modules register themselves on `app` when imported below.
 """
 
-from pipeline.cli import demo, events, kpi, report, source, sync  # noqa: F401
+# `allocator` first: it configures Polars' allocator, which the other modules start by importing Polars.
+from pipeline.cli import allocator, demo, events, kpi, report, source, sync  # noqa: F401
 from pipeline.cli.app import app
 
 
