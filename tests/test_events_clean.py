@@ -49,6 +49,28 @@ def test_bad_shapes_and_chunk_boundaries(tmp_path: Path, block_bytes: int | None
     ]
 
 
+def test_ids_must_be_integers_written_as_numbers_or_text(tmp_path: Path) -> None:
+    path = tmp_path / "e.jsonl"
+    lines = [
+        OK.replace('"customer_id": 3', '"customer_id": "3"'),  # 1 an integer in a string: accepted
+        OK.replace("a1", "b2").replace('"customer_id": 3', '"customer_id": 1.5'),  # 2
+        OK.replace("a1", "b3").replace('"user_id": 5', '"user_id": true'),  # 3
+        OK.replace("a1", "b4").replace('"user_id": 5', '"user_id": {"id": 5}'),  # 4
+        OK.replace("a1", "b5").replace('"user_id": 5', '"user_id": null'),  # 5
+        OK.replace("a1", "b6").replace('"customer_id": 3', '"customer_id": 3, "customer_id": 4'),  # 6 first counts
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    (chunk,) = iter_line_chunks(path, None)
+    cleaned = clean_chunk(chunk, "e.jsonl")
+    assert cleaned.events.select("event_id", "customer_id", "line_number").rows() == [("a1", 3, 1), ("b6", 3, 6)]
+    assert cleaned.quarantined.select("line_number", "reason").rows() == [
+        (2, "customer_id is not an integer"),
+        (3, "user_id is not an integer"),
+        (4, "user_id is not an integer"),
+        (5, "missing user_id"),
+    ]
+
+
 @pytest.mark.parametrize("block_bytes", [1, 2, 5, 13, 26, 27, 28, 40, 79, 80, 81, 1000])
 def test_chunks_hold_every_line_once_with_its_number(tmp_path: Path, block_bytes: int) -> None:
     """Blocks cut anywhere: inside a line, right after a newline, in a line longer than the block, at the end."""
@@ -57,7 +79,7 @@ def test_chunks_hold_every_line_once_with_its_number(tmp_path: Path, block_bytes
     path.write_bytes(b"abcdefghijklmnopqrstuvwxy\n\n" + b"z" * 52 + b"\na\xffb\nend")
     numbered = []
     for chunk in iter_line_chunks(path, block_bytes):
-        lines = chunk.lines.to_list()
+        lines = chunk.arrow().to_pylist()
         numbered += list(enumerate(lines, start=chunk.first_line))
     assert numbered == [
         (1, "abcdefghijklmnopqrstuvwxy\n"),

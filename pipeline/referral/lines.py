@@ -9,12 +9,10 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
 
 from pipeline.errors import AdpipeError
@@ -37,11 +35,9 @@ class LineChunk:
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
-    @cached_property
-    def lines(self) -> pl.Series:
-        """The lines as strings, each with its line ending, viewing `data` (made only when needed)."""
-        array = pa.LargeStringArray.from_buffers(len(self), pa.py_buffer(self.offsets), pa.py_buffer(self.data))
-        return pl.Series("line", array)
+    def arrow(self) -> pa.LargeStringArray:
+        """The lines as strings, each with its line ending, viewing `data` (no copy)."""
+        return pa.LargeStringArray.from_buffers(len(self), pa.py_buffer(self.offsets), pa.py_buffer(self.data))
 
     def first_and_last_bytes(self) -> tuple[np.ndarray, np.ndarray]:
         """Each line's first byte and the byte before its newline (0 for an empty line), without a string
