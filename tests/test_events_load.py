@@ -15,10 +15,13 @@ import pytest
 from pipeline import clickhouse
 from pipeline.config import Settings
 from pipeline.errors import AdpipeError
+from pipeline.referral import stream
+from pipeline.referral.events import EVENT_SCHEMA
 from pipeline.referral.load import LoadMode, load_files
 from pipeline.referral.publish import read_reports, warehouse_hourly_reports, write_reports
 from pipeline.referral.report import HOUR_KEY, hour_counts, related_flags, touched_hours
 from pipeline.referral.staging import StagedPart
+from pipeline.referral.stream import StreamAggregator
 from pipeline.storage import Store
 
 pytestmark = pytest.mark.warehouses  # each test that uses `settings` runs on chdb, http and server
@@ -305,6 +308,24 @@ def test_related_flags_match_users_exactly(big: bool) -> None:
         ]
     )
     assert related_flags(clicks, loads, timedelta(seconds=300)).to_list() == [True, False, True, False, False]
+
+
+def test_stream_dedup_stays_exact_when_key_hashes_collide(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every key hashing alike makes every event a possible repeat of the earlier chunk's: only the keys may decide.
+    monkeypatch.setattr(stream, "key_hash", lambda: pl.lit(0, dtype=pl.UInt64))
+
+    def chunk(rows: list[tuple[str, str, str]], first_line: int) -> pl.DataFrame:
+        return pl.DataFrame(
+            [(event_id, 1, 1, datetime(2022, 1, 5, 10, minute), event_type) for event_id, event_type, minute in rows],
+            schema=EVENT_SCHEMA,
+            orient="row",
+        ).with_row_index("line_number", offset=first_line)
+
+    aggregator = StreamAggregator(timedelta(seconds=300))
+    aggregator.push(chunk([("e1", PL, 0), ("e2", PL, 1)], 1))
+    kept = aggregator.push(chunk([("e1", PL, 2), ("e1", CL, 3), ("e3", PL, 4)], 3)).kept
+    assert kept.select("event_id", "event_type").rows() == [("e1", CL), ("e3", PL)]
+    assert aggregator.duplicates == 1
 
 
 def test_empty_file(settings: Settings, tmp_path: Path) -> None:
