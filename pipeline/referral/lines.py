@@ -1,7 +1,7 @@
 """Reading a JSON-lines file as chunks of lines with their line numbers, without a Python object per line.
 
 A block of bytes is cut at its last newline; numpy finds the newlines and Arrow wraps the block as a
-string array over those offsets (no copy), which Polars then takes over.
+string array over those offsets (no copy), which the JSON decoder reads in place.
 """
 
 from __future__ import annotations
