@@ -39,6 +39,7 @@ class Pushed(NamedTuple):
     kept: pl.DataFrame
     """The chunk's events that are neither late nor repeats, in time order."""
     late: pl.DataFrame
+    """The chunk's events older than the tolerance allows: the caller quarantines them as late."""
     counts: pl.DataFrame
     """`hour_counts` of the kept events."""
 
