@@ -213,8 +213,8 @@ def _duckdb(path: Path) -> tuple[float, list[tuple]]:
 
 def _postgres_reports() -> list[tuple]:
     from pipeline.config import load_settings
-    from pipeline.postgres import connect
     from pipeline.referral.publish import read_reports
+    from pipeline.source.postgres import connect
 
     with connect(load_settings()) as conn:
         return [row[:6] for row in read_reports(conn, None, None, None).rows()]

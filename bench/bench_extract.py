@@ -25,8 +25,8 @@ def main() -> None:
     os.environ.pop("ADPIPE_POSTGRES_URL", None)
 
     from pipeline.config import load_settings
-    from pipeline.extract import SourceReader
     from pipeline.options import Engine
+    from pipeline.sync.extract import SourceReader
 
     settings = load_settings()
     variants = {

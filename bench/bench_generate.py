@@ -32,8 +32,8 @@ def main() -> None:
     parser.add_argument("--home", type=Path, default=Path("/tmp/adpipe-bench-generate"))
     args = parser.parse_args()
 
-    from pipeline.generate import Generator, reset
-    from pipeline.postgres import EmbeddedPostgres, apply_source_schema
+    from pipeline.source.generate import Generator, reset
+    from pipeline.source.postgres import EmbeddedPostgres, apply_source_schema
 
     server_url = EmbeddedPostgres(args.home / "postgres").url()
     url = _fresh_database(server_url)

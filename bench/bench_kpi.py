@@ -57,10 +57,10 @@ def main() -> None:
     args = parser.parse_args()
     os.environ["ADPIPE_HOME"] = str(args.home)
     os.environ.pop("ADPIPE_CLICKHOUSE_URL", None)
-    from pipeline import clickhouse
+    from pipeline.analytics.kpi import Filters, list_kpis, run_clickhouse
     from pipeline.config import load_settings
-    from pipeline.kpi import Filters, list_kpis, run_clickhouse
-    from pipeline.warehouse import apply_schema
+    from pipeline.warehouse import client as clickhouse
+    from pipeline.warehouse.schema import apply_schema
 
     client = clickhouse.connect(load_settings())
     _fill(client, args, apply_schema)

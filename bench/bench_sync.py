@@ -39,7 +39,7 @@ def main() -> None:
     os.environ.pop("ADPIPE_POSTGRES_URL", None)
     os.environ.pop("ADPIPE_CLICKHOUSE_URL", None)
     from pipeline.config import load_settings
-    from pipeline.postgres import connect, postgres_url
+    from pipeline.source.postgres import connect, postgres_url
 
     settings = load_settings()
     expected = args.campaigns * args.impressions_per_campaign
@@ -84,7 +84,7 @@ def main() -> None:
         f" vs (b'): {(total_rows / adpipe_seconds) / per_row_rate:,.0f}x"
     )
 
-    from pipeline import clickhouse
+    from pipeline.warehouse import client as clickhouse
 
     clickhouse.close_all()  # chDB serves one process at a time: hand it back to the child
     for attempt in ("right after the full load", "steady state"):
@@ -102,7 +102,7 @@ def main() -> None:
 
 
 def _ensure_data(pg: object, campaigns: int, per_campaign: int) -> None:
-    from pipeline.generate import Generator, reset
+    from pipeline.source.generate import Generator, reset
 
     # Earlier runs of this bench appended rows for the incremental step: drop them, keep the base data.
     pg.execute(
@@ -138,8 +138,8 @@ def _clickhouse_pulls_directly(settings: object, url: str, *, with_aggregates: b
     """
     from urllib.parse import urlsplit
 
-    from pipeline import clickhouse
-    from pipeline.warehouse import apply_schema
+    from pipeline.warehouse import client as clickhouse
+    from pipeline.warehouse.schema import apply_schema
 
     client = clickhouse.connect(settings)
     home_database = client.database
@@ -168,8 +168,8 @@ def _naive(settings: object, limit: int | None) -> tuple[int, float]:
     """psycopg fetchall, then clickhouse-connect inserts of Python rows: what a first script does.
 
     Over both fact tables, or the first `limit` impressions. Returns (rows, rows/s)."""
-    from pipeline import clickhouse
-    from pipeline.postgres import connect
+    from pipeline.source.postgres import connect
+    from pipeline.warehouse import client as clickhouse
 
     client = clickhouse.connect(settings)
     tables = ("impressions",) if limit else ("impressions", "clicks")
@@ -196,8 +196,8 @@ def _naive(settings: object, limit: int | None) -> tuple[int, float]:
 
 def _naive_per_row(settings: object) -> float:
     """The most literal naive loader: one INSERT statement per fetched row."""
-    from pipeline import clickhouse
-    from pipeline.postgres import connect
+    from pipeline.source.postgres import connect
+    from pipeline.warehouse import client as clickhouse
 
     client = clickhouse.connect(settings)
     client.command("DROP TABLE IF EXISTS bench_naive")

@@ -13,7 +13,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from dotenv import load_dotenv
 
-from pipeline.errors import AdpipeError
+from pipeline.errors import ConfigError
 
 DEFAULT_CLICKHOUSE_DATABASE = "adpipe"
 
@@ -28,6 +28,9 @@ class Settings:
     clickhouse_url: str
     clickhouse_database: str
     staging_dir: StagingDir
+
+    clickhouse_server: ClickHouseServerOptions
+    """Timeouts, retries and TLS for a ClickHouse server (unused by the embedded engine)."""
 
     # Read-only warehouse access: ADPIPE_CLICKHOUSE_READER_URL, for the commands that only read ClickHouse.
     clickhouse_reader_url: str | None = None
@@ -47,7 +50,10 @@ class Settings:
 
 
 def load_settings() -> Settings:
-    """Read the settings; variables already in the environment win over `.env`."""
+    """Read the settings; variables already in the environment win over `.env`.
+
+    The CLI calls this once per command and passes the result down: nothing below it reads the environment.
+    """
     load_dotenv(Path.cwd() / ".env", override=False)
     home = Path(os.environ.get("ADPIPE_HOME", ".adpipe")).absolute()
     clickhouse_url = os.environ.get("ADPIPE_CLICKHOUSE_URL") or f"chdb://{home / 'clickhouse'}"
@@ -58,6 +64,7 @@ def load_settings() -> Settings:
         clickhouse_url=clickhouse_url,
         clickhouse_database=_clickhouse_database(clickhouse_url),
         staging_dir=parse_staging_dir(os.environ.get("ADPIPE_STAGING_DIR", "staging")),
+        clickhouse_server=clickhouse_server_options(),
         clickhouse_reader_url=os.environ.get("ADPIPE_CLICKHOUSE_READER_URL") or None,
     )
 
@@ -86,7 +93,7 @@ def parse_staging_dir(value: str) -> StagingDir:
         return Path(value).absolute()
     bucket, _, prefix = value.removeprefix(S3_SCHEME).partition("/")
     if not bucket:
-        raise AdpipeError(f"ADPIPE_STAGING_DIR {value!r} names no bucket: expected s3://bucket/prefix")
+        raise ConfigError(f"ADPIPE_STAGING_DIR {value!r} names no bucket: expected s3://bucket/prefix")
     return S3Prefix(bucket, prefix.strip("/"))
 
 
@@ -186,7 +193,7 @@ def _number(name: str, default: float, *, minimum: float, integer: bool = False)
         value = math.nan
     if not (math.isfinite(value) and value >= minimum):
         kind = "a whole number" if integer else "a number"
-        raise AdpipeError(f"{name} must be {kind} of at least {minimum:g}, got {raw!r}")
+        raise ConfigError(f"{name} must be {kind} of at least {minimum:g}, got {raw!r}")
     return value
 
 
@@ -202,7 +209,7 @@ def _boolean(name: str, *, default: bool) -> bool:
         return True
     if raw in {"0", "false", "no", "off"}:
         return False
-    raise AdpipeError(f"{name} must be true or false, got {raw!r}")
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
 def _existing_file(name: str, allow: str | None = None) -> str | None:
@@ -211,5 +218,5 @@ def _existing_file(name: str, allow: str | None = None) -> str | None:
     if not raw or raw == allow:
         return raw or None
     if not Path(raw).is_file():
-        raise AdpipeError(f"{name}: no such file {raw}")
+        raise ConfigError(f"{name}: no such file {raw}")
     return raw

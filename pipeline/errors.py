@@ -1,4 +1,8 @@
-"""The one exception type the CLI turns into a single clear line, and the mapping of driver errors to lines."""
+"""The exceptions adpipe raises for problems a user can act on. A leaf: it imports nothing of the project.
+
+Each is raised where its context is known (the masked URL of the server that failed, the file, the option) and
+carries that context; the CLI turns any of them into one `error:` line, with no traceback.
+"""
 
 from __future__ import annotations
 
@@ -12,23 +16,68 @@ class AdpipeError(Exception):
     """
 
 
+class ConfigError(AdpipeError):
+    """A setting (environment variable, `.env`) or command-line option with a value adpipe cannot use."""
+
+
+class BusyError(AdpipeError):
+    """Another adpipe process holds a resource this one needs (the sync lock, the embedded engine)."""
+
+    def __init__(self, message: str, *, path: str, holder: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.holder = holder
+
+
+class ServerError(AdpipeError):
+    """A database server failed or refused a request.
+
+    `url` is the server's URL with its password masked; `transient` says whether the same request may succeed
+    later unchanged (the server was unreachable or overloaded), as opposed to a bad query or bad credentials.
+    """
+
+    def __init__(self, message: str, *, url: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.url = url
+        self.transient = transient
+
+
+class SourceError(ServerError):
+    """The source Postgres (or its replica) failed: unreachable, a missing table, a missing privilege."""
+
+
+class WarehouseError(ServerError):
+    """ClickHouse failed a request; `code` is ClickHouse's error code when the server sent one."""
+
+    def __init__(self, message: str, *, url: str, transient: bool = False, code: int | None = None) -> None:
+        super().__init__(message, url=url, transient=transient)
+        self.code = code
+
+
+class MissingDatabaseError(WarehouseError):
+    """The adpipe database is not there, and this caller may not create it (a read-only user)."""
+
+
+class StagingError(AdpipeError):
+    """The staging directory or bucket cannot be read or written, or a staged run is not what its manifest says."""
+
+
+class SyncRefusedError(AdpipeError):
+    """The sync stopped before changing anything, because going on would make the warehouse wrong
+    (the source was reset, the replica is behind the last run)."""
+
+
 def describe_failure(exc: BaseException) -> str | None:
     """One line for an expected failure (ours, or a database connection that broke); None for a bug.
 
-    Driver modules are looked up in `sys.modules` rather than imported: an exception of a driver
-    that was never imported cannot be raised, and importing it here would slow every command.
+    A connection that breaks in the middle of a Postgres read surfaces as the driver's error; psycopg is looked up
+    in `sys.modules` rather than imported: an exception of a driver that was never imported cannot be raised.
     """
     if isinstance(exc, AdpipeError):
         return str(exc)
     psycopg = sys.modules.get("psycopg")
     if psycopg is not None and isinstance(exc, psycopg.OperationalError):
         return f"Postgres connection failed: {first_line(exc)}"
-    ch_exceptions = sys.modules.get("clickhouse_connect.driver.exceptions")
-    if ch_exceptions is not None and isinstance(exc, ch_exceptions.ClickHouseError):
-        from pipeline.clickhouse import describe_error
-        from pipeline.config import load_settings
-
-        return describe_error(exc, load_settings().clickhouse_url)
     return None
 
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pipeline.errors import AdpipeError
+from pipeline.errors import BusyError
 
 
 def acquire_lock(path: Path, what: str) -> int:
@@ -24,7 +24,9 @@ def acquire_lock(path: Path, what: str) -> int:
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
-        raise AdpipeError(f"{what} is busy: another adpipe process (pid {holder}) holds {path}") from None
+        raise BusyError(
+            f"{what} is busy: another adpipe process (pid {holder}) holds {path}", path=str(path), holder=holder
+        ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
     return fd

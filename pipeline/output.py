@@ -7,8 +7,8 @@ from pathlib import Path
 
 import polars as pl
 
+from pipeline.atomic import write_atomic
 from pipeline.errors import AdpipeError
-from pipeline.state import write_atomic
 
 
 class OutputFormat(StrEnum):

@@ -5,7 +5,7 @@ same for both. Paths are `PurePath`s: a real `Path` locally, `PurePosixPath("buc
 form pyarrow's S3 filesystem takes). What differs is in `LocalStore`: a local file needs its directory
 created first, a local file written whole is written to a temp file, fsync'd and renamed into place (on S3
 one upload does that: an object becomes visible only once complete), only a local directory can be renamed
-(S3 has no rename: see `pipeline.stage` and `pipeline.referral.staging` for the commit points), and local
+(S3 has no rename: see `pipeline.sync.stage` and `pipeline.referral.staging` for the commit points), and local
 I/O errors stay as they were while S3 failures become one-line `AdpipeError`s naming the object.
 
 S3 settings are the standard AWS variables: `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL` (an S3-compatible
@@ -27,9 +27,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from pipeline.atomic import write_atomic
 from pipeline.config import S3_SCHEME, StagingDir
 from pipeline.errors import AdpipeError, first_line
-from pipeline.state import write_atomic
 
 
 def s3_endpoint() -> str | None:

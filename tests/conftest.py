@@ -24,10 +24,10 @@ import pytest
 from moto.server import ThreadedMotoServer
 from typer.testing import CliRunner
 
-from pipeline import clickhouse
 from pipeline.cli import app
 from pipeline.config import Settings, load_settings
-from pipeline.postgres import EmbeddedPostgres
+from pipeline.source.postgres import EmbeddedPostgres
+from pipeline.warehouse import client as clickhouse
 from tests.clickhouse_http import ClickHouseHttp
 
 _NO_SERVER = (
@@ -141,7 +141,7 @@ def settings(tmp_path: Path, pg_server_url: str, warehouse: str, monkeypatch: py
 @pytest.fixture
 def pg(settings: Settings) -> Iterator[psycopg.Connection]:
     """An autocommit connection to the test's source database, with the source schema applied."""
-    from pipeline.postgres import connect
+    from pipeline.source.postgres import connect
 
     conn = connect(settings)
     conn.autocommit = True

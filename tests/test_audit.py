@@ -10,13 +10,13 @@ import psycopg
 import pyarrow as pa
 import pytest
 
-from pipeline.audit import RunSummary, diff_runs, find_run, run_summaries
+from pipeline.analytics.audit import RunSummary, diff_runs, find_run, run_summaries
 from pipeline.config import Settings
 from pipeline.errors import AdpipeError
-from pipeline.generate import Generator
 from pipeline.options import Mode
-from pipeline.stage import Run, RunWriter, list_runs, quarantine_entries
-from pipeline.sync import SyncOptions, sync
+from pipeline.source.generate import Generator
+from pipeline.sync.run import SyncOptions, sync
+from pipeline.sync.stage import Run, RunWriter, list_runs, quarantine_entries
 
 
 def ids(*values: int) -> pa.Table:

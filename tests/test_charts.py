@@ -8,7 +8,7 @@ from decimal import Decimal
 import polars as pl
 import pytest
 
-from pipeline import charts
+from pipeline.analytics import charts
 
 
 def test_campaign_ctr_chart_error_bars_are_the_wilson_bounds() -> None:

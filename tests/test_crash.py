@@ -19,13 +19,13 @@ import psycopg
 import pytest
 
 from pipeline.config import Settings
-from pipeline.generate import Generator
+from pipeline.source.generate import Generator
 
 pytestmark = pytest.mark.warehouses  # each test that uses `settings` runs on chdb, http and server
 
 COUNT_SCRIPT = """
 import json
-from pipeline import clickhouse
+from pipeline.warehouse import client as clickhouse
 from pipeline.config import load_settings
 client = clickhouse.connect(load_settings())
 q = lambda sql: client.query(sql).result_rows

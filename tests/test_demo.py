@@ -1,5 +1,5 @@
-from pipeline import clickhouse
 from pipeline.config import Settings
+from pipeline.warehouse import client as clickhouse
 from tests.conftest import run_cli
 
 

@@ -10,9 +10,9 @@ import polars as pl
 import psycopg
 import pytest
 
-from pipeline import clickhouse
 from pipeline.config import Settings
 from pipeline.referral.publish import warehouse_hourly_reports
+from pipeline.warehouse import client as clickhouse
 from tests.conftest import run_cli
 from tests.test_events_load import LINES, reports, write
 
@@ -121,7 +121,7 @@ def test_source_schema_still_applied_with_referral(pg: psycopg.Connection) -> No
 
 
 def test_referral_schema_added_to_an_existing_source_database(settings: Settings, pg: psycopg.Connection) -> None:
-    from pipeline.postgres import connect
+    from pipeline.source.postgres import connect
 
     pg.execute("INSERT INTO advertiser (name) VALUES ('kept')")
     pg.execute("DROP SCHEMA referral CASCADE")  # a database from before this feature: V1 only

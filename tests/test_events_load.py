@@ -12,7 +12,6 @@ import polars as pl
 import psycopg
 import pytest
 
-from pipeline import clickhouse
 from pipeline.config import Settings
 from pipeline.errors import AdpipeError
 from pipeline.referral import stream
@@ -23,6 +22,7 @@ from pipeline.referral.report import HOUR_KEY, hour_counts, related_flags, touch
 from pipeline.referral.staging import StagedPart
 from pipeline.referral.stream import StreamAggregator
 from pipeline.storage import Store
+from pipeline.warehouse import client as clickhouse
 
 pytestmark = pytest.mark.warehouses  # each test that uses `settings` runs on chdb, http and server
 
@@ -80,7 +80,7 @@ def write(path: Path, lines: list[str]) -> Path:
 
 
 def reports(settings: Settings) -> list[tuple]:
-    from pipeline.postgres import connect
+    from pipeline.source.postgres import connect
 
     with connect(settings) as conn:
         return read_reports(conn, None, None, None).rows()
@@ -167,7 +167,7 @@ def test_a_failed_part_write_stops_the_load_and_the_next_load_completes_it(
 
 def test_reports_replaced_twice_in_a_callers_transaction(settings: Settings, pg: psycopg.Connection) -> None:
     """The second call replaces what the first wrote: its temp table is dropped even before the caller commits."""
-    from pipeline.postgres import connect
+    from pipeline.source.postgres import connect
 
     keys = pl.DataFrame({"customer_id": [2], "hour": [H10]})
     first = pl.DataFrame(

@@ -16,9 +16,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pipeline import generate
+from pipeline.catalog import SOURCE_TABLES
 from pipeline.config import Settings
-from pipeline.postgres import SOURCE_TABLES, EmbeddedPostgres
+from pipeline.source import generate
+from pipeline.source.postgres import EmbeddedPostgres
 from tests.conftest import run_cli
 
 NOW = "2026-11-20T12:00:00"

@@ -27,7 +27,7 @@ import pytest
 from pipeline.config import Settings
 from pipeline.options import Mode
 from pipeline.referral.load import load_files
-from pipeline.sync import SyncOptions, sync
+from pipeline.sync.run import SyncOptions, sync
 from tests.conftest import run_cli
 
 BETA = "Beta <script>alert(1)</script>"

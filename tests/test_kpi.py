@@ -22,13 +22,13 @@ import polars as pl
 import psycopg
 import pytest
 
-from pipeline import clickhouse
+from pipeline.analytics.kpi import Filters, compute
+from pipeline.analytics.reconcile import reconcile
 from pipeline.config import Settings
-from pipeline.generate import Generator
-from pipeline.kpi import Filters, compute
 from pipeline.options import Mode
-from pipeline.reconcile import reconcile
-from pipeline.sync import SyncOptions, sync
+from pipeline.source.generate import Generator
+from pipeline.sync.run import SyncOptions, sync
+from pipeline.warehouse import client as clickhouse
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.warehouses  # each test that uses `settings` runs on chdb, http and server

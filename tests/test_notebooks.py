@@ -13,12 +13,12 @@ import psycopg
 import pytest
 from nbclient import NotebookClient
 
-from pipeline import clickhouse
 from pipeline.config import Settings
-from pipeline.generate import Generator
 from pipeline.options import Mode
 from pipeline.referral.load import load_files
-from pipeline.sync import SyncOptions, sync
+from pipeline.source.generate import Generator
+from pipeline.sync.run import SyncOptions, sync
+from pipeline.warehouse import client as clickhouse
 
 NOTEBOOK_DIR = Path(__file__).parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
@@ -95,7 +95,8 @@ def execute(notebook: Path, probe: str) -> tuple[nbformat.NotebookNode, dict]:
 
 
 def figures(nb: nbformat.NotebookNode) -> dict[str, dict]:
-    """The plotly figures the notebook displayed, by the `pipeline.charts` function of the cell that drew it."""
+    """The plotly figures the notebook displayed, by the `pipeline.analytics.charts` function of the cell that drew
+    it."""
     shown = {}
     for cell in nb.cells:
         for output in cell.get("outputs", []):

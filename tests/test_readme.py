@@ -31,13 +31,13 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pipeline import clickhouse
 from pipeline.config import Settings, load_settings
 from pipeline.errors import AdpipeError
-from pipeline.generate import Generator, reset
 from pipeline.options import Mode
-from pipeline.postgres import EmbeddedPostgres
-from pipeline.sync import SyncOptions, sync
+from pipeline.source.generate import Generator, reset
+from pipeline.source.postgres import EmbeddedPostgres
+from pipeline.sync.run import SyncOptions, sync
+from pipeline.warehouse import client as clickhouse
 from tests.conftest import run_cli
 
 README = Path(__file__).resolve().parent.parent / "README.md"

@@ -24,11 +24,11 @@ import pytest
 from psycopg import sql
 
 from pipeline.config import Settings, load_settings, mask_url
-from pipeline.extract import SourceReader
-from pipeline.generate import Generator
 from pipeline.options import Engine
-from pipeline.stage import list_runs
-from pipeline.state import STATE_FILE, load_state
+from pipeline.source.generate import Generator
+from pipeline.sync.extract import SourceReader
+from pipeline.sync.stage import list_runs
+from pipeline.sync.state import STATE_FILE, load_state
 from tests.conftest import run_cli, server_directory
 from tests.test_sync import (
     aggregate_ch,

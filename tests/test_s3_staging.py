@@ -18,13 +18,13 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import clickhouse
 from pipeline.config import S3Prefix, Settings
 from pipeline.referral.load import LoadMode, load_files
 from pipeline.referral.publish import warehouse_hourly_reports
 from pipeline.referral.staging import quarantine_reasons
-from pipeline.stage import RunWriter, list_runs, quarantined_rows
 from pipeline.storage import Store
+from pipeline.sync.stage import RunWriter, list_runs, quarantined_rows
+from pipeline.warehouse import client as clickhouse
 from tests.conftest import SECRET, raw_s3, run_cli
 from tests.test_events_load import CL, EXPECTED, LINES, QUARANTINED, reports, write
 from tests.test_sync import aggregate_ch, ch, per_campaign_ch, seed_hand_built
@@ -111,7 +111,7 @@ def test_a_retried_s3_load_counts_once(
     s3_settings: Settings, pg: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A run loaded but not committed (a crash) is loaded again by the next sync: the tokens drop the repeat."""
-    import pipeline.sync as sync_module
+    import pipeline.sync.run as sync_module
 
     seed_hand_built(pg)
     sync_ok("--mode", "full")

@@ -13,22 +13,26 @@ from __future__ import annotations
 import re
 import socket
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import psycopg
 import pytest
 import yaml
 from clickhouse_connect.driver.client import Client
 
-from pipeline import clickhouse
-from pipeline.cluster import render_cluster_schema, render_shadow, render_swap
+from pipeline.analytics.kpi import Filters, compute
+from pipeline.catalog import SWAPPED_TABLES
 from pipeline.config import Settings
-from pipeline.kpi import Filters, compute
-from pipeline.load import SWAPPED_TABLES, shadow_name
-from pipeline.sqlfiles import KPI_DIR, ROOT, SCHEMAS_DIR, statements
-from pipeline.stage import list_runs
-from pipeline.sync import load_parts
+from pipeline.sqlfiles import statements
+from pipeline.sync.load import shadow_name
+from pipeline.sync.run import load_parts
+from pipeline.sync.stage import list_runs
+from pipeline.warehouse import client as clickhouse
+from pipeline.warehouse.cluster import render_cluster_schema, render_shadow, render_swap
 from tests.conftest import run_cli
 from tests.test_sync import seed_hand_built
+
+ROOT = Path(__file__).resolve().parent.parent
 
 CLUSTER = "adpipe"
 """The cluster name the README and the compose profile use."""
@@ -87,8 +91,8 @@ def created(ddl: list[str], kind: str) -> dict[str, str]:
 
 
 def test_every_rendered_statement_parses_and_runs_on_the_cluster(settings: Settings, cluster_ddl: list[str]) -> None:
-    # 1 database + 9 stored tables + 4 Distributed tables + 4 materialized views + 2 views.
-    assert len(cluster_ddl) == 20
+    # 1 database + 9 stored tables + 4 Distributed tables + 4 materialized views + 4 views.
+    assert len(cluster_ddl) == 22
     assert cluster_ddl[0] == f"CREATE DATABASE IF NOT EXISTS {settings.clickhouse_database} ON CLUSTER {CLUSTER}"
     assert all(f" ON CLUSTER {CLUSTER}" in statement for statement in cluster_ddl)
 
@@ -121,7 +125,7 @@ def test_materialized_views_aggregate_on_each_shard(settings: Settings, cluster_
 def test_every_table_the_kpis_read_is_distributed_or_on_every_node(settings: Settings, cluster_ddl: list[str]) -> None:
     db = settings.clickhouse_database
     read = set()
-    for path in KPI_DIR.glob("*.sql"):
+    for path in (ROOT / "kpi_sql").glob("*.sql"):
         if path.name.endswith(".duckdb.sql"):
             continue
         text = path.read_text()
@@ -131,9 +135,11 @@ def test_every_table_the_kpis_read_is_distributed_or_on_every_node(settings: Set
     tables, views = created(cluster_ddl, "TABLE"), created(cluster_ddl, "VIEW")
     assert {"campaign_daily", "campaign_hourly"} <= set(EXPECTED_DISTRIBUTED) & set(tables)
     # The views the KPIs join read only tables replicated to every node, so each shard joins locally.
-    assert set(views) == {"live_campaign", "live_advertiser"}
-    assert re.findall(r"FROM ([\w.]+)", views["live_advertiser"]) == [f"{db}.advertiser"]
-    assert re.findall(r"FROM ([\w.]+)", views["live_campaign"]) == [f"{db}.campaign", f"{db}.live_advertiser"]
+    assert set(views) == {"current_advertiser", "current_campaign", "live_campaign", "live_advertiser"}
+    assert re.findall(r"FROM ([\w.]+)", views["current_advertiser"]) == [f"{db}.advertiser"]
+    assert re.findall(r"FROM ([\w.]+)", views["current_campaign"]) == [f"{db}.campaign"]
+    assert re.findall(r"FROM ([\w.]+)", views["live_advertiser"]) == [f"{db}.current_advertiser"]
+    assert re.findall(r"FROM ([\w.]+)", views["live_campaign"]) == [f"{db}.current_campaign", f"{db}.live_advertiser"]
     assert EVERY_NODE_PATH in tables["advertiser"] and EVERY_NODE_PATH in tables["campaign"]
 
 
@@ -190,7 +196,7 @@ def test_init_cluster_print_writes_the_ddl_and_executes_nothing(settings: Settin
     result = run_cli("init", "--cluster", CLUSTER, "--print")
     assert result.exit_code == 0, result.stderr
     printed = [s for s in result.stdout.split(";\n\n") if s.strip()]
-    assert len(printed) == 20
+    assert len(printed) == 22
     client = clickhouse.connect(settings)
     assert [formatted(client, s) for s in printed] == cluster_ddl
     assert client.command("SELECT count() FROM system.tables WHERE database = currentDatabase()") == 0
@@ -224,7 +230,7 @@ def test_full_load_renders_shadow_exchange_and_drop_on_cluster(settings: Setting
     # the same 20 statements, each naming the shadow and never the live database.
     assert created_shadow[0] == drop_shadow
     assert created_shadow[1] == f"CREATE DATABASE IF NOT EXISTS {shadow} ON CLUSTER {CLUSTER}"
-    assert len(created_shadow) == 1 + 20
+    assert len(created_shadow) == 1 + 22
     assert [re.sub(rf"\b{shadow}\b", db, s) for s in created_shadow[1:]] == cluster_ddl
     assert not any(re.search(rf"\b{db}\b", s) for s in created_shadow)
     assert all(f" ON CLUSTER {CLUSTER}" in s for s in created_shadow)
@@ -341,12 +347,12 @@ def test_read_only_commands_use_the_reader_url_and_sync_does_not(
     ]
 
 
-USERS_SQL = SCHEMAS_DIR / "clickhouse" / "users" / "adpipe_users.sql"
+USERS_SQL = ROOT / "schemas" / "clickhouse" / "users" / "adpipe_users.sql"
 
 
 def test_users_sql_parses_and_grants_least_privilege(settings: Settings) -> None:
     client = clickhouse.connect(settings)
-    users = [formatted(client, statement) for statement in statements(USERS_SQL)]
+    users = [formatted(client, statement) for statement in statements(USERS_SQL.read_text())]
     assert users == [
         "CREATE ROLE IF NOT EXISTS adpipe_write",
         "GRANT SELECT, INSERT, ALTER, CREATE, DROP, SHOW ON adpipe.* TO adpipe_write",

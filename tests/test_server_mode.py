@@ -20,12 +20,11 @@ from pathlib import Path
 import clickhouse_connect
 import psycopg
 import pytest
-from clickhouse_connect.driver.exceptions import DatabaseError
 
-from pipeline import clickhouse
 from pipeline.config import Settings, load_settings
-from pipeline.errors import AdpipeError, describe_failure
+from pipeline.errors import AdpipeError, WarehouseError, describe_failure
 from pipeline.referral.load import load_files
+from pipeline.warehouse import client as clickhouse
 from tests.clickhouse_http import ClickHouseHttp, Fault
 from tests.conftest import run_cli
 from tests.test_events_load import EXPECTED, LINES, reports, write
@@ -57,7 +56,7 @@ def test_sync_retries_transient_failures_and_loads_each_row_once(
     # dropped by its insert_deduplication_token, in the table and in the aggregates.
     double.inject(Fault.RESET, matching=PARQUET_PART.format(table="impressions"))
     double.inject(Fault.UNAVAILABLE, matching="^EXCHANGE TABLES")
-    with caplog.at_level(logging.WARNING, logger="pipeline.clickhouse"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.warehouse.client"):
         full(settings)
 
     assert per_campaign_ch(settings, "impressions") == {1: 3, 2: 1}
@@ -66,7 +65,7 @@ def test_sync_retries_transient_failures_and_loads_each_row_once(
     assert aggregate_ch(settings, "clicks") == {1: 2, 2: 0}
     assert len(double.statements(PARQUET_PART.format(table="clicks"))) == 3  # two refusals, then the insert
     assert len(double.statements(PARQUET_PART.format(table="impressions"))) == 2  # the insert, resent once
-    retries = [record.getMessage() for record in caplog.records if record.name == "pipeline.clickhouse"]
+    retries = [record.getMessage() for record in caplog.records if record.name == "pipeline.warehouse.client"]
     assert len(retries) >= 3  # the two refusals and the 503 (the driver resends a reset insert itself)
     assert all(f"http://adpipe:***@127.0.0.1:{double.port}/" in message for message in retries)
     assert not any(double.password in message or "s3cret" in message for message in retries)
@@ -140,9 +139,10 @@ def test_a_statement_unsafe_to_repeat_is_not_resent_and_the_next_sync_converges(
 )
 def test_a_bad_query_is_sent_once(settings: Settings, double: ClickHouseHttp, statement: str, code: int) -> None:
     client = clickhouse.connect(settings)
-    with pytest.raises(DatabaseError) as raised:
+    with pytest.raises(WarehouseError) as raised:
         client.command(statement)
     assert raised.value.code == code
+    assert not raised.value.transient
     assert len(double.statements("^" + statement.replace("(", r"\(").replace(")", r"\)"))) == 1
     message = describe_failure(raised.value)
     assert message is not None
@@ -172,13 +172,13 @@ def test_server_down_is_one_line_after_the_configured_retries(
         port = probe.getsockname()[1]
     monkeypatch.setenv("ADPIPE_CLICKHOUSE_URL", f"http://adpipe:s3cret@127.0.0.1:{port}/adpipe")
     monkeypatch.setenv("ADPIPE_CLICKHOUSE_RETRIES", "2")
-    with caplog.at_level(logging.WARNING, logger="pipeline.clickhouse"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.warehouse.client"):
         result = run_cli("status")
     assert result.exit_code == 1
     assert result.stderr.count("\n") == 1
     assert result.stderr.startswith(f"error: cannot reach ClickHouse at http://adpipe:***@127.0.0.1:{port}/adpipe: ")
     assert "Connection refused" in result.stderr
-    retries = [record.getMessage() for record in caplog.records if record.name == "pipeline.clickhouse"]
+    retries = [record.getMessage() for record in caplog.records if record.name == "pipeline.warehouse.client"]
     assert [message.rsplit(";", 1)[1] for message in retries] == [
         " retry 1 of 2 in 0.01 s",
         " retry 2 of 2 in 0.02 s",

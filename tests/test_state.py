@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.atomic import write_atomic
 from pipeline.errors import AdpipeError
-from pipeline.state import write_atomic
 
 
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])

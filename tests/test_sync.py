@@ -14,15 +14,15 @@ from unittest.mock import ANY
 import psycopg
 import pytest
 
-from pipeline import clickhouse
 from pipeline.config import Settings
 from pipeline.errors import AdpipeError
-from pipeline.generate import Generator
 from pipeline.locks import exclusive_lock
 from pipeline.options import Engine, Mode, OnReset
-from pipeline.stage import list_runs
-from pipeline.state import STATE_FILE, load_state
-from pipeline.sync import SyncOptions, missing_ranges, replay, sync
+from pipeline.source.generate import Generator
+from pipeline.sync.run import SyncOptions, missing_ranges, replay, sync
+from pipeline.sync.stage import list_runs
+from pipeline.sync.state import STATE_FILE, load_state
+from pipeline.warehouse import client as clickhouse
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.warehouses  # each test that uses `settings` runs on chdb, http and server
@@ -238,7 +238,7 @@ def run_record(settings: Settings, run_id: str) -> list[tuple]:
 
 def crash_before_commit(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """An incremental sync that dies after loading, before its commit; the real commit is back afterwards."""
-    import pipeline.sync as sync_module
+    import pipeline.sync.run as sync_module
 
     real_commit = sync_module.commit
 
@@ -277,7 +277,7 @@ def test_crash_between_load_and_state_write_converges_without_doubling(
 def test_a_run_staged_before_manifests_had_a_summary_is_recorded_with_what_it_loaded(
     settings: Settings, pg: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pipeline.stage import MANIFEST
+    from pipeline.sync.stage import MANIFEST
 
     generator = Generator(pg, seed=4)
     generator.batch(advertisers=1, campaigns=1, impressions=100, ctr=0.1)
@@ -302,8 +302,8 @@ def test_a_run_killed_before_recording_its_end_is_marked_interrupted(
 ) -> None:
     from datetime import UTC, datetime
 
-    from pipeline.sync import INTERRUPTED, SyncResult, _record
-    from pipeline.warehouse import apply_schema
+    from pipeline.sync.run import INTERRUPTED, SyncResult, _record
+    from pipeline.warehouse.schema import apply_schema
 
     Generator(pg, seed=5).batch(advertisers=1, campaigns=1, impressions=10, ctr=0.1)
     # What a SIGKILLed sync leaves: its rows say `running`, nothing was published.
@@ -385,9 +385,17 @@ def test_reset_source_is_detected(settings: Settings, pg: psycopg.Connection) ->
     with pytest.raises(AdpipeError, match=r"source was reset \(impressions max id 10 is below the last synced id 50\)"):
         incremental(settings)
     assert ch(settings, "SELECT count() FROM impressions") == [(50,)]  # nothing half-applied
-    incremental(settings, on_reset=OnReset.FULL)
+    result = sync(settings, SyncOptions(mode=Mode.INCREMENTAL, on_reset=OnReset.FULL))
     assert ch(settings, "SELECT count() FROM impressions") == [(10,)]
     assert ch(settings, "SELECT sum(impressions) FROM campaign_daily") == [(10,)]
+    # The plan decided the mode before the run was named: named, recorded and staged once, as full.
+    assert result.mode == "full" and result.run_id.endswith("-full")
+    recorded = ch(
+        settings,
+        f"SELECT DISTINCT mode, status FROM sync_runs WHERE run_id = '{result.run_id}' ORDER BY status",
+    )
+    assert recorded == [("full", "running"), ("full", "success")]
+    assert list_runs(settings.staging_dir)[-1].manifest["mode"] == "full"
 
 
 def test_second_concurrent_sync_is_refused(settings: Settings, pg: psycopg.Connection) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -15,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
+from pipeline.config import Settings, load_settings
 from pipeline.errors import describe_failure
 from pipeline.output import OutputFormat, render_frame, write_frame
 
@@ -65,6 +67,7 @@ def _global_options(
         int, typer.Option("--verbose", "-v", count=True, help="More diagnostics: -v info, -vv debug.")
     ] = 0,
 ) -> None:
+    _settings.set([])
     level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
     handler = RichHandler(console=err_console)
     if verbose == 0:
@@ -79,8 +82,24 @@ def _quiet_drivers(record: logging.LogRecord) -> bool:
     A handler filter, because clickhouse-connect resets urllib3's logger level when it is imported.
     """
     return record.levelno >= logging.ERROR or not record.name.startswith(
-        ("urllib3", "clickhouse_connect", "pipeline.clickhouse")
+        ("urllib3", "clickhouse_connect", "pipeline.warehouse.client")
     )
+
+
+_settings: ContextVar[list[Settings]] = ContextVar("adpipe_settings")
+"""This invocation's settings, once read: the app callback gives each invocation an empty list."""
+
+
+def current_settings() -> Settings:
+    """This invocation's settings: read from the environment once, by the first command step that needs them,
+    then passed to every library call, none of which reads the environment itself.
+
+    Not read in the callback: `adpipe sync --help` must work whatever the environment holds.
+    """
+    cached = _settings.get()
+    if not cached:
+        cached.append(load_settings())
+    return cached[0]
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

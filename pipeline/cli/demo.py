@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.rule import Rule
 
-from pipeline.cli.app import app, console
+from pipeline.cli.app import app, console, current_settings
 from pipeline.errors import AdpipeError
 
 
@@ -19,17 +19,17 @@ def demo(
     ] = False,
 ) -> None:
     """Reset, generate, full sync, generate more, incremental sync, the KPI report, then reconcile."""
-    from pipeline.chstats import chstats
+    from pipeline.analytics.chstats import chstats
+    from pipeline.analytics.reconcile import reconcile
     from pipeline.cli.kpi import print_reconcile_report
     from pipeline.cli.sync import print_sync_result
-    from pipeline.config import load_settings, mask_url
-    from pipeline.generate import Generator, reset
+    from pipeline.config import mask_url
     from pipeline.options import Mode
-    from pipeline.postgres import connect
-    from pipeline.reconcile import reconcile
-    from pipeline.sync import SyncOptions, sync
+    from pipeline.source.generate import Generator, reset
+    from pipeline.source.postgres import connect
+    from pipeline.sync.run import SyncOptions, sync
 
-    settings = load_settings()
+    settings = current_settings()
     if settings.postgres_url and not yes:
         raise AdpipeError(
             f"the demo empties the source tables, and Postgres is external ({mask_url(settings.postgres_url)}); "

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from pipeline.cli.app import app, console, print_frame, progress_bars
+from pipeline.cli.app import app, console, current_settings, print_frame, progress_bars
 from pipeline.options import LoadMode
 from pipeline.output import OutputFormat
 
@@ -48,7 +48,6 @@ def load(
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")] = False,
 ) -> None:
     """Clean the files, stage the events, recompute the hourly reports they touch, mirror to ClickHouse."""
-    from pipeline.config import load_settings
     from pipeline.referral.load import load_files
 
     with progress_bars() as progress:
@@ -59,7 +58,7 @@ def load(
                 tasks[what] = progress.add_task(what, total=total)
             progress.update(tasks[what], completed=done, total=total)
 
-        summary = load_files(load_settings(), files, mode, window, advance)
+        summary = load_files(current_settings(), files, mode, window, advance)
     if as_json:
         console.print_json(json.dumps(summary.to_json()))
     else:
@@ -98,12 +97,11 @@ def report(
     out: Annotated[Path | None, typer.Option(help="Write to this file (atomically) instead of stdout.")] = None,
 ) -> None:
     """The hourly referral reports: page loads, clicks, unique clicking users, related clicks and CTR."""
-    from pipeline.config import load_settings
     from pipeline.output import output_format
     from pipeline.referral.publish import query_reports
 
     chosen = output_format(fmt, out)
-    print_frame(query_reports(load_settings(), customer, start, end), chosen, out, _report_table)
+    print_frame(query_reports(current_settings(), customer, start, end), chosen, out, _report_table)
 
 
 def _report_table(frame: pl.DataFrame) -> Table:

@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from pipeline.cli.app import app, console, print_frame
-from pipeline.kpi import Filters
+from pipeline.analytics.kpi import Filters
+from pipeline.cli.app import app, console, current_settings, print_frame
 from pipeline.output import OutputFormat
 
 if TYPE_CHECKING:
     import polars as pl
 
-    from pipeline.reconcile import ReconcileReport
+    from pipeline.analytics.reconcile import ReconcileReport
 
 DATE_FORMATS = ["%Y-%m-%d"]
 
@@ -46,10 +46,9 @@ CampaignOption = Annotated[int | None, typer.Option("--campaign", min=1, help="O
 @app.command()
 def chstats() -> None:
     """The seed's report: CTR per campaign, per UTC day and per advertiser, from ClickHouse."""
-    from pipeline.chstats import chstats as report
-    from pipeline.config import load_settings
+    from pipeline.analytics.chstats import chstats as report
 
-    typer.echo(report(load_settings()), nl=False)
+    typer.echo(report(current_settings()), nl=False)
 
 
 @app.command("kpi")
@@ -68,8 +67,7 @@ def kpi_command(
     out: Annotated[Path | None, typer.Option(help="Write to this file (atomically) instead of stdout.")] = None,
 ) -> None:
     """Compute one KPI from ClickHouse: `adpipe kpi list` shows them all."""
-    from pipeline.config import load_settings
-    from pipeline.kpi import compute, list_kpis
+    from pipeline.analytics.kpi import compute, list_kpis
     from pipeline.output import output_format
 
     if name == "list":
@@ -77,7 +75,7 @@ def kpi_command(
         return
     filters = filters_from_options(from_, to, advertiser, campaign, min_impressions)
     chosen = output_format(fmt, out)
-    frame = compute(load_settings(), name, filters)
+    frame = compute(current_settings(), name, filters)
     print_frame(frame, chosen, out, lambda f: _rich_table(name, f))
 
 
@@ -86,10 +84,9 @@ def reconcile(
     from_: FromOption = None, to: ToOption = None, advertiser: AdvertiserOption = None, campaign: CampaignOption = None
 ) -> None:
     """Recompute every KPI with DuckDB from the Parquet snapshots and count rows in Postgres; exit 1 on a mismatch."""
-    from pipeline.config import load_settings
-    from pipeline.reconcile import reconcile as run
+    from pipeline.analytics.reconcile import reconcile as run
 
-    report = run(load_settings(), filters_from_options(from_, to, advertiser, campaign, None))
+    report = run(current_settings(), filters_from_options(from_, to, advertiser, campaign, None))
     print_reconcile_report(report)
     if not report.ok:
         raise typer.Exit(1)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli.app import app, console, err_console
+from pipeline.cli.app import app, console, current_settings, err_console
 
 
 @app.command()
@@ -15,10 +15,9 @@ def report(
     out: Annotated[Path, typer.Option(help="The HTML file to write (atomically).")] = Path("report.html"),
 ) -> None:
     """One HTML file, viewable offline: KPI and referral charts, quarantine, reconciliation, sync freshness."""
-    from pipeline.config import load_settings
-    from pipeline.html_report import write_report
+    from pipeline.analytics.html_report import write_report
 
     with err_console.status("report") as status:
-        summary = write_report(load_settings(), out, lambda what: status.update(f"report: {what}"))
+        summary = write_report(current_settings(), out, lambda what: status.update(f"report: {what}"))
     result = "all checks pass" if summary.reconcile_ok else f"[bold red]{summary.failed_checks} checks FAIL[/]"
     console.print(f"Wrote {out} ({summary.bytes / 2**20:.1f} MiB, {summary.charts} charts; reconciliation: {result}).")

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from pipeline.cli.app import app, console
+from pipeline.cli.app import app, console, current_settings
 
 if TYPE_CHECKING:
-    from pipeline.generate import Generator
+    from pipeline.source.generate import Generator
 
 Seed = Annotated[int | None, typer.Option(help="Random seed: the same seed writes the same data.")]
 Now = Annotated[
@@ -25,11 +25,10 @@ Now = Annotated[
 
 def _generator(seed: int | None, now: datetime | None) -> Generator:
     # Imports inside commands keep `adpipe --help` fast.
-    from pipeline.config import load_settings
-    from pipeline.generate import Generator
-    from pipeline.postgres import connect
+    from pipeline.source.generate import Generator
+    from pipeline.source.postgres import connect
 
-    return Generator(connect(load_settings()), seed=seed, now=now)
+    return Generator(connect(current_settings()), seed=seed, now=now)
 
 
 @app.command()
@@ -103,12 +102,11 @@ def _id_range(ids: list[int]) -> str:
 @app.command()
 def stats() -> None:
     """Rows, id range and created_at range of each source table, and its rows quarantined by the last sync."""
-    from pipeline.config import load_settings
-    from pipeline.generate import table_stats
-    from pipeline.postgres import connect
-    from pipeline.stage import quarantined_rows
+    from pipeline.source.generate import table_stats
+    from pipeline.source.postgres import connect
+    from pipeline.sync.stage import quarantined_rows
 
-    settings = load_settings()
+    settings = current_settings()
     with connect(settings) as conn:
         rows = table_stats(conn)
     # From the staged snapshots: no ClickHouse connection, so stats never waits on a busy warehouse.
@@ -138,11 +136,10 @@ def _text(value: object) -> str:
 @app.command()
 def reset(yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False) -> None:
     """Empty all four source tables and restart their ids."""
-    from pipeline.config import load_settings
-    from pipeline.generate import reset as reset_tables
-    from pipeline.postgres import connect
+    from pipeline.source.generate import reset as reset_tables
+    from pipeline.source.postgres import connect
 
-    settings = load_settings()
+    settings = current_settings()
     with connect(settings) as conn:
         if not yes:
             typer.confirm("Delete every row of advertiser, campaign, impressions and clicks?", abort=True)
@@ -153,10 +150,9 @@ def reset(yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confir
 @app.command()
 def down() -> None:
     """Stop the embedded Postgres server (it is left running between commands)."""
-    from pipeline.config import load_settings
-    from pipeline.postgres import EmbeddedPostgres
+    from pipeline.source.postgres import EmbeddedPostgres
 
-    settings = load_settings()
+    settings = current_settings()
     if settings.postgres_url:
         console.print("Postgres is an external server (ADPIPE_POSTGRES_URL); nothing to stop.")
     elif EmbeddedPostgres(settings.embedded_postgres_dir).stop():

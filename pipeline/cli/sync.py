@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from pipeline.cli.app import app, console, err_console, progress_bars
+from pipeline.cli.app import app, console, current_settings, err_console, progress_bars
 from pipeline.errors import AdpipeError
 from pipeline.options import DEFAULT_CHUNK_ROWS, Engine, Mode, OnReset
 
 if TYPE_CHECKING:
     from pipeline.config import Settings
-    from pipeline.sync import SyncResult
+    from pipeline.sync.run import SyncResult
 
 snapshots_app = typer.Typer(help="Inspect, verify and prune the staged Parquet runs.", no_args_is_help=True)
 app.add_typer(snapshots_app, name="snapshots")
@@ -30,9 +30,8 @@ def init(
     ] = False,
 ) -> None:
     """Create the ClickHouse database, tables and materialized views (idempotent)."""
-    from pipeline.config import load_settings
 
-    settings = load_settings()
+    settings = current_settings()
     if cluster is None:
         if print_only:
             raise AdpipeError("--print shows the DDL for a cluster: add --cluster NAME")
@@ -42,15 +41,15 @@ def init(
 
 
 def _init_single_node(settings: Settings) -> None:
-    from pipeline import clickhouse
-    from pipeline.warehouse import apply_schema
+    from pipeline.warehouse import client as clickhouse
+    from pipeline.warehouse.schema import apply_schema
 
     apply_schema(clickhouse.connect(settings))
     console.print(f"Warehouse schema is in place in database [bold]{settings.clickhouse_database}[/].")
 
 
 def _init_cluster(settings: Settings, cluster: str, print_only: bool) -> None:
-    from pipeline.cluster import create_on_cluster, render_cluster_schema
+    from pipeline.warehouse.cluster import create_on_cluster, render_cluster_schema
 
     if print_only:
         statements = render_cluster_schema(cluster, settings.clickhouse_database)
@@ -77,12 +76,11 @@ def sync(
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")] = False,
 ) -> None:
     """Copy Postgres into ClickHouse through a staged Parquet snapshot, exactly once."""
-    from pipeline.config import load_settings
-    from pipeline.stage import prune_runs
-    from pipeline.sync import SyncOptions
-    from pipeline.sync import sync as run_sync
+    from pipeline.sync.run import SyncOptions
+    from pipeline.sync.run import sync as run_sync
+    from pipeline.sync.stage import prune_runs
 
-    settings = load_settings()
+    settings = current_settings()
     with progress_bars() as progress:
         tasks: dict[str, int] = {}
 
@@ -103,8 +101,8 @@ def sync(
 
 
 def _verify(settings: Settings) -> None:
+    from pipeline.analytics.reconcile import reconcile
     from pipeline.cli.kpi import print_reconcile_report
-    from pipeline.reconcile import reconcile
 
     report = reconcile(settings)
     print_reconcile_report(report)
@@ -132,15 +130,9 @@ def print_sync_result(result: SyncResult, pruned: list[str]) -> None:
 @app.command()
 def status() -> None:
     """Per table: Postgres vs ClickHouse rows and max id, rows behind, quarantined, and the last successful run."""
-    from pipeline import clickhouse
-    from pipeline.config import load_settings
-    from pipeline.status import format_age, warehouse_status
-    from pipeline.warehouse import apply_schema
+    from pipeline.analytics.status import format_age, warehouse_status
 
-    settings = load_settings()
-    client = clickhouse.connect(settings)
-    apply_schema(client)
-    report = warehouse_status(settings, client)
+    report = warehouse_status(current_settings())
     table = Table(title="Postgres → ClickHouse")
     for column in (
         "Table",
@@ -179,13 +171,12 @@ def _text(value: object) -> str:
 @app.command()
 def replay() -> None:
     """Rebuild ClickHouse from the staged runs alone (latest full run, then the later ones), without Postgres."""
-    from pipeline.config import load_settings
-    from pipeline.sync import replay as run_replay
+    from pipeline.sync.run import replay as run_replay
 
     with progress_bars() as progress:
         task = progress.add_task("replay", total=None)
         replayed = run_replay(
-            load_settings(), lambda _w, done, total: progress.update(task, completed=done, total=total)
+            current_settings(), lambda _w, done, total: progress.update(task, completed=done, total=total)
         )
     console.print(f"Replayed {len(replayed)} runs: {replayed[0]} … {replayed[-1]}.")
 
@@ -193,10 +184,9 @@ def replay() -> None:
 @snapshots_app.command("list")
 def snapshots_list() -> None:
     """The staged runs, oldest first, with their row counts and whether they are committed."""
-    from pipeline.audit import run_summaries
-    from pipeline.config import load_settings
+    from pipeline.analytics.audit import run_summaries
 
-    settings = load_settings()
+    settings = current_settings()
     table = Table(title=f"Staged runs in {settings.staging_dir}")
     # The run id ends in the mode (…-full, …-incremental), so it needs no column of its own.
     for column in ("Run", "Rows", "Quarantined", "Parts", "Committed"):
@@ -210,10 +200,9 @@ def snapshots_list() -> None:
 @snapshots_app.command("verify")
 def snapshots_verify() -> None:
     """Re-hash every staged part against its manifest; exit 1 on any mismatch."""
-    from pipeline.config import load_settings
-    from pipeline.stage import list_runs, verify_runs
+    from pipeline.sync.stage import list_runs, verify_runs
 
-    runs = list_runs(load_settings().staging_dir)
+    runs = list_runs(current_settings().staging_dir)
     problems = list(verify_runs(runs))
     for p in problems:
         err_console.print(f"[red]{p.run_id}/{p.path}: {p.problem}[/]")
@@ -226,8 +215,7 @@ def snapshots_verify() -> None:
 @snapshots_app.command("prune")
 def snapshots_prune(keep: Annotated[int, typer.Option(help="Staged runs to keep.")] = 10) -> None:
     """Delete old staged runs, never those the warehouse state or the next sync needs."""
-    from pipeline.config import load_settings
-    from pipeline.stage import prune_runs
+    from pipeline.sync.stage import prune_runs
 
-    removed = prune_runs(load_settings(), keep)
+    removed = prune_runs(current_settings(), keep)
     console.print(f"Removed {len(removed)} staged runs." if removed else "Nothing to prune.")

@@ -32,7 +32,6 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline import clickhouse, postgres
 from pipeline.config import Settings
 from pipeline.errors import AdpipeError
 from pipeline.locks import exclusive_lock
@@ -45,8 +44,10 @@ from pipeline.referral.publish import EventMirror, replace_event_days, write_rep
 from pipeline.referral.report import HOUR_KEY, HOURLY_SCHEMA, hour_counts, hourly_reports, touched_hours
 from pipeline.referral.staging import StagedKeys, read_range, staged_days, write_events, write_quarantine
 from pipeline.referral.stream import StreamAggregator
+from pipeline.source import postgres
 from pipeline.storage import Store, open_store
-from pipeline.warehouse import apply_schema
+from pipeline.warehouse import client as clickhouse
+from pipeline.warehouse.schema import apply_schema
 
 log = logging.getLogger(__name__)
 

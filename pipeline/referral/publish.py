@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import time
 from datetime import date, datetime, timedelta
-from pathlib import Path
 
 import polars as pl
 import psycopg
@@ -14,19 +13,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from clickhouse_connect.driver.client import Client
 
-from pipeline import postgres
 from pipeline.config import Settings
 from pipeline.errors import AdpipeError
 from pipeline.prefetch import Worker
 from pipeline.referral.events import EVENT_SCHEMA, HORIZON
 from pipeline.referral.report import HOUR_KEY, HOURLY_SCHEMA
 from pipeline.referral.staging import StagedPart, day_parts, dedup_staged, read_days
-from pipeline.sqlfiles import statements
+from pipeline.source import postgres
+from pipeline.sqlfiles import sql_text, statements
 from pipeline.storage import Store
 
 log = logging.getLogger(__name__)
 
-SQL_DIR = Path(__file__).resolve().parent / "sql"
 EVENTS_TABLE = "referral_events"
 
 
@@ -39,7 +37,7 @@ def write_reports(conn: psycopg.Connection, keys: pl.DataFrame, hourly: pl.DataF
     hourly = hourly.join(keys, on=HOUR_KEY, how="semi")
     copies = iter([keys.select(HOUR_KEY), *report_tables(hourly)])
     with conn.transaction(), conn.cursor() as cursor:
-        for statement in statements(SQL_DIR / "postgres_replace_hours.sql"):
+        for statement in statements(sql_text("referral", "postgres_replace_hours.sql")):
             if statement.startswith("COPY"):
                 with cursor.copy(statement) as copy:
                     copy.write(next(copies).write_csv(include_header=False, datetime_format="%Y-%m-%d %H:%M:%S"))
@@ -77,7 +75,7 @@ def read_reports(
 ) -> pl.DataFrame:
     """The four reports side by side: customer_id, hour, page_loads, clicks, unique_user_clicks,
     related_clicks, ctr."""
-    (query,) = statements(SQL_DIR / "postgres_report.sql")
+    (query,) = statements(sql_text("referral", "postgres_report.sql"))
     params = {"customer_id": customer_id, "from": start, "to": end}
     rows = conn.execute(query, params).fetchall()
     return pl.DataFrame(rows, schema={**dict(HOURLY_SCHEMA), "ctr": pl.Float64}, orient="row")
@@ -181,7 +179,7 @@ def _insert_part(client: Client, parquet: bytes, token: str) -> None:
 
 def warehouse_hourly_reports(client: Client, window: timedelta) -> pl.DataFrame:
     """The same reports computed by ClickHouse SQL over `referral_events` (HOURLY_SCHEMA), to reconcile."""
-    (query,) = statements(SQL_DIR / "clickhouse_hourly_reports.sql")
+    (query,) = statements(sql_text("referral", "clickhouse_hourly_reports.sql"))
     parameters = {"window": int(window.total_seconds()), "horizon": int(HORIZON.total_seconds())}
     table = client.query_arrow(query, parameters=parameters)
     frame = pl.from_arrow(table)

@@ -1,6 +1,6 @@
 """Plotly figures of the KPIs and the referral reports, each from the Polars frame the library returns.
 
-Every function takes the frame as `pipeline.kpi.compute` (or `pipeline.referral.publish.query_reports`)
+Every function takes the frame as `pipeline.analytics.kpi.compute` (or `pipeline.referral.publish.query_reports`)
 returns it and gives a `plotly.graph_objects.Figure`; an empty frame gives an empty figure that says
 "no data" rather than an error, so a report or a notebook renders before the first sync or load.
 CTRs are fractions in the frames and shown as percentages on the axes.

@@ -28,11 +28,11 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from pipeline.clean import QUARANTINE_SCHEMA
 from pipeline.config import Settings, StagingDir
 from pipeline.errors import AdpipeError
-from pipeline.state import load_state
 from pipeline.storage import Store, open_store
+from pipeline.sync.clean import QUARANTINE_SCHEMA
+from pipeline.sync.state import load_state
 
 MANIFEST = "manifest.json"
 TMP_PREFIX = ".tmp-"

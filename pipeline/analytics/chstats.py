@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from pipeline.analytics.kpi import Filters, compute
 from pipeline.config import Settings
-from pipeline.kpi import Filters, compute
 
 NAME_WIDTH = 20
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import polars as pl
 from clickhouse_connect.driver.client import Client
 
-from pipeline.clean import Cleaned
+from pipeline.sync.clean import Cleaned
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ staging is on S3, ClickHouse reads the part itself with its `s3()` table functio
 A full load goes into a shadow database that is swapped in table by table with EXCHANGE
 TABLES (atomic per table), so readers never see a half-loaded table. On a cluster warehouse
 (`adpipe init --cluster`) the shadow is created, swapped and dropped ON CLUSTER, with the
-warehouse's own cluster rendering (pipeline/cluster.py: `render_shadow`, `render_swap`).
+warehouse's own cluster rendering (pipeline/warehouse/cluster.py: `render_shadow`, `render_swap`).
 """
 
 from __future__ import annotations
@@ -21,18 +21,14 @@ from pathlib import PurePath
 
 from clickhouse_connect.driver.client import Client
 
-from pipeline.clickhouse import quote_identifier
-from pipeline.cluster import render_shadow, render_swap, run_on_cluster, warehouse_cluster
+from pipeline.catalog import SWAPPED_TABLES
 from pipeline.storage import LocalStore, Store, s3_credentials
-from pipeline.warehouse import apply_schema
+from pipeline.warehouse.client import quote_identifier
+from pipeline.warehouse.cluster import render_shadow, render_swap, run_on_cluster, warehouse_cluster
+from pipeline.warehouse.schema import apply_schema
 
 log = logging.getLogger(__name__)
 
-LOAD_ORDER = ("advertiser", "campaign", "impressions", "clicks", "quarantine")
-"""Dimensions before facts, so a reader never sees an event whose campaign is not there yet."""
-
-SWAPPED_TABLES = (*LOAD_ORDER[:4], "campaign_daily", "campaign_hourly", "quarantine")
-"""What a full sync replaces; sync_runs (history) and other systems' tables stay."""
 
 _INSERT_SETTINGS = {
     "deduplicate_blocks_in_dependent_materialized_views": 1,
@@ -55,7 +51,7 @@ def load_part(
     """Insert one staged part (whose columns are `columns`); a second insert of the same part is a no-op.
 
     That is also what makes the part safe to resend when a server connection breaks mid-insert
-    (pipeline.clickhouse retries inserts that carry an insert_deduplication_token).
+    (pipeline.warehouse.client retries inserts that carry an insert_deduplication_token).
     """
     target = quote_identifier(table) if database is None else f"{quote_identifier(database)}.{quote_identifier(table)}"
     settings = {**_INSERT_SETTINGS, "insert_deduplication_token": f"{table}:{sha256}"}

@@ -20,42 +20,17 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from clickhouse_connect.driver.client import Client
 
+from pipeline.analytics.kpi import Filters, list_kpis, run_clickhouse, run_duckdb, warehouse_client
+from pipeline.catalog import DIMENSIONS, SOURCE_TABLES, live_rows
 from pipeline.config import Settings
 from pipeline.errors import AdpipeError
-from pipeline.extract import DIMENSIONS, FACTS
-from pipeline.kpi import Filters, list_kpis, run_clickhouse, run_duckdb, warehouse_client
-from pipeline.postgres import connect as connect_postgres
-from pipeline.stage import current_state_files
+from pipeline.source.postgres import connect as connect_postgres
+from pipeline.sqlfiles import sql_text, statements
 from pipeline.storage import LocalStore, Store, open_store
+from pipeline.sync.stage import current_state_files
 
 RELATIVE_TOLERANCE = 1e-9
 """Floating-point KPIs (ratios) may differ in the last bits between engines; counts must be equal."""
-
-_DIMENSION_VIEW = """
-CREATE VIEW {name} AS
-SELECT * EXCLUDE (row_hash, version, is_deleted, _rank) FROM (
-    SELECT *, row_number() OVER (PARTITION BY id ORDER BY version DESC) AS _rank
-    FROM {source}
-) WHERE _rank = 1 AND is_deleted = 0
-"""
-# The same liveness rule as schemas/clickhouse/007_live_dimensions.sql; the dimension views above already hold
-# only the latest, undeleted version of each row.
-_LIVE_VIEWS = (
-    "CREATE VIEW live_advertiser AS SELECT id, name FROM advertiser",
-    "CREATE VIEW live_campaign AS SELECT id, name, bid, budget, start_date, end_date, advertiser_id FROM campaign"
-    " WHERE advertiser_id IN (SELECT id FROM live_advertiser)",
-)
-_AGGREGATE_VIEW = """
-CREATE VIEW campaign_{grain} AS
-SELECT campaign_id, {bucket} AS {column}, sum(impressions)::UBIGINT AS impressions, sum(clicks)::UBIGINT AS clicks
-FROM (
-    SELECT campaign_id, created_at, 1 AS impressions, 0 AS clicks FROM impressions
-    UNION ALL
-    SELECT campaign_id, created_at, 0 AS impressions, 1 AS clicks FROM clicks
-)
-GROUP BY ALL
-"""
-
 
 @dataclass(frozen=True)
 class Check:
@@ -81,18 +56,14 @@ def snapshot_connection(settings: Settings) -> duckdb.DuckDBPyConnection:
     store = open_store(settings.staging_dir)
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
-    for table in (*DIMENSIONS, *FACTS):
+    for table in SOURCE_TABLES:
         paths = [str(p) for p in files.get(table, [])]
         if not paths:
             raise AdpipeError(f"the committed snapshot has no {table} files; run `adpipe sync --mode full`")
-        if table in DIMENSIONS:
-            con.execute(_DIMENSION_VIEW.format(name=table, source=_parquet_source(con, store, table, paths, True)))
-        else:
-            con.execute(f"CREATE VIEW {table} AS SELECT * FROM {_parquet_source(con, store, table, paths, False)}")
-    for view in _LIVE_VIEWS:
-        con.execute(view)
-    con.execute(_AGGREGATE_VIEW.format(grain="daily", bucket="CAST(created_at AS DATE)", column="day"))
-    con.execute(_AGGREGATE_VIEW.format(grain="hourly", bucket="date_trunc('hour', created_at)", column="hour"))
+        source = _parquet_source(con, store, table, paths, union_by_name=table in DIMENSIONS)
+        con.execute(f"CREATE VIEW staged_{table} AS SELECT * FROM {source}")
+    for statement in statements(sql_text("schemas", "duckdb", "snapshot_views.sql")):
+        con.execute(statement)
     return con
 
 
@@ -158,9 +129,8 @@ def _row_counts(settings: Settings, client: Client, snapshots: duckdb.DuckDBPyCo
     quarantined = {table: (count, max_id) for table, count, max_id in quarantine}
     checks = []
     with connect_postgres(settings) as pg:
-        for table in (*DIMENSIONS, *FACTS):
-            live = " FINAL WHERE is_deleted = 0" if table in DIMENSIONS else ""
-            ch_rows, ch_max = client.query(f"SELECT count(), max(id) FROM {table}{live}").result_rows[0]
+        for table in SOURCE_TABLES:
+            ch_rows, ch_max = client.query(f"SELECT count(), max(id) FROM {live_rows(table)}").result_rows[0]
             q_rows, q_max = quarantined.get(table, (0, 0))
             synced_max = max(ch_max if ch_rows else 0, q_max or 0)
             pg_rows = pg.execute(f"SELECT count(*) FROM {table} WHERE id <= %s", (synced_max,)).fetchone()[0]

@@ -4,13 +4,14 @@ chDB runs ClickHouse inside this process and allows one data directory per proce
 process per data directory. We hold a file lock beside the data for as long as the client is
 open, so a second adpipe process gets a clear "busy" message instead of an engine error.
 
-A server client gets timeouts, TLS options and compression from the environment
-(`pipeline.config.clickhouse_server_options`), and retries transient failures with exponential
-backoff. Retries wrap the client's few request methods (every public call goes through exactly one
-of them) rather than use the driver's hooks: urllib3's Retry (`http_retries`) sees an HTTP status but
-neither ClickHouse's error code nor the statement, and clickhouse-connect's `query_retries` covers
-only reads answered 429/503/504. The decision needs all three: the error code, whether the request
-reached the server, and whether the statement is safe to run twice.
+A server client gets timeouts, TLS options and compression from `Settings.clickhouse_server`, and
+retries transient failures with exponential backoff. Every request's failure becomes a
+`WarehouseError` naming the URL it was sent to. Retries wrap the client's few request methods
+(every public call goes through exactly one of them) rather than use the driver's hooks: urllib3's
+Retry (`http_retries`) sees an HTTP status but neither ClickHouse's error code nor the statement,
+and clickhouse-connect's `query_retries` covers only reads answered 429/503/504. The decision needs
+all three: the error code, whether the request reached the server, and whether the statement is
+safe to run twice.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError, OperationalError
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, ProtocolError, ReadTimeoutError, SSLError
 
-from pipeline.config import ClickHouseServerOptions, Settings, clickhouse_server_options, mask_url
-from pipeline.errors import AdpipeError, first_line
+from pipeline.config import ClickHouseServerOptions, Settings, mask_url
+from pipeline.errors import MissingDatabaseError, WarehouseError, first_line
 from pipeline.locks import acquire_lock
 
 log = logging.getLogger(__name__)
@@ -86,10 +87,6 @@ _HTTP_STATUS = re.compile(r"HTTP driver received HTTP status (\d{3})")
 """How clickhouse-connect words an HTTP error that carries no ClickHouse error code."""
 
 
-class MissingDatabaseError(AdpipeError):
-    """The adpipe database is not there, and this caller may not create it (a read-only user)."""
-
-
 _open: dict[str, tuple[Client, int | None]] = {}
 """Open clients by URL, with the lock descriptor held for an embedded engine."""
 
@@ -113,16 +110,13 @@ def connect(settings: Settings, *, create_database: bool = True) -> Client:
             raise
     client = _open[url][0]
     if client.database != database:
-        try:
-            # Not in the current database's context: a server resolves it on every request, and it may be gone.
-            if create_database:
-                client.command(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(database)}", use_database=False)
-            elif not client.command(f"EXISTS DATABASE {quote_identifier(database)}", use_database=False):
-                # Checked before switching: a client set to a missing database fails every later query.
-                raise MissingDatabaseError(f"ClickHouse at {mask_url(url)}: unknown database {database}")
-            client.database = database
-        except ClickHouseError as exc:
-            raise AdpipeError(describe_error(exc, url)) from None
+        # Not in the current database's context: a server resolves it on every request, and it may be gone.
+        if create_database:
+            client.command(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(database)}", use_database=False)
+        elif not client.command(f"EXISTS DATABASE {quote_identifier(database)}", use_database=False):
+            # Checked before switching: a client set to a missing database fails every later query.
+            raise MissingDatabaseError(f"ClickHouse at {mask_url(url)}: unknown database {database}", url=mask_url(url))
+        client.database = database
     return client
 
 
@@ -142,17 +136,16 @@ def _lock_embedded(settings: Settings) -> int:
 
 
 def _open_client(settings: Settings) -> Client:
-    url = settings.clickhouse_url
+    url, options = settings.clickhouse_url, settings.clickhouse_server
     try:
         if settings.clickhouse_is_embedded:
             client = clickhouse_connect.get_client(dsn=url, database="default")
         else:
-            options = clickhouse_server_options()
             arguments = _server_arguments(url, options)
             client = _retrying(lambda: clickhouse_connect.get_client(dsn=url, **arguments), options, url)
-            _add_retries(client, options, url)
     except ClickHouseError as exc:
-        raise AdpipeError(describe_error(exc, url)) from None
+        raise warehouse_error(exc, url, options) from exc
+    _wrap_requests(client, None if settings.clickhouse_is_embedded else options, url)
     log.info("connected to ClickHouse %s", mask_url(url))
     return client
 
@@ -237,7 +230,7 @@ def _retrying[T](call: Callable[[], T], options: ClickHouseServerOptions, url: s
 
 
 def _deduplicated(settings: dict | None) -> bool:
-    # Every insert adpipe retries carries an insert_deduplication_token (pipeline.load: `<table>:<sha256>` of the
+    # Every insert adpipe retries carries an insert_deduplication_token (pipeline.sync.load: `<table>:<sha256>` of the
     # staged part), and the tables keep a deduplication window: a part resent after a connection broke mid-insert
     # is dropped by the table and by the materialized views, so a retry never doubles rows. An insert without a
     # token is resent only when it certainly did not run.
@@ -248,7 +241,7 @@ _REQUEST_METHODS: dict[str, Callable[[dict[str, Any]], bool]] = {
     "_query_with_context": lambda a: True,  # query(), query_df()…: reads
     "raw_query": lambda a: bool(_SAFE_TWICE.match(a["query"])),  # query_arrow()
     "raw_stream": lambda a: bool(_SAFE_TWICE.match(a["query"])),
-    # INSERT … SELECT FROM s3() of a staged part carries a token like raw_insert (pipeline.load).
+    # INSERT … SELECT FROM s3() of a staged part carries a token like raw_insert (pipeline.sync.load).
     "command": lambda a: (
         (bool(_SAFE_TWICE.match(a["cmd"])) and a.get("data") is None) or _deduplicated(a.get("settings"))
     ),
@@ -258,40 +251,54 @@ _REQUEST_METHODS: dict[str, Callable[[dict[str, Any]], bool]] = {
 """The client methods that send requests, and whether a call is safe to run twice, from its arguments."""
 
 
-def _add_retries(client: Client, options: ClickHouseServerOptions, url: str) -> None:
-    """Retry each request the client makes, through the methods that send them.
+def _wrap_requests(client: Client, options: ClickHouseServerOptions | None, url: str) -> None:
+    """Make each request the client sends retry transient failures (a server: `options`) and fail as a
+    WarehouseError naming `url`, through the methods that send them.
 
     Every public call (query, query_arrow, command, insert, insert_arrow…) reaches the server through exactly
-    one of these, so a request is retried at one level only.
+    one of these, so a request is retried, and its error translated, at one level only.
     """
     for name, safe_twice in _REQUEST_METHODS.items():
-        setattr(client, name, _with_retries(getattr(client, name), safe_twice, options, url))
+        setattr(client, name, _wrapped(getattr(client, name), safe_twice, options, url))
 
 
-def _with_retries(
-    method: Callable[..., Any], safe_twice: Callable[[dict[str, Any]], bool], options: ClickHouseServerOptions, url: str
+def _wrapped(
+    method: Callable[..., Any],
+    safe_twice: Callable[[dict[str, Any]], bool],
+    options: ClickHouseServerOptions | None,
+    url: str,
 ) -> Callable[..., Any]:
     signature = inspect.signature(method)
 
     @wraps(method)
-    def retried(*args: Any, **kwargs: Any) -> Any:
-        safe = safe_twice(signature.bind(*args, **kwargs).arguments)
-        return _retrying(lambda: method(*args, **kwargs), options, url, safe_twice=safe)
+    def request(*args: Any, **kwargs: Any) -> Any:
+        try:
+            if options is None:
+                return method(*args, **kwargs)
+            safe = safe_twice(signature.bind(*args, **kwargs).arguments)
+            return _retrying(lambda: method(*args, **kwargs), options, url, safe_twice=safe)
+        except ClickHouseError as exc:
+            raise warehouse_error(exc, url, options) from exc
 
-    return retried
+    return request
 
 
-def describe_error(exc: ClickHouseError, url: str) -> str:
+def warehouse_error(exc: ClickHouseError, url: str, options: ClickHouseServerOptions | None) -> WarehouseError:
+    """The driver's error as a WarehouseError: one line, the masked URL, the code, and whether it is transient."""
+    code = getattr(exc, "code", None)
+    transient = _failure(exc) is not _Failure.FINAL
+    return WarehouseError(describe_error(exc, url, options), url=mask_url(url), transient=transient, code=code)
+
+
+def describe_error(exc: ClickHouseError, url: str, options: ClickHouseServerOptions | None = None) -> str:
     """One line saying what went wrong talking to ClickHouse, with secrets masked."""
     code = getattr(exc, "code", None)
     where = mask_url(url)
     if isinstance(exc, OperationalError) and code is None:
         cause = _transport_cause(exc)
         if isinstance(cause, ReadTimeoutError):
-            return (
-                f"ClickHouse at {where} did not answer within {clickhouse_server_options().read_timeout:g} s "
-                "(ADPIPE_CLICKHOUSE_READ_TIMEOUT)"
-            )
+            timeout = f" within {options.read_timeout:g} s" if options is not None else ""
+            return f"ClickHouse at {where} did not answer{timeout} (ADPIPE_CLICKHOUSE_READ_TIMEOUT)"
         if isinstance(cause, SSLError):
             return (
                 f"TLS with ClickHouse at {where} failed: {first_line(cause)} "

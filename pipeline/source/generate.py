@@ -17,8 +17,8 @@ import psycopg
 from faker import Faker
 from psycopg import sql
 
+from pipeline.catalog import SOURCE_TABLES
 from pipeline.errors import AdpipeError
-from pipeline.postgres import SOURCE_TABLES
 
 IMPRESSION_SPREAD = timedelta(days=7)
 CLICK_DELAY_SECONDS = (1, 120)

@@ -10,16 +10,16 @@ import re
 from dataclasses import dataclass
 from datetime import date
 from functools import cached_property
-from pathlib import Path
+from importlib.resources.abc import Traversable
 from typing import Any
 
 import polars as pl
 from clickhouse_connect.driver.client import Client
 
-from pipeline import clickhouse
 from pipeline.config import Settings
-from pipeline.errors import AdpipeError
-from pipeline.sqlfiles import KPI_DIR
+from pipeline.errors import AdpipeError, MissingDatabaseError
+from pipeline.sqlfiles import sql_dir, sql_files
+from pipeline.warehouse import client as clickhouse
 
 SEED_REPORT = ("campaign_ctr", "daily_impressions_clicks", "advertiser_ctr")
 """The seed's three KPIs, in the order `chstats` prints them."""
@@ -51,8 +51,8 @@ class Filters:
 @dataclass(frozen=True)
 class Kpi:
     name: str
-    clickhouse_path: Path
-    duckdb_path: Path
+    clickhouse_path: Traversable
+    duckdb_path: Traversable
 
     @cached_property
     def summary(self) -> str:
@@ -69,9 +69,10 @@ class Kpi:
 
 def list_kpis() -> list[Kpi]:
     return [
-        Kpi(path.stem, path, path.with_name(f"{path.stem}.duckdb.sql"))
-        for path in sorted(KPI_DIR.glob("*.sql"))
-        if not path.name.endswith(".duckdb.sql")
+        Kpi(name, file, sql_dir("kpi_sql") / f"{name}.duckdb.sql")
+        for file in sql_files("kpi_sql")
+        if not file.name.endswith(".duckdb.sql")
+        for name in [file.name.removesuffix(".sql")]
     ]
 
 
@@ -111,8 +112,8 @@ def warehouse_client(settings: Settings) -> Client:
         client = clickhouse.connect(settings.for_reading(), create_database=False)
         # The newest schema object the KPIs read: missing before the first sync, or in a warehouse an older
         # adpipe created, and either way the engine's own error would not say what to do.
-        ready = bool(client.command("EXISTS TABLE live_campaign"))
-    except clickhouse.MissingDatabaseError:
+        ready = bool(client.command("EXISTS TABLE current_campaign"))
+    except MissingDatabaseError:
         ready = False
     if not ready:
         raise AdpipeError(

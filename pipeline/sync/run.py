@@ -24,20 +24,21 @@ import polars as pl
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
-from pipeline import clickhouse
-from pipeline.changes import dimension_changes, full_load_rows
-from pipeline.clean import Cleaned, clean_advertisers, clean_campaigns, clean_facts, quarantine_arrow
+from pipeline.catalog import DIMENSIONS, FACTS, LOAD_ORDER
 from pipeline.config import Settings, mask_url
-from pipeline.errors import AdpipeError
-from pipeline.extract import DIMENSIONS, FACTS, Snapshot, SourceReader, lsn_value
-from pipeline.load import LOAD_ORDER, create_shadow, load_part, swap_in
+from pipeline.errors import AdpipeError, SyncRefusedError
 from pipeline.locks import exclusive_lock
 from pipeline.options import DEFAULT_CHUNK_ROWS, Engine, Mode, OnReset
 from pipeline.prefetch import prefetch
-from pipeline.stage import Run, RunWriter, list_runs, new_run_id, remove_interrupted, state_runs
-from pipeline.state import FactState, Gap, SyncState, load_state, save_state
 from pipeline.storage import open_store
-from pipeline.warehouse import apply_schema
+from pipeline.sync.changes import dimension_changes, full_load_rows
+from pipeline.sync.clean import Cleaned, clean_advertisers, clean_campaigns, clean_facts, quarantine_arrow
+from pipeline.sync.extract import Snapshot, SourceReader, lsn_value
+from pipeline.sync.load import create_shadow, load_part, swap_in
+from pipeline.sync.stage import Run, RunWriter, list_runs, new_run_id, remove_interrupted, state_runs
+from pipeline.sync.state import FactState, Gap, SyncState, load_state, save_state
+from pipeline.warehouse import client as clickhouse
+from pipeline.warehouse.schema import apply_schema
 
 log = logging.getLogger(__name__)
 
@@ -193,18 +194,44 @@ def commit(settings: Settings, run: Run) -> None:
 
 
 def _run(client: Client, settings: Settings, options: SyncOptions, mode: Mode, state: SyncState) -> SyncResult:
-    run_id = new_run_id(mode)
+    """Plan the run in the source snapshot, then name and record it with the mode it will really run in."""
+    reader = SourceReader(settings, options.engine, options.partitions).__enter__()
     started = datetime.now(UTC)
+    try:
+        mode = _plan(reader, state, mode, options.on_reset)
+    except BaseException as exc:
+        reader.__exit__(type(exc), exc, exc.__traceback__)
+        # A refused run is on record too, under the mode it was asked for (`sync_runs`, README: Watching the sync).
+        _record(client, SyncResult(new_run_id(mode), mode), started, "failed", error=str(exc) or type(exc).__name__)
+        raise
+    run_id = new_run_id(mode)
     result = SyncResult(run_id, mode)
     _record(client, result, started, "running")
     try:
-        run = _stage_and_load(client, settings, options, mode, state, result)
+        run = _stage_and_load(client, settings, options, reader, state, result)
         commit(settings, run)
     except BaseException as exc:
         _record(client, result, started, "failed", error=str(exc) or type(exc).__name__)
         raise
     _record(client, result, started, "success")
     return result
+
+
+def _plan(reader: SourceReader, state: SyncState, mode: Mode, on_reset: OnReset) -> Mode:
+    """The mode this run runs in: an incremental run becomes full, or is refused, when the source was reset."""
+    if mode is Mode.FULL:
+        return mode
+    if reader.replica:
+        _refuse_replica_behind(reader, state)
+    if reason := _reset_reason(reader, state):
+        if on_reset is OnReset.STOP:
+            raise SyncRefusedError(
+                f"the source was reset ({reason}); run `adpipe sync --mode full`, "
+                "or pass --on-reset full to do so automatically"
+            )
+        log.warning("the source was reset (%s): running a full sync", reason)
+        return Mode.FULL
+    return mode
 
 
 class _Pipeline:
@@ -248,27 +275,17 @@ class _Pipeline:
 
 
 def _stage_and_load(
-    client: Client, settings: Settings, options: SyncOptions, mode: Mode, state: SyncState, result: SyncResult
+    client: Client, settings: Settings, options: SyncOptions, reader: SourceReader, state: SyncState, result: SyncResult
 ) -> Run:
+    """Extract, clean and stage the run from the planned reader (which this closes), publish it, then load it."""
     began = time.perf_counter()
+    mode = Mode(result.mode)
     writer = RunWriter(settings.staging_dir, result.run_id)
-    shadow = create_shadow(client) if mode is Mode.FULL else None
-    pipeline = _Pipeline(client, writer, shadow)
+    pipeline: _Pipeline | None = None
     try:
-        with SourceReader(settings, options.engine, options.partitions) as reader:
-            if mode is Mode.INCREMENTAL and reader.replica:
-                _refuse_replica_behind(reader, state)
-            if mode is Mode.INCREMENTAL and (reason := _reset_reason(reader, state)):
-                if options.on_reset is OnReset.STOP:
-                    raise AdpipeError(
-                        f"the source was reset ({reason}); run `adpipe sync --mode full`, "
-                        "or pass --on-reset full to do so automatically"
-                    )
-                log.warning("the source was reset (%s): running a full sync", reason)
-                mode = Mode.FULL
-                result.mode = mode
-                shadow = create_shadow(client)
-                pipeline = _Pipeline(client, writer, shadow)
+        with reader:
+            shadow = create_shadow(client) if mode is Mode.FULL else None
+            pipeline = _Pipeline(client, writer, shadow)
             state_after = _extract_all(client, reader, pipeline, options, mode, state, result)
         pipeline.finish()
         extract_seconds = time.perf_counter() - began
@@ -290,7 +307,8 @@ def _stage_and_load(
             }
         )
     except BaseException:
-        pipeline.finish()
+        if pipeline is not None:
+            pipeline.finish()
         writer.discard()
         raise
     load_began = time.perf_counter()
@@ -461,7 +479,7 @@ def _refuse_replica_behind(reader: SourceReader, state: SyncState) -> None:
     """
     if state.source_lsn is None or lsn_value(reader.snapshot.lsn) >= lsn_value(state.source_lsn):
         return
-    raise AdpipeError(
+    raise SyncRefusedError(
         f"the Postgres replica at {mask_url(reader.url)} has replayed the source only up to WAL"
         f" {reader.snapshot.lsn}, behind the last sync, which read it as of {state.source_lsn}:"
         " wait for the replica to catch up and run the sync again"

@@ -13,7 +13,7 @@ with Keeper, Distributed tables):
 
 The names the pipeline and the KPI SQL use therefore resolve to the same data as on one node.
 
-A full load (pipeline/load.py) uses the same rendering for its shadow database, and swaps it in with EXCHANGE
+A full load (pipeline/sync/load.py) uses the same rendering for its shadow database, and swaps it in with EXCHANGE
 TABLES ON CLUSTER (`render_shadow`, `render_swap`).
 """
 
@@ -25,23 +25,12 @@ from dataclasses import dataclass
 
 from clickhouse_connect.driver.client import Client
 
-from pipeline import clickhouse
-from pipeline.clickhouse import quote_identifier
+from pipeline.catalog import SHARDED
 from pipeline.config import Settings, mask_url
 from pipeline.errors import AdpipeError
-from pipeline.sqlfiles import SCHEMAS_DIR, statements
-from pipeline.warehouse import CLICKHOUSE_SCHEMA_DIR
-
-CLUSTER_SQL_DIR = SCHEMAS_DIR / "clickhouse" / "cluster"
-
-SHARDED = {
-    "impressions": "campaign_id",
-    "clicks": "campaign_id",
-    "campaign_daily": "campaign_id",
-    "campaign_hourly": "campaign_id",
-}
-"""Tables split over the shards, with their sharding key. Facts and aggregates share the key, so the rows
-a materialized view derives from a shard's events belong to that same shard."""
+from pipeline.sqlfiles import sql_files, sql_text, statements
+from pipeline.warehouse import client as clickhouse
+from pipeline.warehouse.client import quote_identifier
 
 LOCAL_SUFFIX = "_local"
 
@@ -80,9 +69,9 @@ def render_cluster_schema(cluster: str, database: str) -> list[str]:
     target = _Target(cluster, database)
     create_database = _template("database.sql")
     rendered = [create_database.format(database=quote_identifier(database), cluster=quote_identifier(cluster))]
-    for path in sorted(CLICKHOUSE_SCHEMA_DIR.glob("*.sql")):
-        for statement in statements(path):
-            rendered.extend(_render(statement, target, path.name))
+    for file in sql_files("schemas", "clickhouse"):
+        for statement in statements(file.read_text()):
+            rendered.extend(_render(statement, target, file.name))
     return rendered
 
 
@@ -171,7 +160,7 @@ def _qualify(select: str, target: _Target) -> str:
 
 
 def _template(name: str) -> str:
-    (statement,) = statements(CLUSTER_SQL_DIR / name)
+    (statement,) = statements(sql_text("schemas", "clickhouse", "cluster", name))
     return statement
 
 

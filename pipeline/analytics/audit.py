@@ -14,8 +14,8 @@ import polars as pl
 
 from pipeline.config import Settings
 from pipeline.errors import AdpipeError
-from pipeline.stage import Part, Run, list_runs
-from pipeline.state import load_state
+from pipeline.sync.stage import Part, Run, list_runs
+from pipeline.sync.state import load_state
 
 
 @dataclass(frozen=True)

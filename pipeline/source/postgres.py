@@ -11,14 +11,14 @@ from typing import Any
 
 import psycopg
 
+from pipeline.catalog import SOURCE_TABLES
 from pipeline.config import Settings, mask_url
 from pipeline.errors import AdpipeError, first_line
 from pipeline.locks import exclusive_lock
+from pipeline.sqlfiles import sql_files
 
 log = logging.getLogger(__name__)
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas" / "postgres"
-SOURCE_TABLES = ("advertiser", "campaign", "impressions", "clicks")
 
 
 class EmbeddedPostgres:
@@ -176,9 +176,10 @@ def apply_source_schema(conn: psycopg.Connection) -> None:
     """
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('adpipe.source_schema'))")
-        for path in sorted(SCHEMA_DIR.glob("V*__*.sql"), key=lambda p: int(p.name[1:].split("__")[0])):
-            version = path.name.split("__")[0]
+        migrations = sql_files("schemas", "postgres", pattern="V*__*.sql")
+        for file in sorted(migrations, key=lambda f: int(f.name[1:].split("__")[0])):
+            version = file.name.split("__")[0]
             marker = SCHEMA_MARKERS[version]
             if not conn.execute("SELECT to_regclass(%s) IS NOT NULL", (marker,)).fetchone()[0]:
-                log.info("applying %s", path.name)
-                conn.execute(path.read_text())
+                log.info("applying %s", file.name)
+                conn.execute(file.read_text())

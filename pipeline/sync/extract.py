@@ -31,21 +31,14 @@ from typing import Any
 import psycopg
 import pyarrow as pa
 
+from pipeline.catalog import SOURCE_COLUMNS
 from pipeline.config import Settings, mask_url
 from pipeline.errors import AdpipeError
 from pipeline.options import Engine
-from pipeline.postgres import connect, connect_replica, next_transaction_id, postgres_url
+from pipeline.source.postgres import connect, connect_replica, next_transaction_id, postgres_url
 
 log = logging.getLogger(__name__)
 
-SOURCE_COLUMNS: dict[str, tuple[str, ...]] = {
-    "advertiser": ("id", "name", "updated_at", "created_at"),
-    "campaign": ("id", "name", "bid", "budget", "start_date", "end_date", "advertiser_id", "updated_at", "created_at"),
-    "impressions": ("id", "campaign_id", "created_at"),
-    "clicks": ("id", "campaign_id", "created_at"),
-}
-DIMENSIONS = ("advertiser", "campaign")
-FACTS = ("impressions", "clicks")
 
 
 @dataclass(frozen=True)

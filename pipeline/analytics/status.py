@@ -7,10 +7,11 @@ from datetime import UTC, datetime
 
 from clickhouse_connect.driver.client import Client
 
+from pipeline.analytics.kpi import warehouse_client
+from pipeline.catalog import SOURCE_TABLES, live_rows
 from pipeline.config import Settings
-from pipeline.extract import DIMENSIONS, FACTS
-from pipeline.postgres import connect as connect_postgres
-from pipeline.state import load_state
+from pipeline.source.postgres import connect as connect_postgres
+from pipeline.sync.state import load_state
 
 
 @dataclass(frozen=True)
@@ -64,14 +65,15 @@ def format_age(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
-def warehouse_status(settings: Settings, client: Client) -> WarehouseStatus:
+def warehouse_status(settings: Settings, client: Client | None = None) -> WarehouseStatus:
+    """The source against the warehouse, per table. A read: it creates nothing (`warehouse_client`)."""
+    client = client or warehouse_client(settings)
     quarantined = quarantine_counts(client)
     tables = []
     with connect_postgres(settings) as conn:
-        for table in (*DIMENSIONS, *FACTS):
+        for table in SOURCE_TABLES:
             pg_rows, pg_max = conn.execute(f"SELECT count(*), max(id) FROM {table}").fetchone()
-            final = " FINAL" if table in DIMENSIONS else ""
-            ch_rows, ch_max = client.query(f"SELECT count(), max(id) FROM {table}{final}").result_rows[0]
+            ch_rows, ch_max = client.query(f"SELECT count(), max(id) FROM {live_rows(table)}").result_rows[0]
             tables.append(
                 TableStatus(table, pg_rows, pg_max, ch_rows, ch_max if ch_rows else None, quarantined.get(table, 0))
             )

@@ -1,0 +1,49 @@
+"""The one table catalogue: which tables adpipe syncs, in what order, and how each is stored in the warehouse.
+
+Every other module asks here instead of keeping its own list.
+"""
+
+from __future__ import annotations
+
+DIMENSIONS = ("advertiser", "campaign")
+"""Source tables re-read whole on every run; changes are found by row hashes (`pipeline.sync.changes`)."""
+FACTS = ("impressions", "clicks")
+"""Append-mostly source tables, synced by id with late-commit gaps (`pipeline.sync.gaps`)."""
+SOURCE_TABLES = (*DIMENSIONS, *FACTS)
+"""The source tables, parents before children (the order their foreign keys need)."""
+
+SOURCE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "advertiser": ("id", "name", "updated_at", "created_at"),
+    "campaign": ("id", "name", "bid", "budget", "start_date", "end_date", "advertiser_id", "updated_at", "created_at"),
+    "impressions": ("id", "campaign_id", "created_at"),
+    "clicks": ("id", "campaign_id", "created_at"),
+}
+"""What the sync reads of each source table."""
+
+AGGREGATES = ("campaign_daily", "campaign_hourly")
+"""Tables the materialized views fill from the facts."""
+
+LOAD_ORDER = (*SOURCE_TABLES, "quarantine")
+"""Dimensions before facts, so a reader never sees an event whose campaign is not there yet."""
+
+SWAPPED_TABLES = (*SOURCE_TABLES, *AGGREGATES, "quarantine")
+"""What a full sync replaces; sync_runs (history) and other systems' tables stay."""
+
+SHARDED = {
+    "impressions": "campaign_id",
+    "clicks": "campaign_id",
+    "campaign_daily": "campaign_id",
+    "campaign_hourly": "campaign_id",
+}
+"""Tables split over the shards of a cluster, with their sharding key. Facts and aggregates share the key, so
+the rows a materialized view derives from a shard's events belong to that same shard."""
+
+
+def live_rows(table: str) -> str:
+    """The warehouse relation holding `table`'s live rows: one per id as in the source now.
+
+    A dimension keeps every version of a row (ReplacingMergeTree); its live rows are the latest version of each id,
+    deleted ones left out: the `current_*` views of schemas/clickhouse/007_live_dimensions.sql, which the KPIs'
+    `live_*` views build on. A fact table holds one row per id.
+    """
+    return f"current_{table}" if table in DIMENSIONS else table

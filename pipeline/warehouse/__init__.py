@@ -1,0 +1,1 @@
+"""ClickHouse: the client (the embedded chDB engine or a server), the schema, and its cluster rendering."""
