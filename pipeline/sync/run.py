@@ -13,6 +13,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version as package_version
@@ -195,20 +196,22 @@ def commit(settings: Settings, run: Run) -> None:
 
 def _run(client: Client, settings: Settings, options: SyncOptions, mode: Mode, state: SyncState) -> SyncResult:
     """Plan the run in the source snapshot, then name and record it with the mode it will really run in."""
-    reader = SourceReader(settings, options.engine, options.partitions).__enter__()
     started = datetime.now(UTC)
     try:
-        mode = _plan(reader, state, mode, options.on_reset)
+        with ExitStack() as stack:
+            reader = stack.enter_context(SourceReader(settings, options.engine, options.partitions))
+            planned_mode = _plan(reader, state, mode, options.on_reset)
+            reader_open = stack.pop_all()  # from here on, _stage_and_load closes the reader
     except BaseException as exc:
-        reader.__exit__(type(exc), exc, exc.__traceback__)
-        # A refused run is on record too, under the mode it was asked for (`sync_runs`, README: Watching the sync).
+        # A refused run is on record too, under the mode it was asked for (`sync_runs`, docs: Watching the sync).
         _record(client, SyncResult(new_run_id(mode), mode), started, "failed", error=str(exc) or type(exc).__name__)
         raise
+    mode = planned_mode
     run_id = new_run_id(mode)
     result = SyncResult(run_id, mode)
     _record(client, result, started, "running")
     try:
-        run = _stage_and_load(client, settings, options, reader, state, result)
+        run = _stage_and_load(client, settings, options, reader, reader_open, state, result)
         commit(settings, run)
     except BaseException as exc:
         _record(client, result, started, "failed", error=str(exc) or type(exc).__name__)
@@ -275,15 +278,21 @@ class _Pipeline:
 
 
 def _stage_and_load(
-    client: Client, settings: Settings, options: SyncOptions, reader: SourceReader, state: SyncState, result: SyncResult
+    client: Client,
+    settings: Settings,
+    options: SyncOptions,
+    reader: SourceReader,
+    reader_open: ExitStack,
+    state: SyncState,
+    result: SyncResult,
 ) -> Run:
-    """Extract, clean and stage the run from the planned reader (which this closes), publish it, then load it."""
+    """Extract, clean and stage the run from the planned reader (closed with `reader_open`), publish it, load it."""
     began = time.perf_counter()
     mode = Mode(result.mode)
     writer = RunWriter(settings.staging_dir, result.run_id)
     pipeline: _Pipeline | None = None
     try:
-        with reader:
+        with reader_open:
             shadow = create_shadow(client) if mode is Mode.FULL else None
             pipeline = _Pipeline(client, writer, shadow)
             state_after = _extract_all(client, reader, pipeline, options, mode, state, result)
