@@ -59,6 +59,8 @@ PAGES = [README, *DOCS]
 
 NOT_EXECUTED: dict[str, str] = {
     "uv run pytest": "the test suite, which runs this test",
+    "pip install": "installs a built wheel into another environment; the `adpipe` commands after it run here "
+    "in process, from this checkout",
     "uv run ruff check": "the linter; .ci/run runs it on every CI build",
     "bash .ci/run": "CI's entry point: a clean install, the linter and the whole suite",
     "uv run --group notebook jupyter nbconvert --clear-output": "rewrites the committed notebooks in place; "
