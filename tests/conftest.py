@@ -34,7 +34,7 @@ _NO_SERVER = (
     []
     if os.environ.get("ADPIPE_TEST_CLICKHOUSE_URL")
     # skip, not skipif: pytest -ra then folds the reports into one line per file
-    else [pytest.mark.skip(reason="no ClickHouse server: set ADPIPE_TEST_CLICKHOUSE_URL (README: Server mode)")]
+    else [pytest.mark.skip(reason="no ClickHouse server: set ADPIPE_TEST_CLICKHOUSE_URL (docs/testing.md)")]
 )
 
 WAREHOUSES = (

@@ -1,4 +1,9 @@
-"""Every command shown in the README is executed by a test, so the README cannot drift from the code.
+"""Every command shown in the README and the docs is executed by a test, so they cannot drift from the code.
+
+The pages: README.md, then every Markdown file under docs/ (found by glob, subdirectories included,
+in path order: design.md, kpis.md, operations.md, …), so a new page is scanned without being listed
+here. A test fails when the glob finds none, when a Markdown file of the project is not among the
+pages, or when the README does not link to a page.
 
 What counts as shown: every line of a fenced code block tagged `bash`, `sh`, `shell` or `console`
 (in `console` blocks only the `$ ` lines; the rest is output). A line ending in `\\` continues on
@@ -7,16 +12,22 @@ the next. Every other fenced block must carry a tag too, so no command hides in 
 How each command is treated:
 - `adpipe …` — directly, after `uv run`, or after `NAME=value` prefixes, which are set in the
   environment for that command (`$VAR` in a value expanded, as the shell would) — runs in process
-  (`run_cli`, exactly what the console script runs), in README order, in one fresh embedded
-  environment: its own ADPIPE_HOME and staging directory, the embedded Postgres started on demand,
-  as with no configuration, and a ClickHouse database of its own in the session's chDB engine (one
-  data directory per process). It must exit 0, unless the line ends with the comment
+  (`run_cli`, exactly what the console script runs), in page order (the README, then the docs pages
+  in path order) and in each page's order, all in ONE fresh embedded environment shared by the pages,
+  so a page's commands may rely on what earlier pages did (the docs pages start from the data the
+  README's `demo` and syncs leave; operations.md's failing incremental sync needs an earlier sync):
+  its own ADPIPE_HOME and staging directory, the embedded Postgres started on demand, as with no
+  configuration, and a ClickHouse database of its own in the session's chDB engine (one data
+  directory per process). It must exit 0, unless the line ends with the comment
   `# exits N: message`: then it must exit N and print `message` on stderr.
 - Anything else must start with a prefix listed in NOT_EXECUTED, with the reason it is not run here.
-  A command that is neither fails `test_every_readme_command_is_executed_or_listed`.
-- A `sql` block is a ClickHouse query: it runs against the warehouse at its place in the README
+  A command that is neither fails `test_every_documented_command_is_executed_or_listed`.
+- A `sql` block is a ClickHouse query: it runs against the warehouse at its place in that order
   (after the commands above it) and must return rows.
-- A `mermaid` block must be a flowchart whose edges only use nodes it declares with a label.
+- A `mermaid` block must be a flowchart whose edges only use nodes it declares with a label; the
+  README must have one (the architecture diagram).
+- A link to a heading (`#anchor`) or to another page (`docs/design.md#…`, `../README.md#…`) must
+  reach a file that exists and, with an anchor, a heading of it.
 """
 
 from __future__ import annotations
@@ -40,10 +51,16 @@ from pipeline.sync.run import SyncOptions, sync
 from pipeline.warehouse import client as clickhouse
 from tests.conftest import run_cli
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+DOCS = sorted((ROOT / "docs").rglob("*.md"))
+PAGES = [README, *DOCS]
+"""The pages whose commands run, in this order."""
 
 NOT_EXECUTED: dict[str, str] = {
     "uv run pytest": "the test suite, which runs this test",
+    "pip install": "installs a built wheel into another environment; the `adpipe` commands after it run here "
+    "in process, from this checkout",
     "uv run ruff check": "the linter; .ci/run runs it on every CI build",
     "bash .ci/run": "CI's entry point: a clean install, the linter and the whole suite",
     "uv run --group notebook jupyter nbconvert --clear-output": "rewrites the committed notebooks in place; "
@@ -56,7 +73,7 @@ NOT_EXECUTED: dict[str, str] = {
     "export ADPIPE_CLICKHOUSE_URL=": "points adpipe at the compose ClickHouse (needs Docker); "
     "the adpipe commands after it run here against the embedded default",
 }
-"""Commands the README shows that this test does not run: prefix → why. Add new ones here."""
+"""Commands the pages show that this test does not run: prefix → why. Add new ones here."""
 
 SHELL_TAGS = {"bash", "sh", "shell", "console"}
 OTHER_TAGS = {"sql", "mermaid", "text", "json", "python", "yaml", "toml", "dotenv", "ini"}
@@ -71,6 +88,11 @@ class Block:
     line: int
     tag: str
     text: str
+    page: str = "README.md"
+
+    @property
+    def where(self) -> str:
+        return f"{self.page}:{self.line}"
 
 
 @dataclass(frozen=True)
@@ -82,13 +104,18 @@ class Command:
     expected_exit: int = 0
     expected_stderr: str | None = None
     problem: str | None = None
+    page: str = "README.md"
 
     @property
     def is_adpipe(self) -> bool:
         return self.problem is None and bool(self.args)
 
+    @property
+    def where(self) -> str:
+        return f"{self.page}:{self.line}"
 
-def fenced_blocks(markdown: str) -> list[Block]:
+
+def fenced_blocks(markdown: str, page: str = "README.md") -> list[Block]:
     """The fenced code blocks of a Markdown text: opening line number, tag, body."""
     blocks, lines, i = [], markdown.splitlines(), 0
     while i < len(lines):
@@ -102,7 +129,7 @@ def fenced_blocks(markdown: str) -> list[Block]:
         while i < len(lines) and not lines[i].strip().startswith(fence):
             body.append(lines[i])
             i += 1
-        blocks.append(Block(start + 1, opening.group(2).lower(), "\n".join(body)))
+        blocks.append(Block(start + 1, opening.group(2).lower(), "\n".join(body), page))
         i += 1
     return blocks
 
@@ -121,7 +148,7 @@ def split_comment(line: str) -> tuple[str, str]:
 
 
 def shell_lines(block: Block) -> Iterator[tuple[int, str]]:
-    """(README line, command) for each command of a shell block, continuation lines joined."""
+    """(page line, command) for each command of a shell block, continuation lines joined."""
     pending, first = "", 0
     for offset, raw in enumerate(block.text.splitlines(), start=block.line + 1):
         line = raw.strip()
@@ -141,7 +168,7 @@ def shell_lines(block: Block) -> Iterator[tuple[int, str]]:
             yield first, line
 
 
-def parse_command(line_number: int, line: str) -> Command:
+def parse_command(line_number: int, line: str, page: str = "README.md") -> Command:
     code, comment = split_comment(line)
     text = " ".join(code.split())
     lexer = shlex.shlex(code, posix=True, punctuation_chars=True)
@@ -154,12 +181,14 @@ def parse_command(line_number: int, line: str) -> Command:
     if tokens[:3] == ["uv", "run", "adpipe"]:
         tokens = tokens[2:]
     if tokens[:1] != ["adpipe"]:
-        return Command(line_number, text)
+        return Command(line_number, text, page=page)
     if any(SHELL_OPERATORS.match(token) for token in tokens):
-        return Command(line_number, text, problem="pipes, redirections and `;`/`&&` cannot run in process")
+        return Command(line_number, text, problem="pipes, redirections and `;`/`&&` cannot run in process", page=page)
     expected = EXPECTED_EXIT.match(comment)
     if comment.startswith("exits") and not expected:
-        return Command(line_number, text, problem="write the expected outcome as `# exits N: message on stderr`")
+        return Command(
+            line_number, text, problem="write the expected outcome as `# exits N: message on stderr`", page=page
+        )
     return Command(
         line_number,
         text,
@@ -167,6 +196,7 @@ def parse_command(line_number: int, line: str) -> Command:
         env,
         int(expected.group(1)) if expected else 0,
         expected.group(2) if expected else None,
+        page=page,
     )
 
 
@@ -174,31 +204,56 @@ def not_executed_reason(command: Command) -> str | None:
     return next((reason for prefix, reason in NOT_EXECUTED.items() if command.text.startswith(prefix)), None)
 
 
-def readme_steps(markdown: str) -> list[Command | Block]:
-    """In README order: the commands of every shell block, and every `sql` block."""
+def page_name(path: Path) -> str:
+    return path.relative_to(ROOT).as_posix()
+
+
+def page_steps(markdown: str, page: str = "README.md") -> list[Command | Block]:
+    """In page order: the commands of every shell block, and every `sql` block."""
     steps: list[Command | Block] = []
-    for block in fenced_blocks(markdown):
+    for block in fenced_blocks(markdown, page):
         if block.tag in SHELL_TAGS:
-            steps += [parse_command(number, line) for number, line in shell_lines(block)]
+            steps += [parse_command(number, line, page) for number, line in shell_lines(block)]
         elif block.tag == "sql":
             steps.append(block)
     return steps
 
 
-STEPS = readme_steps(README.read_text())
+TEXTS = {page_name(path): path.read_text() for path in PAGES}
+"""Each page's Markdown, by its path in the repository, in page order."""
+BLOCKS = [block for page, markdown in TEXTS.items() for block in fenced_blocks(markdown, page)]
+STEPS = [step for page, markdown in TEXTS.items() for step in page_steps(markdown, page)]
 COMMANDS = [step for step in STEPS if isinstance(step, Command)]
 
 
-def test_every_readme_command_is_executed_or_listed() -> None:
-    untagged = [block.line for block in fenced_blocks(README.read_text()) if block.tag not in SHELL_TAGS | OTHER_TAGS]
-    assert not untagged, f"README.md lines {untagged}: tag every code block (bash, console, sql, mermaid, text…)"
-    problems = [f"README.md:{c.line}: {c.text}: {c.problem}" for c in COMMANDS if c.problem]
-    unlisted = [f"README.md:{c.line}: {c.text}" for c in COMMANDS if not c.is_adpipe and not not_executed_reason(c)]
+def project_markdown() -> set[str]:
+    """Every Markdown file of the project, hidden directories (.venv, .git, .adpipe…) left out."""
+    found = set()
+    for directory, subdirectories, files in os.walk(ROOT):
+        subdirectories[:] = [name for name in subdirectories if not name.startswith(".") and name != "node_modules"]
+        found.update(page_name(Path(directory) / name) for name in files if name.endswith(".md"))
+    return found
+
+
+def test_every_page_is_scanned_and_linked_from_the_readme() -> None:
+    assert DOCS, "no docs/*.md found: the documentation pages were moved, or this test looks in the wrong place"
+    assert sorted(project_markdown() - set(TEXTS)) == [], "Markdown files whose commands this test does not run"
+    linked = {resolve_link(README, target)[0] for target in links(TEXTS["README.md"])}
+    unlinked = [page_name(path) for path in DOCS if path not in linked]
+    assert unlinked == [], "the README links to every docs page, with a line saying what is there"
+
+
+def test_every_documented_command_is_executed_or_listed() -> None:
+    untagged = [block.where for block in BLOCKS if block.tag not in SHELL_TAGS | OTHER_TAGS]
+    assert not untagged, f"{untagged}: tag every code block (bash, console, sql, mermaid, text…)"
+    problems = [f"{c.where}: {c.text}: {c.problem}" for c in COMMANDS if c.problem]
+    unlisted = [f"{c.where}: {c.text}" for c in COMMANDS if not c.is_adpipe and not not_executed_reason(c)]
     assert not problems, "\n".join(problems)
     assert not unlisted, "commands neither executed nor listed in NOT_EXECUTED (with a reason):\n" + "\n".join(unlisted)
     unused = [prefix for prefix in NOT_EXECUTED if not any(c.text.startswith(prefix) for c in COMMANDS)]
-    assert not unused, f"NOT_EXECUTED lists commands the README no longer shows: {unused}"
-    assert sum(c.is_adpipe for c in COMMANDS) >= 30, "the README's adpipe commands were not found"
+    assert not unused, f"NOT_EXECUTED lists commands the pages no longer show: {unused}"
+    assert sum(c.is_adpipe for c in COMMANDS) >= 30, "the pages' adpipe commands were not found"
+    assert any(c.is_adpipe for c in COMMANDS if c.page == "README.md"), "the README's quickstart runs no adpipe command"
 
 
 MERMAID_ARROW = re.compile(r"\s*(?:-->|-\.->|==>|---)(?:\|[^|]*\|)?\s*")
@@ -229,11 +284,11 @@ def mermaid_problems(diagram: str) -> list[str]:
     return problems
 
 
-def test_readme_architecture_diagram_is_consistent() -> None:
-    diagrams = [block for block in fenced_blocks(README.read_text()) if block.tag == "mermaid"]
-    assert diagrams, "the README's architecture diagram (a mermaid block) is missing"
+def test_mermaid_diagrams_are_consistent() -> None:
+    diagrams = [block for block in BLOCKS if block.tag == "mermaid"]
+    assert any(block.page == "README.md" for block in diagrams), "the README's architecture diagram is missing"
     for block in diagrams:
-        assert mermaid_problems(block.text) == [], f"README.md:{block.line}"
+        assert mermaid_problems(block.text) == [], block.where
 
 
 def test_mermaid_problems_catch_an_undeclared_node() -> None:
@@ -246,8 +301,8 @@ def heading_anchor(heading: str) -> str:
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
-def test_readme_links_to_its_own_sections_resolve() -> None:
-    markdown = README.read_text()
+def heading_anchors(markdown: str) -> set[str]:
+    """The anchors of a page's headings, a repeated one numbered as GitHub does (`-1`, `-2`…)."""
     fenced = {line for block in fenced_blocks(markdown) for line in block.text.splitlines()}
     anchors: set[str] = set()
     for line in markdown.splitlines():
@@ -258,9 +313,56 @@ def test_readme_links_to_its_own_sections_resolve() -> None:
                 n += 1
                 anchor = f"{base}-{n}"
             anchors.add(anchor)
-    links = re.findall(r"\]\(#([^)]+)\)", markdown)
-    assert links, "no section links found"
-    assert sorted(set(links) - anchors) == []
+    return anchors
+
+
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def links(markdown: str) -> list[str]:
+    """The targets of a page's Markdown links, other sites left out."""
+    return [target for target in LINK.findall(markdown) if not re.match(r"^[a-z][a-z0-9+.-]*:", target)]
+
+
+def resolve_link(page: Path, target: str) -> tuple[Path, str]:
+    """(file, anchor) a link on `page` points to: `#a` on the page itself, `other.md#a` relative to it."""
+    path, _, anchor = target.partition("#")
+    return (page.parent / path).resolve() if path else page, anchor
+
+
+def broken_links(root: Path, texts: dict[str, str]) -> list[str]:
+    """Links of the pages (path under `root` → Markdown) to a file that does not exist, or to a heading it lacks."""
+    anchors = {root / page: heading_anchors(markdown) for page, markdown in texts.items()}
+    broken = []
+    for page, markdown in texts.items():
+        for target in links(markdown):
+            path, anchor = resolve_link(root / page, target)
+            if not path.is_relative_to(root) or not path.exists():
+                broken.append(f"{page}: ({target}): no such file")
+            elif anchor and path.suffix == ".md":
+                known = anchors[path] if path in anchors else heading_anchors(path.read_text())
+                if anchor not in known:
+                    broken.append(f"{page}: ({target}): no such heading in {path.relative_to(root).as_posix()}")
+    return broken
+
+
+def test_links_between_and_within_pages_resolve() -> None:
+    assert any(links(markdown) for markdown in TEXTS.values()), "no links found"
+    assert broken_links(ROOT, TEXTS) == []
+
+
+def test_broken_links_catch_a_missing_page_and_a_missing_heading(tmp_path: Path) -> None:
+    texts = {
+        "README.md": "# adpipe\n## Configuration\n[a](docs/a.md#how-it-works) [b](docs/b.md) [c](#configuration)\n",
+        "docs/a.md": "# A\n## How it works\n[back](../README.md#configuration) [gone](../README.md#layout)\n",
+    }
+    for page, markdown in texts.items():
+        (tmp_path / page).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / page).write_text(markdown)
+    assert broken_links(tmp_path, texts) == [
+        "README.md: (docs/b.md): no such file",
+        "docs/a.md: (../README.md#layout): no such heading in README.md",
+    ]
 
 
 @pytest.fixture
@@ -273,11 +375,11 @@ def embedded(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Se
     EmbeddedPostgres(embedded_settings.embedded_postgres_dir).stop()
 
 
-def test_readme_commands_run_in_order(embedded: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_documented_commands_run_in_order(embedded: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     for step in STEPS:
         if isinstance(step, Block):
             rows = clickhouse.connect(load_settings()).query(step.text).result_rows
-            assert rows, f"README.md:{step.line}: the query returned no rows"
+            assert rows, f"{step.where}: the query returned no rows"
             continue
         if not step.is_adpipe:
             continue
@@ -286,16 +388,16 @@ def test_readme_commands_run_in_order(embedded: Settings, monkeypatch: pytest.Mo
                 scoped.setenv(name, os.path.expandvars(value))
             try:
                 result = run_cli(*step.args)
-            except Exception as exc:  # a bug: keep its traceback, and say which README line hit it
-                exc.add_note(f"README.md:{step.line}: {step.text}")
+            except Exception as exc:  # a bug: keep its traceback, and say which page and line hit it
+                exc.add_note(f"{step.where}: {step.text}")
                 raise
-        where = f"README.md:{step.line}: {step.text}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+        where = f"{step.where}: {step.text}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
         assert result.exit_code == step.expected_exit, where
         if step.expected_stderr is not None:
             assert step.expected_stderr in " ".join(result.stderr.split()), where
 
 
-def test_readme_sync_runs_query_shows_each_run_and_its_outcome(settings: Settings, pg: psycopg.Connection) -> None:
+def test_documented_sync_runs_query_shows_each_run_and_its_outcome(settings: Settings, pg: psycopg.Connection) -> None:
     (query,) = [step.text for step in STEPS if isinstance(step, Block) and "FROM sync_runs" in step.text]
     Generator(pg, seed=3).batch(advertisers=2, campaigns=2, impressions=200, ctr=0.1)
     sync(settings, SyncOptions(mode=Mode.FULL))

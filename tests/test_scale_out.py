@@ -35,7 +35,7 @@ from tests.test_sync import seed_hand_built
 ROOT = Path(__file__).resolve().parent.parent
 
 CLUSTER = "adpipe"
-"""The cluster name the README and the compose profile use."""
+"""The cluster name docs/operations.md and the compose profile use."""
 
 SHARD_PATH = "'/clickhouse/tables/{uuid}/{shard}', '{replica}'"
 EVERY_NODE_PATH = "'/clickhouse/tables/{uuid}/all', '{shard}-{replica}'"
@@ -422,7 +422,8 @@ def test_compose_creates_the_users_from_the_sql_file() -> None:
 
 
 def test_readme_documents_the_compose_cluster_and_both_users() -> None:
-    readme = (ROOT / "README.md").read_text()
-    assert f"adpipe init --cluster {CLUSTER} --print" in readme
-    assert "--profile cluster" in readme
-    assert all(name in readme for name in ("adpipe_writer", "adpipe_reader", "ADPIPE_CLICKHOUSE_READER_URL"))
+    """docs/operations.md (From one node to many) shows the cluster DDL command, the profile and both users."""
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    assert f"adpipe init --cluster {CLUSTER} --print" in operations
+    assert "--profile cluster" in operations
+    assert all(name in operations for name in ("adpipe_writer", "adpipe_reader", "ADPIPE_CLICKHOUSE_READER_URL"))

@@ -23,7 +23,7 @@ class Gap:
 
     `xid_bound` is that run's `Snapshot.xid_bound`, taken after its snapshot: above the transaction id of
     every transaction that could still commit these ids, as each drew its id, and was assigned its
-    transaction id, before that snapshot could show a larger id (README, Assumptions). Once a later
+    transaction id, before that snapshot could show a larger id (docs/design.md, Assumptions). Once a later
     snapshot's xmin is at or above `xid_bound`, all those transactions have ended and whatever they
     committed is visible to it: ids still absent then never will appear. None for a gap from a state
     file written before the bound existed (it recorded the snapshot's xmax, which bounds nothing about
