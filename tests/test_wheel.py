@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+UV = os.environ.get("UV") or shutil.which("uv")
+"""`uv run` names its own binary in UV; .ci/run may have installed uv where PATH does not reach."""
 KPIS = {
     "advertiser_ctr",
     "budget_pacing",
@@ -32,15 +34,15 @@ def run(*args: str | Path, cwd: Path, env: dict[str, str]) -> subprocess.Complet
     return result
 
 
-@pytest.mark.skipif(shutil.which("uv") is None, reason="building the wheel needs uv")
+@pytest.mark.skipif(UV is None, reason="building the wheel needs uv")
 def test_the_installed_wheel_runs_the_demo_and_lists_every_kpi(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ADPIPE_", "POSTGRES_", "VIRTUAL_ENV"))}
     env["UV_PYTHON"] = sys.executable
-    run("uv", "build", "--wheel", "--out-dir", tmp_path / "dist", cwd=ROOT, env=env)
+    run(UV, "build", "--wheel", "--out-dir", tmp_path / "dist", cwd=ROOT, env=env)
     (wheel,) = (tmp_path / "dist").glob("adpipe-*.whl")
     venv = tmp_path / "venv"
-    run("uv", "venv", "--python", sys.executable, venv, cwd=tmp_path, env=env)
-    run("uv", "pip", "install", "--python", venv / "bin" / "python", wheel, cwd=tmp_path, env=env)
+    run(UV, "venv", "--python", sys.executable, venv, cwd=tmp_path, env=env)
+    run(UV, "pip", "install", "--python", venv / "bin" / "python", wheel, cwd=tmp_path, env=env)
     empty = tmp_path / "empty"
     empty.mkdir()
     adpipe = venv / "bin" / "adpipe"
