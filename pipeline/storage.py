@@ -6,7 +6,7 @@ form pyarrow's S3 filesystem takes). What differs is in `LocalStore`: a local fi
 created first, a local file written whole is written to a temp file, fsync'd and renamed into place (on S3
 one upload does that: an object becomes visible only once complete), only a local directory can be renamed
 (S3 has no rename: see `pipeline.sync.stage` and `pipeline.referral.staging` for the commit points), and local
-I/O errors stay as they were while S3 failures become one-line `AdpipeError`s naming the object.
+I/O errors stay as they were while S3 failures become one-line `StagingError`s naming the object.
 
 S3 settings are the standard AWS variables: `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL` (an S3-compatible
 server), `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN`, `AWS_REGION` or
@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from pipeline.atomic import write_atomic
 from pipeline.config import S3_SCHEME, StagingDir
-from pipeline.errors import AdpipeError, first_line
+from pipeline.errors import StagingError, first_line
 
 
 def s3_endpoint() -> str | None:
@@ -132,7 +132,7 @@ class Store:
         except FileNotFoundError:
             raise
         except OSError as exc:
-            raise AdpipeError(f"S3 staging {self.url(path)}: {first_line(exc)}") from None
+            raise StagingError(f"S3 staging {self.url(path)}: {first_line(exc)}") from None
 
 
 class LocalStore(Store):
@@ -167,7 +167,7 @@ def open_store(location: StagingDir) -> Store:
         return LocalStore(pafs.LocalFileSystem(), location, location)
     if any(glob in location.prefix for glob in "*?{}"):
         # ClickHouse's s3() reads these as wildcards in the URL of a part.
-        raise AdpipeError(f"S3 staging {location}: the prefix must not contain * ? {{ or }}")
+        raise StagingError(f"S3 staging {location}: the prefix must not contain * ? {{ or }}")
     credentials = s3_credentials()
     endpoint = s3_endpoint()
     fs = pafs.S3FileSystem(
@@ -186,7 +186,7 @@ def open_store(location: StagingDir) -> Store:
     try:
         bucket = fs.get_file_info(location.bucket)
     except OSError as exc:
-        raise AdpipeError(f"cannot reach S3 staging {location}{where}: {first_line(exc)}") from None
+        raise StagingError(f"cannot reach S3 staging {location}{where}: {first_line(exc)}") from None
     if bucket.type != pafs.FileType.Directory:
-        raise AdpipeError(f"S3 staging {location}: bucket {location.bucket!r} does not exist{where}")
+        raise StagingError(f"S3 staging {location}: bucket {location.bucket!r} does not exist{where}")
     return store

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import psycopg
@@ -142,6 +143,22 @@ def test_unreachable_postgres_error_hides_the_password(
     assert result.stderr.count("\n") == 1
     assert "***" in result.stderr
     assert "s3cret" not in result.stderr + result.stdout
+
+
+def test_a_source_failure_says_which_server_and_whether_to_retry(clean_env: Path, pg_server_url: str) -> None:
+    """Refused connection: transient (the server may come back). Server answered no: not transient."""
+    from pipeline.errors import SourceError
+    from pipeline.source.postgres import connect
+
+    settings = load_settings()
+    down = "postgresql://adpipe:s3cret@127.0.0.1:1/ads"
+    with pytest.raises(SourceError) as refused:
+        connect(replace(settings, postgres_url=down))
+    assert (refused.value.url, refused.value.transient) == ("postgresql://adpipe:***@127.0.0.1:1/ads", True)
+    no_database = pg_server_url.rsplit("/", 1)[0] + "/no_such_database"
+    with pytest.raises(SourceError, match='database "no_such_database" does not exist') as answered:
+        connect(replace(settings, postgres_url=no_database))
+    assert answered.value.transient is False
 
 
 def test_unreachable_clickhouse_error_hides_the_password(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,7 +19,8 @@ from pipeline.errors import AdpipeError
 from pipeline.locks import exclusive_lock
 from pipeline.options import Engine, Mode, OnReset
 from pipeline.source.generate import Generator
-from pipeline.sync.run import SyncOptions, missing_ranges, replay, sync
+from pipeline.sync.gaps import missing_ranges
+from pipeline.sync.run import SyncOptions, replay, sync
 from pipeline.sync.stage import list_runs
 from pipeline.sync.state import STATE_FILE, load_state
 from pipeline.warehouse import client as clickhouse
@@ -302,7 +303,7 @@ def test_a_run_killed_before_recording_its_end_is_marked_interrupted(
 ) -> None:
     from datetime import UTC, datetime
 
-    from pipeline.sync.run import INTERRUPTED, SyncResult, _record
+    from pipeline.sync.runlog import INTERRUPTED, SyncResult, record
     from pipeline.warehouse.schema import apply_schema
 
     Generator(pg, seed=5).batch(advertisers=1, campaigns=1, impressions=10, ctr=0.1)
@@ -310,7 +311,7 @@ def test_a_run_killed_before_recording_its_end_is_marked_interrupted(
     client = clickhouse.connect(settings)
     apply_schema(client)
     killed = SyncResult("20260101T000000000000Z-full", "full")
-    _record(client, killed, datetime(2026, 1, 1, tzinfo=UTC), "running")
+    record(client, killed, datetime(2026, 1, 1, tzinfo=UTC), "running")
     assert sync(settings, SyncOptions(mode=Mode.FULL)).interrupted == [killed.run_id]
     ended = f"SELECT DISTINCT status, finished_at IS NULL, error FROM sync_runs FINAL WHERE run_id = '{killed.run_id}'"
     assert ch(settings, ended) == [("interrupted", True, INTERRUPTED)]

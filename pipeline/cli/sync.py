@@ -14,7 +14,7 @@ from pipeline.options import DEFAULT_CHUNK_ROWS, Engine, Mode, OnReset
 
 if TYPE_CHECKING:
     from pipeline.config import Settings
-    from pipeline.sync.run import SyncResult
+    from pipeline.sync.runlog import SyncResult
 
 snapshots_app = typer.Typer(help="Inspect, verify and prune the staged Parquet runs.", no_args_is_help=True)
 app.add_typer(snapshots_app, name="snapshots")

@@ -13,12 +13,11 @@ import psycopg
 
 from pipeline.catalog import SOURCE_TABLES
 from pipeline.config import Settings, mask_url
-from pipeline.errors import AdpipeError, first_line
+from pipeline.errors import AdpipeError, SourceError, first_line
 from pipeline.locks import exclusive_lock
 from pipeline.sqlfiles import sql_files
 
 log = logging.getLogger(__name__)
-
 
 
 class EmbeddedPostgres:
@@ -133,9 +132,10 @@ def connect_replica(settings: Settings) -> psycopg.Connection:
     missing = [table for table, (exists,) in zip(SOURCE_TABLES, present, strict=True) if not exists]
     if missing:
         conn.close()
-        raise AdpipeError(
+        raise SourceError(
             f"the Postgres replica at {mask_url(url)} has no table {', '.join(missing)}: create the source schema on"
-            " the primary (any source command does, e.g. `adpipe stats`) and let it replicate"
+            " the primary (any source command does, e.g. `adpipe stats`) and let it replicate",
+            url=mask_url(url),
         )
     return conn
 
@@ -152,16 +152,30 @@ def next_transaction_id(url: str, what: str) -> int:
         try:
             return int(conn.execute("SELECT pg_current_xact_id()::text").fetchone()[0])
         except psycopg.Error as exc:
-            raise AdpipeError(
-                f"cannot get a transaction id from {what} at {mask_url(url)}: {first_line(exc)}"
+            raise SourceError(
+                f"cannot get a transaction id from {what} at {mask_url(url)}: {first_line(exc)}", url=mask_url(url)
             ) from None
 
 
 def _open(url: str, what: str) -> psycopg.Connection:
+    """Connect to `url`. A failure is a SourceError, transient unless the server answered no (bad password, say)."""
     try:
         return psycopg.connect(url, connect_timeout=10)
     except psycopg.OperationalError as exc:
-        raise AdpipeError(f"cannot reach {what} at {mask_url(url)}: {first_line(exc)}") from None
+        masked = mask_url(url)
+        raise SourceError(
+            f"cannot reach {what} at {masked}: {first_line(exc)}", url=masked, transient=_transient(exc)
+        ) from None
+
+
+def _transient(exc: psycopg.OperationalError) -> bool:
+    """Whether a failed connect may succeed later unchanged. libpq gives no SQLSTATE here, only its text:
+    a server that answered says FATAL, and only a few of its refusals pass (starting up, no free slot)."""
+    text = str(exc)
+    return "FATAL:" not in text or any(refusal in text for refusal in _TRANSIENT_REFUSALS)
+
+
+_TRANSIENT_REFUSALS = ("the database system is", "too many clients", "remaining connection slots")
 
 
 SCHEMA_MARKERS = {"V1": "public.advertiser", "V2": "referral.click_through_rate"}

@@ -33,12 +33,11 @@ import pyarrow as pa
 
 from pipeline.catalog import SOURCE_COLUMNS
 from pipeline.config import Settings, mask_url
-from pipeline.errors import AdpipeError
+from pipeline.errors import SourceError
 from pipeline.options import Engine
 from pipeline.source.postgres import connect, connect_replica, next_transaction_id, postgres_url
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass(frozen=True)
@@ -114,10 +113,12 @@ class SourceReader:
             return next_transaction_id(self.url, "the Postgres replica" if self.replica else "Postgres")
         try:
             return next_transaction_id(postgres_url(self.settings), "the primary Postgres")
-        except AdpipeError as exc:
-            raise AdpipeError(
+        except SourceError as exc:
+            raise SourceError(
                 f"{exc}; a sync from a standby still takes one transaction id per run on the primary"
-                " (ADPIPE_POSTGRES_URL), to know when rows missing below the last synced id can no longer appear"
+                " (ADPIPE_POSTGRES_URL), to know when rows missing below the last synced id can no longer appear",
+                url=exc.url,
+                transient=exc.transient,
             ) from None
 
     def __exit__(
@@ -135,10 +136,12 @@ class SourceReader:
                 ended = error
             self._coordinator.close()
         if exc is not None and self.replica and (conflict := _recovery_conflict(exc, ended)):
-            raise AdpipeError(
+            raise SourceError(
                 f"the Postgres replica at {mask_url(self.url)} cancelled this sync's reads (conflict with recovery"
                 f"{_detail(conflict)}); nothing was committed: run the sync again, and if this keeps happening set"
-                " hot_standby_feedback = on or raise max_standby_streaming_delay on the replica"
+                " hot_standby_feedback = on or raise max_standby_streaming_delay on the replica",
+                url=mask_url(self.url),
+                transient=True,
             ) from None
         if ended is not None and exc is None:
             raise ended

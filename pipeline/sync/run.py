@@ -14,28 +14,29 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version as package_version
 from pathlib import PurePath
-from typing import Any
 
-import numpy as np
 import polars as pl
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
 from pipeline.catalog import DIMENSIONS, FACTS, LOAD_ORDER
-from pipeline.config import Settings, mask_url
-from pipeline.errors import AdpipeError, SyncRefusedError
+from pipeline.config import Settings
+from pipeline.errors import AdpipeError
 from pipeline.locks import exclusive_lock
 from pipeline.options import DEFAULT_CHUNK_ROWS, Engine, Mode, OnReset
 from pipeline.prefetch import prefetch
 from pipeline.storage import open_store
 from pipeline.sync.changes import dimension_changes, full_load_rows
 from pipeline.sync.clean import Cleaned, clean_advertisers, clean_campaigns, clean_facts, quarantine_arrow
-from pipeline.sync.extract import Snapshot, SourceReader, lsn_value
+from pipeline.sync.extract import SourceReader
+from pipeline.sync.gaps import missing_ranges, open_gaps
 from pipeline.sync.load import create_shadow, load_part, swap_in
+from pipeline.sync.plan import plan_mode
+from pipeline.sync.runlog import SyncResult, TableSummary, close_interrupted_runs, record, record_recovered
 from pipeline.sync.stage import Run, RunWriter, list_runs, new_run_id, remove_interrupted, state_runs
 from pipeline.sync.state import FactState, Gap, SyncState, load_state, save_state
 from pipeline.warehouse import client as clickhouse
@@ -47,35 +48,6 @@ FULL_DIMENSION_VERSION = 1
 
 Progress = Callable[[str, int, int], None]
 """Called with (what, done, total) as work advances."""
-
-
-@dataclass
-class TableSummary:
-    extracted: int = 0
-    loaded: int = 0
-    quarantined: int = 0
-    min_id: int | None = None
-    max_id: int | None = None
-
-
-@dataclass
-class SyncResult:
-    run_id: str
-    mode: str
-    tables: dict[str, TableSummary] = field(default_factory=dict)
-    recovered: list[str] = field(default_factory=list)
-    interrupted: list[str] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id,
-            "mode": self.mode,
-            "recovered_runs": self.recovered,
-            "interrupted_runs": self.interrupted,
-            "tables": {name: t.__dict__ for name, t in self.tables.items()},
-            "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
-        }
 
 
 @dataclass
@@ -117,43 +89,8 @@ def recover_pending_runs(client: Client, settings: Settings) -> list[str]:
         log.warning("loading run %s, staged but not committed by an earlier sync", run.run_id)
         load_run(client, run)
         commit(settings, run)
-        _record_recovered(client, run)
+        record_recovered(client, run)
     return [run.run_id for run in pending]
-
-
-INTERRUPTED = "the sync process ended before recording how the run ended (killed, or the machine stopped)"
-
-
-def close_interrupted_runs(client: Client, recovered: set[str]) -> list[str]:
-    """Mark the runs whose sync_runs rows still say `running` as `interrupted`; returns their ids.
-
-    Called under the sync lock, after recovery: no other sync of this ADPIPE_HOME runs, so such a run was
-    killed before it could record its end, and nothing of it was committed (what it had published was just
-    recovered and recorded as such). One ADPIPE_HOME per warehouse is assumed, as for the incremental state.
-    """
-    rows = client.query(
-        "SELECT run_id, any(mode), min(started_at) FROM sync_runs FINAL WHERE status = 'running' GROUP BY run_id"
-    ).result_rows
-    interrupted = sorted(run_id for run_id, _, _ in rows if run_id not in recovered)
-    for run_id, mode, started in rows:
-        if run_id in interrupted:
-            _record(client, SyncResult(run_id, mode), started.replace(tzinfo=UTC), "interrupted", error=INTERRUPTED)
-    return interrupted
-
-
-def _record_recovered(client: Client, run: Run) -> None:
-    """Record a run that this sync loaded and committed for the sync that staged it: status `recovered`."""
-    summary = run.manifest.get("summary")
-    if summary is None:  # staged by a version whose manifests lacked the summary: what was loaded, at least
-        tables = {
-            name: TableSummary(loaded=t["rows"], min_id=t["min_id"], max_id=t["max_id"])
-            for name, t in run.manifest["tables"].items()
-            if name in (*DIMENSIONS, *FACTS)
-        }
-    else:
-        tables = {name: TableSummary(**counts) for name, counts in summary.items()}
-    started = datetime.fromisoformat(run.manifest["source"]["taken_at"]).replace(tzinfo=UTC)
-    _record(client, SyncResult(run.run_id, run.mode, tables), started, "recovered")
 
 
 def replay(settings: Settings, progress: Progress | None = None) -> list[str]:
@@ -200,41 +137,24 @@ def _run(client: Client, settings: Settings, options: SyncOptions, mode: Mode, s
     try:
         with ExitStack() as stack:
             reader = stack.enter_context(SourceReader(settings, options.engine, options.partitions))
-            planned_mode = _plan(reader, state, mode, options.on_reset)
+            planned_mode = plan_mode(reader, state, mode, options.on_reset)
             reader_open = stack.pop_all()  # from here on, _stage_and_load closes the reader
     except BaseException as exc:
         # A refused run is on record too, under the mode it was asked for (`sync_runs`, docs: Watching the sync).
-        _record(client, SyncResult(new_run_id(mode), mode), started, "failed", error=str(exc) or type(exc).__name__)
+        record(client, SyncResult(new_run_id(mode), mode), started, "failed", error=str(exc) or type(exc).__name__)
         raise
     mode = planned_mode
     run_id = new_run_id(mode)
     result = SyncResult(run_id, mode)
-    _record(client, result, started, "running")
+    record(client, result, started, "running")
     try:
         run = _stage_and_load(client, settings, options, reader, reader_open, state, result)
         commit(settings, run)
     except BaseException as exc:
-        _record(client, result, started, "failed", error=str(exc) or type(exc).__name__)
+        record(client, result, started, "failed", error=str(exc) or type(exc).__name__)
         raise
-    _record(client, result, started, "success")
+    record(client, result, started, "success")
     return result
-
-
-def _plan(reader: SourceReader, state: SyncState, mode: Mode, on_reset: OnReset) -> Mode:
-    """The mode this run runs in: an incremental run becomes full, or is refused, when the source was reset."""
-    if mode is Mode.FULL:
-        return mode
-    if reader.replica:
-        _refuse_replica_behind(reader, state)
-    if reason := _reset_reason(reader, state):
-        if on_reset is OnReset.STOP:
-            raise SyncRefusedError(
-                f"the source was reset ({reason}); run `adpipe sync --mode full`, "
-                "or pass --on-reset full to do so automatically"
-            )
-        log.warning("the source was reset (%s): running a full sync", reason)
-        return Mode.FULL
-    return mode
 
 
 class _Pipeline:
@@ -409,7 +329,7 @@ def _sync_fact(
     if previous.gaps:
         rows = reader.read_ids_in(table, [(gap.lo, gap.hi) for gap in previous.gaps])
         _stage_fact_rows(pipeline, table, rows, now, quarantine, summary)
-        gaps = _open_gaps(previous.gaps, rows.column("id").to_numpy(), reader.snapshot)
+        gaps = open_gaps(previous.gaps, rows.column("id").to_numpy(), reader.snapshot)
     high_water = reader.max_id(table)
     chunks = prefetch(reader.read_id_range(table, previous.high_water, high_water, options.chunk_rows))
     for after, upto, rows in _timed(chunks, pipeline.timings, "extract_wait"):
@@ -455,118 +375,12 @@ def _timed[T](items: Iterator[T], timings: dict[str, float], key: str) -> Iterat
         yield item
 
 
-def missing_ranges(ids: np.ndarray, after: int, upto: int) -> list[tuple[int, int]]:
-    """Inclusive id ranges within (after, upto] that are not in `ids`."""
-    bounds = np.concatenate(([after], np.sort(ids).astype(np.int64), [upto + 1]))
-    holes = np.nonzero(np.diff(bounds) > 1)[0]
-    return [(int(bounds[i]) + 1, int(bounds[i + 1]) - 1) for i in holes]
-
-
-def _open_gaps(gaps: list[Gap], found: np.ndarray, snapshot: Snapshot) -> list[Gap]:
-    """The parts of earlier gaps, re-read as `found` with `snapshot`, still empty that some transaction might yet fill.
-
-    A gap is closed for good once `snapshot`'s xmin has reached its `xid_bound`: every transaction that could
-    hold its ids has ended, so a row one committed is visible to `snapshot` and was read into `found`.
-    A gap without a bound (from an older state file) gets this run's: it is above every transaction id
-    assigned before this snapshot, so above those of the transactions that drew its ids even earlier.
-    """
-    still_open = []
-    for gap in gaps:
-        bound = snapshot.xid_bound if gap.xid_bound is None else gap.xid_bound
-        if snapshot.xmin >= bound:
-            continue
-        inside = found[(found >= gap.lo) & (found <= gap.hi)]
-        still_open += [Gap(lo, hi, bound) for lo, hi in missing_ranges(inside, gap.lo - 1, gap.hi)]
-    return still_open
-
-
-def _refuse_replica_behind(reader: SourceReader, state: SyncState) -> None:
-    """Stop before reading a replica that has not yet replayed what the last run read (from the primary, say).
-
-    Its older state would pass for a reset source (max id below the high-water mark) and would send
-    dimension rows back to earlier versions.
-    """
-    if state.source_lsn is None or lsn_value(reader.snapshot.lsn) >= lsn_value(state.source_lsn):
-        return
-    raise SyncRefusedError(
-        f"the Postgres replica at {mask_url(reader.url)} has replayed the source only up to WAL"
-        f" {reader.snapshot.lsn}, behind the last sync, which read it as of {state.source_lsn}:"
-        " wait for the replica to catch up and run the sync again"
-        " (or unset ADPIPE_POSTGRES_REPLICA_URL to read the primary; after replacing the source database,"
-        " run `adpipe sync --mode full`)"
-    )
-
-
-def _reset_reason(reader: SourceReader, state: SyncState) -> str | None:
-    """Why the source looks reset since the last run (ids restarted, tables emptied), or None."""
-    for table in FACTS:
-        previous = state.facts.get(table)
-        if previous is None or previous.high_water == 0:
-            continue
-        current_max = reader.max_id(table)
-        if current_max < previous.high_water:
-            return f"{table} max id {current_max} is below the last synced id {previous.high_water}"
-        anchor = reader.created_at_of(table, previous.high_water)
-        if anchor is not None and previous.anchor_created_at and anchor.isoformat() != previous.anchor_created_at:
-            return f"{table} row {previous.high_water} is not the row synced last time"
-    return None
-
-
 def _note_ids(summary: TableSummary, ids: pl.Series) -> None:
     if ids.is_empty():
         return
     low, high = int(ids.min()), int(ids.max())
     summary.min_id = low if summary.min_id is None else min(summary.min_id, low)
     summary.max_id = high if summary.max_id is None else max(summary.max_id, high)
-
-
-_SYNC_RUNS_SCHEMA = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("table_name", pa.string()),
-        ("mode", pa.string()),
-        ("rows_extracted", pa.uint64()),
-        ("rows_loaded", pa.uint64()),
-        ("rows_quarantined", pa.uint64()),
-        ("min_id", pa.int64()),
-        ("max_id", pa.int64()),
-        ("started_at", pa.timestamp("us", "UTC")),
-        ("finished_at", pa.timestamp("us", "UTC")),
-        ("status", pa.string()),
-        ("error", pa.string()),
-        ("updated_at", pa.timestamp("us", "UTC")),
-    ]
-)
-
-
-def _record(client: Client, result: SyncResult, started: datetime, status: str, error: str | None = None) -> None:
-    """Write this run's rows to sync_runs (one per table; newest updated_at wins)."""
-    now = datetime.now(UTC)
-    tables = result.tables or {name: TableSummary() for name in (*DIMENSIONS, *FACTS)}
-    rows = [
-        {
-            "run_id": result.run_id,
-            "table_name": name,
-            "mode": result.mode,
-            "rows_extracted": t.extracted,
-            "rows_loaded": t.loaded,
-            "rows_quarantined": t.quarantined,
-            "min_id": t.min_id,
-            "max_id": t.max_id,
-            "started_at": started,
-            "finished_at": None if status in ("running", "interrupted") else now,
-            "status": status,
-            "error": error,
-            "updated_at": now,
-        }
-        for name, t in tables.items()
-    ]
-    try:
-        # Arrow, not Python rows: clickhouse-connect's row path imports pandas, seconds of start-up.
-        client.insert_arrow("sync_runs", pa.Table.from_pylist(rows, schema=_SYNC_RUNS_SCHEMA))
-    except Exception:
-        # The run's outcome matters more than its log line: never let bookkeeping mask the real error.
-        log.exception("could not record run %s in sync_runs", result.run_id)
 
 
 def _versions() -> dict[str, str]:

@@ -1,0 +1,128 @@
+"""The run log: what each sync did, one `sync_runs` row per table and run (newest `updated_at` wins)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+from clickhouse_connect.driver.client import Client
+
+from pipeline.catalog import DIMENSIONS, FACTS
+from pipeline.sync.stage import Run
+
+log = logging.getLogger(__name__)
+
+INTERRUPTED = "the sync process ended before recording how the run ended (killed, or the machine stopped)"
+
+
+@dataclass
+class TableSummary:
+    extracted: int = 0
+    loaded: int = 0
+    quarantined: int = 0
+    min_id: int | None = None
+    max_id: int | None = None
+
+
+@dataclass
+class SyncResult:
+    run_id: str
+    mode: str
+    tables: dict[str, TableSummary] = field(default_factory=dict)
+    recovered: list[str] = field(default_factory=list)
+    interrupted: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "mode": self.mode,
+            "recovered_runs": self.recovered,
+            "interrupted_runs": self.interrupted,
+            "tables": {name: t.__dict__ for name, t in self.tables.items()},
+            "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
+        }
+
+
+_SYNC_RUNS_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("table_name", pa.string()),
+        ("mode", pa.string()),
+        ("rows_extracted", pa.uint64()),
+        ("rows_loaded", pa.uint64()),
+        ("rows_quarantined", pa.uint64()),
+        ("min_id", pa.int64()),
+        ("max_id", pa.int64()),
+        ("started_at", pa.timestamp("us", "UTC")),
+        ("finished_at", pa.timestamp("us", "UTC")),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("updated_at", pa.timestamp("us", "UTC")),
+    ]
+)
+
+
+def record(client: Client, result: SyncResult, started: datetime, status: str, error: str | None = None) -> None:
+    """Write this run's rows to sync_runs with `status`; a failure to do so is logged, never raised."""
+    now = datetime.now(UTC)
+    tables = result.tables or {name: TableSummary() for name in (*DIMENSIONS, *FACTS)}
+    rows = [
+        {
+            "run_id": result.run_id,
+            "table_name": name,
+            "mode": result.mode,
+            "rows_extracted": t.extracted,
+            "rows_loaded": t.loaded,
+            "rows_quarantined": t.quarantined,
+            "min_id": t.min_id,
+            "max_id": t.max_id,
+            "started_at": started,
+            "finished_at": None if status in ("running", "interrupted") else now,
+            "status": status,
+            "error": error,
+            "updated_at": now,
+        }
+        for name, t in tables.items()
+    ]
+    try:
+        # Arrow, not Python rows: clickhouse-connect's row path imports pandas, seconds of start-up.
+        client.insert_arrow("sync_runs", pa.Table.from_pylist(rows, schema=_SYNC_RUNS_SCHEMA))
+    except Exception:
+        # The run's outcome matters more than its log line: never let bookkeeping mask the real error.
+        log.exception("could not record run %s in sync_runs", result.run_id)
+
+
+def close_interrupted_runs(client: Client, recovered: set[str]) -> list[str]:
+    """Mark the runs whose sync_runs rows still say `running` as `interrupted`; returns their ids.
+
+    Called under the sync lock, after recovery: no other sync of this ADPIPE_HOME runs, so such a run was
+    killed before it could record its end, and nothing of it was committed (what it had published was just
+    recovered and recorded as such). One ADPIPE_HOME per warehouse is assumed, as for the incremental state.
+    """
+    rows = client.query(
+        "SELECT run_id, any(mode), min(started_at) FROM sync_runs FINAL WHERE status = 'running' GROUP BY run_id"
+    ).result_rows
+    interrupted = sorted(run_id for run_id, _, _ in rows if run_id not in recovered)
+    for run_id, mode, started in rows:
+        if run_id in interrupted:
+            record(client, SyncResult(run_id, mode), started.replace(tzinfo=UTC), "interrupted", error=INTERRUPTED)
+    return interrupted
+
+
+def record_recovered(client: Client, run: Run) -> None:
+    """Record a run that this sync loaded and committed for the sync that staged it: status `recovered`."""
+    summary = run.manifest.get("summary")
+    if summary is None:  # staged by a version whose manifests lacked the summary: what was loaded, at least
+        tables = {
+            name: TableSummary(loaded=t["rows"], min_id=t["min_id"], max_id=t["max_id"])
+            for name, t in run.manifest["tables"].items()
+            if name in (*DIMENSIONS, *FACTS)
+        }
+    else:
+        tables = {name: TableSummary(**counts) for name, counts in summary.items()}
+    started = datetime.fromisoformat(run.manifest["source"]["taken_at"]).replace(tzinfo=UTC)
+    record(client, SyncResult(run.run_id, run.mode, tables), started, "recovered")
