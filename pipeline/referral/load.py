@@ -34,6 +34,7 @@ import polars as pl
 
 from pipeline.config import Settings
 from pipeline.errors import AdpipeError
+from pipeline.killpoints import kill_point
 from pipeline.locks import exclusive_lock
 from pipeline.options import LoadMode
 from pipeline.prefetch import Worker, prefetch
@@ -157,6 +158,7 @@ def _load(
             )
             mark = _lap(summary, "reports", mark)
             write_reports(conn, all_touched.sort(HOUR_KEY), hourly.sort(HOUR_KEY))
+            kill_point("events-postgres-written")
             mark = _lap(summary, "postgres", mark)
             mirrored = mirror.finish()
         days = sorted(set(all_touched.get_column("hour").dt.date().to_list()))
@@ -220,6 +222,7 @@ def _load_file(
             )
         fresh, _seen, replaced = keys.split(events)
         staging.stage(fresh)
+        kill_point("events-chunk")
         summary.valid += len(events)
         summary.staged += len(fresh)
         touched += [touched_hours(counts), touched_hours(hour_counts(replaced))]

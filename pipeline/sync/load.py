@@ -22,6 +22,7 @@ from pathlib import PurePath
 from clickhouse_connect.driver.client import Client
 
 from pipeline.catalog import SWAPPED_TABLES
+from pipeline.killpoints import kill_point
 from pipeline.storage import LocalStore, Store, s3_credentials
 from pipeline.warehouse.client import quote_identifier
 from pipeline.warehouse.cluster import render_shadow, render_swap, run_on_cluster, warehouse_cluster
@@ -57,6 +58,7 @@ def load_part(
     settings = {**_INSERT_SETTINGS, "insert_deduplication_token": f"{table}:{sha256}"}
     if isinstance(store, LocalStore):
         client.raw_insert(target, insert_block=store.read_bytes(path), fmt="Parquet", settings=settings)
+        kill_point("part-loaded")
         return
     # The token deduplicates block by block, so a retry must cut the part into the same blocks:
     # one reading thread keeps the blocks in file order, as the byte path does. ClickHouse's own
@@ -68,6 +70,7 @@ def load_part(
     client.command(
         f"INSERT INTO {target} ({names}) SELECT {names} FROM {source}", parameters=parameters, settings=settings
     )
+    kill_point("part-loaded")
 
 
 def _s3_source(store: Store, path: PurePath) -> tuple[str, dict[str, str]]:
@@ -123,6 +126,7 @@ def swap_in(client: Client, shadow: str) -> None:
     for table in SWAPPED_TABLES:
         name = quote_identifier(table)
         client.command(f"EXCHANGE TABLES {live}.{name} AND {quote_identifier(shadow)}.{name}")
+        kill_point("swap")
     client.command(f"DROP DATABASE IF EXISTS {quote_identifier(shadow)} SYNC")
     log.info("swapped the full load into %s", client.database)
 

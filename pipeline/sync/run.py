@@ -26,6 +26,7 @@ from clickhouse_connect.driver.client import Client
 from pipeline.catalog import DIMENSIONS, FACTS, LOAD_ORDER
 from pipeline.config import Settings
 from pipeline.errors import AdpipeError
+from pipeline.killpoints import kill_point
 from pipeline.locks import exclusive_lock
 from pipeline.options import DEFAULT_CHUNK_ROWS, Engine, Mode, OnReset
 from pipeline.prefetch import prefetch
@@ -149,6 +150,7 @@ def _run(client: Client, settings: Settings, options: SyncOptions, mode: Mode, s
     record(client, result, started, "running")
     try:
         run = _stage_and_load(client, settings, options, reader, reader_open, state, result)
+        kill_point("loaded")
         commit(settings, run)
     except BaseException as exc:
         record(client, result, started, "failed", error=str(exc) or type(exc).__name__)
@@ -210,6 +212,7 @@ def _stage_and_load(
     began = time.perf_counter()
     mode = Mode(result.mode)
     writer = RunWriter(settings.staging_dir, result.run_id)
+    kill_point("staging-started")
     pipeline: _Pipeline | None = None
     try:
         with reader_open:
@@ -240,6 +243,7 @@ def _stage_and_load(
             pipeline.finish()
         writer.discard()
         raise
+    kill_point("published")
     load_began = time.perf_counter()
     if mode is Mode.FULL:
         swap_in(client, shadow)

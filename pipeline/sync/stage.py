@@ -30,6 +30,7 @@ import pyarrow as pa
 
 from pipeline.config import Settings, StagingDir
 from pipeline.errors import AdpipeError
+from pipeline.killpoints import kill_point
 from pipeline.storage import Store, open_store
 from pipeline.sync.clean import QUARANTINE_SCHEMA
 from pipeline.sync.state import load_state
@@ -109,6 +110,7 @@ class RunWriter:
             column_encoding=_encodings(data),
         )
         entry.parts.append(Part(relative, data.num_rows, self.store.sha256(path)))
+        kill_point("part-written")
         entry.rows += data.num_rows
         if "id" in data.column_names and data.num_rows:
             ids = data.column("id")
