@@ -175,3 +175,37 @@ def _assert_resent_parts_were_dropped(double: ClickHouseHttp, settings: Settings
     parts = sum(len(run.parts(table)) for table in run.manifest["tables"])
     inserts = double.statements(r"^INSERT INTO `?(advertiser|campaign|impressions|clicks|quarantine)`? ")
     assert parts >= 3 and len(inserts) == parts
+
+
+EVENTS_LOAD = """
+import sys
+from pathlib import Path
+from pipeline.config import load_settings
+from pipeline.referral.load import LoadMode, load_files
+from pipeline.warehouse import client as clickhouse
+settings = load_settings()
+load_files(settings, [Path(sys.argv[1])], LoadMode(sys.argv[2]), 300, block_bytes=300)
+print(clickhouse.connect(settings).command("SELECT count() FROM referral_events"))
+"""
+"""`adpipe events load` as a library call, with small chunks: the hand-built file is read in several."""
+
+
+@pytest.mark.parametrize(
+    ("kill_at", "mode"),
+    [("events-chunk:2", "stream"), ("events-postgres-written", "batch"), ("events-postgres-written", "stream")],
+)
+def test_an_events_load_killed_mid_way_converges_on_the_next(
+    kill_at: str, mode: str, settings: Settings, env: dict[str, str], tmp_path: Path
+) -> None:
+    """Killed mid-file or between its Postgres and ClickHouse steps, a load run again gives the hand-worked reports."""
+    from tests.test_events_load import EXPECTED, LINES, reports, write
+
+    path = write(tmp_path / "events.jsonl", LINES)
+    load = [sys.executable, "-c", EVENTS_LOAD, str(path), mode]
+    killed = subprocess.run(load, env={**env, "ADPIPE_TEST_KILL_AT": kill_at}, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, f"the load never reached {kill_at}: {killed.stderr}"
+    assert reports(settings) == ([] if kill_at == "events-chunk:2" else EXPECTED)
+    again = subprocess.run(load, env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert int(again.stdout) == 13  # the file's 13 valid events, none twice
+    assert reports(settings) == EXPECTED
