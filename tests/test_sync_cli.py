@@ -9,6 +9,7 @@ import psycopg
 import pytest
 
 from pipeline.config import Settings
+from pipeline.sync.stage import list_runs
 from tests.conftest import run_cli
 from tests.test_sync import seed_hand_built
 
@@ -80,6 +81,34 @@ def test_prune_keeps_what_the_warehouse_needs(settings: Settings, pg: psycopg.Co
     assert "Removed 2 staged runs." in result.stdout  # the first full and its incremental; the rest rebuild the state
     runs = [line.split("│")[1].strip() for line in run_cli("snapshots", "list").stdout.splitlines() if "│" in line]
     assert [run.split("-")[1] for run in runs] == ["full", "incremental", "incremental"]
+
+
+def test_sync_keep_zero_is_refused_before_anything_runs(settings: Settings, pg: psycopg.Connection) -> None:
+    seed_hand_built(pg)
+    result = run_cli("sync", "--keep", "0")
+    assert (result.exit_code, result.stderr) == (1, "error: --keep must be 1 or more, got 0\n")
+    assert list(settings.staging_dir.glob("*")) == []  # no run was staged
+
+
+def test_sync_keep_prunes_after_the_run(settings: Settings, pg: psycopg.Connection) -> None:
+    seed_hand_built(pg)
+    for mode in ("full", "incremental", "full"):
+        assert run_cli("sync", "--mode", mode).exit_code == 0
+    result = run_cli("sync", "--keep", "1", "--json")
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert len(summary["pruned_runs"]) == 2  # the first full and its incremental; the second full is the base
+    assert [run.run_id for run in list_runs(settings.staging_dir)][-1] == summary["run_id"]
+
+
+def test_prune_waits_for_no_sync(settings: Settings) -> None:
+    """Pruning takes the sync lock: it never deletes runs while a sync publishes or loads them."""
+    from pipeline.locks import exclusive_lock
+
+    with exclusive_lock(settings.home / "sync.lock", "sync"):
+        result = run_cli("snapshots", "prune", "--keep", "1")
+    assert result.exit_code == 1
+    assert "sync is busy: another adpipe process" in result.stderr
 
 
 def test_sync_verify_reconciles_after_loading(settings: Settings, pg: psycopg.Connection) -> None:

@@ -32,7 +32,7 @@ def demo(
             case BatchResult() as batch:
                 console.print(f"{batch.impressions:,} impressions, {batch.clicks:,} clicks")
             case SyncResult() as result:
-                print_sync_result(result, [])
+                print_sync_result(result)
             case str() as report:
                 console.print(report, markup=False, highlight=False, end="")
             case ReconcileReport() as report:

@@ -78,7 +78,6 @@ def sync(
     """Copy Postgres into ClickHouse through a staged Parquet snapshot, exactly once."""
     from pipeline.sync.run import SyncOptions
     from pipeline.sync.run import sync as run_sync
-    from pipeline.sync.stage import prune_runs
 
     settings = current_settings()
     with progress_bars() as progress:
@@ -89,13 +88,12 @@ def sync(
                 tasks[what] = progress.add_task(what, total=total)
             progress.update(tasks[what], completed=done, total=total)
 
-        options = SyncOptions(mode, engine, chunk_rows, partitions, on_reset, advance)
+        options = SyncOptions(mode, engine, chunk_rows, partitions, on_reset, keep=keep, progress=advance)
         result = run_sync(settings, options)
-    pruned = prune_runs(settings, keep) if keep is not None else []
     if as_json:
-        console.print_json(json.dumps({**result.to_json(), "pruned_runs": pruned}))
+        console.print_json(json.dumps(result.to_json()))
     else:
-        print_sync_result(result, pruned)
+        print_sync_result(result)
     if verify:
         _verify(settings)
 
@@ -110,7 +108,7 @@ def _verify(settings: Settings) -> None:
         raise typer.Exit(1)
 
 
-def print_sync_result(result: SyncResult, pruned: list[str]) -> None:
+def print_sync_result(result: SyncResult) -> None:
     for run_id in result.recovered:
         console.print(f"[yellow]Loaded run {run_id}, which an interrupted sync had staged.[/]")
     for run_id in result.interrupted:
@@ -123,8 +121,8 @@ def print_sync_result(result: SyncResult, pruned: list[str]) -> None:
         table.add_row(name, f"{t.extracted:,}", f"{t.loaded:,}", f"{t.quarantined:,}", ids)
     console.print(table)
     console.print(f"Done in {result.timings.get('total', 0):.2f} s.")
-    if pruned:
-        console.print(f"Pruned {len(pruned)} old staged runs.")
+    if result.pruned:
+        console.print(f"Pruned {len(result.pruned)} old staged runs.")
 
 
 @app.command()
@@ -215,7 +213,7 @@ def snapshots_verify() -> None:
 @snapshots_app.command("prune")
 def snapshots_prune(keep: Annotated[int, typer.Option(help="Staged runs to keep.")] = 10) -> None:
     """Delete old staged runs, never those the warehouse state or the next sync needs."""
-    from pipeline.sync.stage import prune_runs
+    from pipeline.sync.run import prune
 
-    removed = prune_runs(current_settings(), keep)
+    removed = prune(current_settings(), keep)
     console.print(f"Removed {len(removed)} staged runs." if removed else "Nothing to prune.")

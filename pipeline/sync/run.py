@@ -38,7 +38,7 @@ from pipeline.sync.gaps import missing_ranges, open_gaps
 from pipeline.sync.load import create_shadow, load_part, swap_in
 from pipeline.sync.plan import plan_mode
 from pipeline.sync.runlog import SyncResult, TableSummary, close_interrupted_runs, record, record_recovered
-from pipeline.sync.stage import Run, RunWriter, list_runs, new_run_id, remove_interrupted, state_runs
+from pipeline.sync.stage import Run, RunWriter, list_runs, new_run_id, prune_runs, remove_interrupted, state_runs
 from pipeline.sync.state import FactState, Gap, SyncState, load_state, save_state
 from pipeline.warehouse import client as clickhouse
 from pipeline.warehouse.schema import apply_schema
@@ -58,6 +58,8 @@ class SyncOptions:
     chunk_rows: int = DEFAULT_CHUNK_ROWS
     partitions: int = 2
     on_reset: OnReset = OnReset.STOP
+    keep: int | None = None
+    """After a successful run, prune the staged runs to the newest `keep` (never those still needed)."""
     progress: Progress | None = None
 
 
@@ -65,6 +67,8 @@ def sync(settings: Settings, options: SyncOptions) -> SyncResult:
     """Run one sync. Only one runs at a time per ADPIPE_HOME; a second one fails at once."""
     if options.chunk_rows < 1:
         raise AdpipeError(f"--chunk-rows must be 1 or more, got {options.chunk_rows}")
+    if options.keep is not None and options.keep < 1:
+        raise AdpipeError(f"--keep must be 1 or more, got {options.keep}")
     with exclusive_lock(settings.home / "sync.lock", "sync"):
         open_store(settings.staging_dir)  # an unreachable S3 staging fails here, before the warehouse is touched
         client = clickhouse.connect(settings)
@@ -78,6 +82,8 @@ def sync(settings: Settings, options: SyncOptions) -> SyncResult:
             mode = Mode.FULL
         result = _run(client, settings, options, mode, state)
         result.recovered, result.interrupted = recovered, interrupted
+        if options.keep is not None:
+            result.pruned = prune_runs(settings, options.keep)
         return result
 
 
@@ -92,6 +98,12 @@ def recover_pending_runs(client: Client, settings: Settings) -> list[str]:
         commit(settings, run)
         record_recovered(client, run)
     return [run.run_id for run in pending]
+
+
+def prune(settings: Settings, keep: int) -> list[str]:
+    """`prune_runs` under the sync lock, so no sync publishes or loads a run while runs are deleted."""
+    with exclusive_lock(settings.home / "sync.lock", "sync"):
+        return prune_runs(settings, keep)
 
 
 def replay(settings: Settings, progress: Progress | None = None) -> list[str]:

@@ -35,6 +35,8 @@ class SyncResult:
     recovered: list[str] = field(default_factory=list)
     interrupted: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    pruned: list[str] = field(default_factory=list)
+    """Staged runs deleted after this one succeeded (`--keep`)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -44,6 +46,7 @@ class SyncResult:
             "interrupted_runs": self.interrupted,
             "tables": {name: t.__dict__ for name, t in self.tables.items()},
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
+            "pruned_runs": self.pruned,
         }
 
 
