@@ -1,6 +1,15 @@
 """Full and incremental sync throughput, side by side with what a user would otherwise do.
 
     uv run python bench/bench_sync.py [--campaigns 500] [--impressions-per-campaign 10000] [--home /tmp/adpipe-bench]
+    uv run python bench/bench_sync.py layouts [--campaigns 300] [--impressions-per-campaign 11000]
+
+`layouts`: the same rows with three id layouts, each in its own Postgres database and each synced from a fresh
+ADPIPE_HOME: dense ids, ids that jump by 2,000,000,000 halfway (a `setval`), and random gaps (ids spread over
+three times their count). Per layout, `adpipe sync --mode full` (process wall, per-stage timings, CPU seconds)
+against ClickHouse's own INSERT … SELECT FROM postgresql() into the same schema, in a child process of its own
+on the same fresh engine.
+
+Default run:
 
 Same run, same data (default 5M impressions + 500k clicks in the embedded Postgres):
   adpipe   `adpipe sync --mode full` in a subprocess (end to end, incl. Parquet snapshots), its peak RSS
@@ -27,6 +36,10 @@ PER_ROW_SLICE = 2_000
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["layouts"]:
+        return layouts(sys.argv[2:])
+    if sys.argv[1:2] == ["direct-pull"]:
+        return print(json.dumps(_direct_pull_child(sys.argv[2])))
     parser = argparse.ArgumentParser()
     parser.add_argument("--campaigns", type=int, default=500)
     parser.add_argument("--impressions-per-campaign", type=int, default=10_000)
@@ -60,8 +73,8 @@ def main() -> None:
     sync_seconds = summary["timings_s"]["total"]
 
     url = postgres_url(settings)
-    direct_seconds = _clickhouse_pulls_directly(settings, url, with_aggregates=True)
-    bare_seconds = _clickhouse_pulls_directly(settings, url, with_aggregates=False)
+    direct_seconds, _ = _clickhouse_pulls_directly(settings, url, with_aggregates=True)
+    bare_seconds, _ = _clickhouse_pulls_directly(settings, url, with_aggregates=False)
     naive_rows, naive_rate = _naive(settings, args.naive_rows)
     per_row_rate = _naive_per_row(settings)
     print(
@@ -130,11 +143,12 @@ def _adpipe_sync(options: list[str]) -> tuple[float, int, dict]:
     return seconds, max(rss, before), json.loads(done.stdout)
 
 
-def _clickhouse_pulls_directly(settings: object, url: str, *, with_aggregates: bool) -> float:
-    """INSERT … SELECT FROM postgresql(…) per fact table, into a scratch database.
+def _clickhouse_pulls_directly(settings: object, url: str, *, with_aggregates: bool) -> tuple[float, int]:
+    """INSERT … SELECT FROM postgresql(…) per fact table, into a scratch database: (seconds, rows moved).
 
     With aggregates, the scratch database has the warehouse schema, so the materialized views fill
     campaign_daily/hourly as they do for adpipe: the same end state. Without, bare copies of the tables.
+    The schema is created before the clock starts: only the pull is timed.
     """
     from urllib.parse import urlsplit
 
@@ -152,16 +166,18 @@ def _clickhouse_pulls_directly(settings: object, url: str, *, with_aggregates: b
         for table in ("impressions", "clicks"):
             client.command(f"CREATE TABLE {table} AS {home_database}.{table}")
     parts = urlsplit(url)
+    database = parts.path.lstrip("/") or "postgres"
     began = time.perf_counter()
     for table in ("impressions", "clicks"):
         client.command(
             f"INSERT INTO {table} SELECT id, campaign_id, created_at "
-            f"FROM postgresql('{parts.hostname}:{parts.port}', 'postgres', '{table}', 'postgres', '')"
+            f"FROM postgresql('{parts.hostname}:{parts.port}', '{database}', '{table}', 'postgres', '')"
         )
     seconds = time.perf_counter() - began
+    rows = sum(client.command(f"SELECT count() FROM {table}") for table in ("impressions", "clicks"))
     client.database = home_database
     client.command("DROP DATABASE bench_direct SYNC")
-    return seconds
+    return seconds, rows
 
 
 def _naive(settings: object, limit: int | None) -> tuple[int, float]:
@@ -215,6 +231,117 @@ def _naive_per_row(settings: object) -> float:
     seconds = time.perf_counter() - began
     client.command("DROP TABLE bench_naive")
     return len(rows) / seconds
+
+
+LAYOUTS = {
+    "dense": "id",
+    "jump": "CASE WHEN id > {half} THEN id + 2000000000 - {half} ELSE id END",
+    "random": "id * 3 - (hashint4(id) & 1) - ((hashint4(id) >> 1) & 1)",
+}
+"""Each layout's ids as a function of the dense id: an order-preserving map (so rows stay in the same order)."""
+
+
+def layouts(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="bench_sync.py layouts")
+    parser.add_argument("--campaigns", type=int, default=300)
+    parser.add_argument("--impressions-per-campaign", type=int, default=11_000)
+    parser.add_argument("--home", type=Path, default=Path("/tmp/adpipe-bench-layouts"))
+    parser.add_argument("--only", default=",".join(LAYOUTS), help="comma-separated layouts to run")
+    parser.add_argument("--sync-args", default="", help="extra `adpipe sync` options, e.g. '--partitions 1'")
+    args = parser.parse_args(argv)
+    server = _layout_sources(args.home, args.campaigns, args.impressions_per_campaign)
+    results = {}
+    for layout in args.only.split(","):
+        home = args.home / f"run-{layout}"
+        subprocess.run(["rm", "-rf", str(home)], check=True)
+        env = {
+            **os.environ,
+            "ADPIPE_HOME": str(home),
+            "ADPIPE_STAGING_DIR": str(home / "staging"),
+            "ADPIPE_POSTGRES_URL": f"{server}/bench_{layout}",
+        }
+        env.pop("ADPIPE_CLICKHOUSE_URL", None)
+        seconds, cpu, summary = _timed_child(
+            [sys.executable, "-m", "pipeline", "sync", "--mode", "full", "--json", *args.sync_args.split()], env
+        )
+        pulled = subprocess.run(
+            [sys.executable, __file__, "direct-pull", f"{server}/bench_{layout}"],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        direct = json.loads(pulled.stdout)
+        rows = sum(summary["tables"][table]["loaded"] for table in ("impressions", "clicks"))
+        assert rows == direct["rows"], (layout, rows, direct)
+        results[layout] = seconds
+        print(
+            f"{layout:6}: adpipe full sync {seconds:6.2f} s process wall ({summary['timings_s']['total']:.2f} s in"
+            f" sync; {cpu:.2f} CPU s in the adpipe process)  postgresql() {direct['seconds']:.2f} s"
+            f"  ratio process wall {direct['seconds'] / seconds:.2f}x, in-process"
+            f" {direct['seconds'] / summary['timings_s']['total']:.2f}x  ({rows:,} rows)"
+        )
+        print(f"        stages: {json.dumps(summary['timings_s'])}")
+    fastest = min(results.values())
+    print("spread vs the fastest layout: " + ", ".join(f"{k} {v / fastest:.2f}x" for k, v in results.items()))
+
+
+def _timed_child(command: list[str], env: dict[str, str]) -> tuple[float, float, dict]:
+    """Run a child; its wall time, its CPU seconds (user + system) and its JSON output."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    began = time.perf_counter()
+    done = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
+    seconds = time.perf_counter() - began
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return seconds, cpu, json.loads(done.stdout)
+
+
+def _layout_sources(home: Path, campaigns: int, per_campaign: int) -> str:
+    """One database per layout on the embedded server (generated once, kept in `home`); the server's URL."""
+    import psycopg
+
+    from pipeline.config import load_settings
+    from pipeline.source.postgres import connect, postgres_url
+
+    os.environ["ADPIPE_HOME"] = str(home)
+    os.environ.pop("ADPIPE_POSTGRES_URL", None)
+    server = postgres_url(load_settings()).rsplit("/", 1)[0]
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
+        have = {row[0] for row in admin.execute("SELECT datname FROM pg_database").fetchall()}
+        if "bench_dense" not in have:
+            print(f"generating {campaigns * per_campaign:,} impressions (once)…", flush=True)
+            admin.execute("CREATE DATABASE bench_dense")
+            os.environ["ADPIPE_POSTGRES_URL"] = f"{server}/bench_dense"
+            with connect(load_settings()) as pg:
+                _ensure_data(pg, campaigns, per_campaign)
+            os.environ.pop("ADPIPE_POSTGRES_URL")
+        for layout, expression in LAYOUTS.items():
+            if layout == "dense" or f"bench_{layout}" in have:
+                continue
+            admin.execute(f"CREATE DATABASE bench_{layout} TEMPLATE bench_dense")
+            with psycopg.connect(f"{server}/bench_{layout}", autocommit=True) as pg:
+                for table in ("impressions", "clicks"):
+                    half = pg.execute(f"SELECT max(id) / 2 FROM {table}").fetchone()[0]
+                    ids = expression.format(half=half)
+                    # A new table in id order, as a source that was written this way would be laid out.
+                    pg.execute(
+                        f"CREATE TABLE {table}_new AS SELECT {ids} AS id, campaign_id, created_at"
+                        f" FROM {table} ORDER BY id"
+                    )
+                    pg.execute(f"DROP TABLE {table}")
+                    pg.execute(f"ALTER TABLE {table}_new RENAME TO {table}")
+                    pg.execute(f"ALTER TABLE {table} ADD PRIMARY KEY (id)")
+                    pg.execute(f"VACUUM ANALYZE {table}")
+    return server
+
+
+def _direct_pull_child(url: str) -> dict:
+    """In a fresh process on the layout's engine: ClickHouse's postgresql() into the warehouse schema, timed."""
+    from pipeline.config import load_settings
+
+    seconds, rows = _clickhouse_pulls_directly(load_settings(), url, with_aggregates=True)
+    return {"seconds": seconds, "rows": rows}
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from pipeline.sync.stage import current_state_files
 RELATIVE_TOLERANCE = 1e-9
 """Floating-point KPIs (ratios) may differ in the last bits between engines; counts must be equal."""
 
+
 @dataclass(frozen=True)
 class Check:
     name: str

@@ -19,6 +19,7 @@ transaction ids, and one taken on the primary after the standby snapshot is only
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 from collections.abc import Iterator
@@ -163,15 +164,39 @@ class SourceReader:
         return self._read(table, [f"SELECT {_columns(table)} FROM {table} ORDER BY id"])
 
     def read_id_range(self, table: str, after: int, upto: int, chunk_rows: int) -> Iterator[tuple[int, int, pa.Table]]:
-        """Rows with after < id <= upto, in chunks of `chunk_rows` ids, each read in parallel partitions.
+        """Rows with after < id <= upto, in chunks of at most `chunk_rows` rows, each read in parallel partitions.
 
-        Yields (chunk_after, chunk_upto, rows) so callers know exactly which ids each chunk covered.
+        Chunks end at ids of the rows themselves (keyset), so their number follows the rows, never the id span:
+        a jump between ids is no chunk at all. Yields (chunk_after, chunk_upto, rows), the exact ids each covered.
         """
+        partitions = self._partitions_for(chunk_rows)
         low = after
         while low < upto:
-            high = min(low + chunk_rows, upto)
-            yield low, high, self._read(table, _partition_queries(table, low, high, self._partitions_for(high - low)))
+            if partitions == 1:
+                # One query, its LIMIT is the chunk: a full chunk ends at its last id, a short one at `upto`.
+                rows = self._read(table, [_range_query(table, low, upto, limit=chunk_rows)])
+                high = rows.column("id")[-1].as_py() if rows.num_rows == chunk_rows else upto
+            else:
+                bounds = self._row_bounds(table, low, upto, chunk_rows, partitions)
+                high = bounds[-1]
+                rows = self._read(table, [_range_query(table, lo, hi) for lo, hi in itertools.pairwise([low, *bounds])])
+            yield low, high, rows
             low = high
+
+    def _row_bounds(self, table: str, after: int, upto: int, rows: int, partitions: int) -> list[int]:
+        """Ids splitting the next `rows` rows after `after` into `partitions` ranges of equal rows (the last is
+        `upto` when fewer rows are left): one walk over the primary key's entries, no row is read."""
+        step = -(-rows // partitions)
+        found = self.coordinator.execute(
+            f"SELECT n, id FROM (SELECT id, row_number() OVER (ORDER BY id) AS n FROM"
+            f" (SELECT id FROM {table} WHERE id > %s AND id <= %s ORDER BY id LIMIT %s) AS chunk) AS numbered"
+            " WHERE n %% %s = 0 OR n = %s ORDER BY n",
+            (after, upto, rows, step, rows),
+        ).fetchall()
+        bounds = [row_id for n, row_id in found]
+        if not found or found[-1][0] < rows:  # the last chunk: it ends at `upto`
+            bounds.append(upto)
+        return bounds
 
     def read_ids_in(self, table: str, ranges: list[tuple[int, int]]) -> pa.Table:
         """Rows whose id lies in any of the inclusive `ranges`: the re-check of earlier gaps (usually few)."""
@@ -179,9 +204,9 @@ class SourceReader:
         condition = " OR ".join(f"id BETWEEN {int(lo)} AND {int(hi)}" for lo, hi in ranges) or "false"
         return self._read(table, [f"SELECT {_columns(table)} FROM {table} WHERE {condition} ORDER BY id"])
 
-    def _partitions_for(self, ids: int) -> int:
+    def _partitions_for(self, rows: int) -> int:
         # Parallel partitions only pay for large chunks; small ones would just open connections.
-        return self.partitions if ids >= 200_000 else 1
+        return self.partitions if rows >= 200_000 else 1
 
     def _read(self, table: str, queries: list[str]) -> pa.Table:
         result = self._read_adbc(queries) if self.engine is Engine.ADBC else self._read_connectorx(queries)
@@ -250,11 +275,10 @@ def _columns(table: str) -> str:
     return ", ".join(SOURCE_COLUMNS[table])
 
 
-def _partition_queries(table: str, after: int, upto: int, partitions: int) -> list[str]:
-    """Split (after, upto] into `partitions` id ranges; ConnectorX reads a list of queries in parallel, in order."""
-    step = -(-(upto - after) // partitions)
-    bounds = [(lo, min(lo + step, upto)) for lo in range(after, upto, step)]
-    return [f"SELECT {_columns(table)} FROM {table} WHERE id > {lo} AND id <= {hi} ORDER BY id" for lo, hi in bounds]
+def _range_query(table: str, after: int, upto: int, limit: int | None = None) -> str:
+    """The rows with after < id <= upto in id order (the first `limit` of them). The bounds are ints of our own."""
+    query = f"SELECT {_columns(table)} FROM {table} WHERE id > {int(after)} AND id <= {int(upto)} ORDER BY id"
+    return query if limit is None else f"{query} LIMIT {int(limit)}"
 
 
 def _plain_types(table: pa.Table) -> pa.Table:

@@ -15,6 +15,17 @@ def missing_ranges(ids: np.ndarray, after: int, upto: int) -> list[tuple[int, in
     return [(int(bounds[i]) + 1, int(bounds[i + 1]) - 1) for i in holes]
 
 
+def new_gaps(ids: np.ndarray, after: int, upto: int, snapshot: Snapshot) -> list[Gap]:
+    """The holes among `ids` (read with `snapshot`) in (after, upto] that a transaction might still fill.
+
+    None can once the snapshot's xmin has reached its own `xid_bound`: no transaction was running when it was
+    taken, so a hole is for good (a rolled-back insert, a deleted row, a sequence jump), and none is kept.
+    """
+    if snapshot.xmin >= snapshot.xid_bound:
+        return []
+    return [Gap(lo, hi, snapshot.xid_bound) for lo, hi in missing_ranges(ids, after, upto)]
+
+
 def open_gaps(gaps: list[Gap], found: np.ndarray, snapshot: Snapshot) -> list[Gap]:
     """The parts of earlier gaps, re-read as `found` with `snapshot`, still empty that some transaction might yet fill.
 

@@ -34,7 +34,7 @@ from pipeline.storage import open_store
 from pipeline.sync.changes import dimension_changes, full_load_rows
 from pipeline.sync.clean import Cleaned, clean_advertisers, clean_campaigns, clean_facts, quarantine_arrow
 from pipeline.sync.extract import SourceReader
-from pipeline.sync.gaps import missing_ranges, open_gaps
+from pipeline.sync.gaps import new_gaps, open_gaps
 from pipeline.sync.load import create_shadow, load_part, swap_in
 from pipeline.sync.plan import plan_mode
 from pipeline.sync.runlog import SyncResult, TableSummary, close_interrupted_runs, record, record_recovered
@@ -350,8 +350,7 @@ def _sync_fact(
     chunks = prefetch(reader.read_id_range(table, previous.high_water, high_water, options.chunk_rows))
     for after, upto, rows in _timed(chunks, pipeline.timings, "extract_wait"):
         _stage_fact_rows(pipeline, table, rows, now, quarantine, summary)
-        ids = rows.column("id").to_numpy()
-        gaps += [Gap(lo, hi, reader.snapshot.xid_bound) for lo, hi in missing_ranges(ids, after, upto)]
+        gaps += new_gaps(rows.column("id").to_numpy(), after, upto, reader.snapshot)
         if options.progress:
             options.progress(table, upto - previous.high_water, high_water - previous.high_water)
     high_water = max(high_water, previous.high_water)
