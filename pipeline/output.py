@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-
-import polars as pl
+from typing import TYPE_CHECKING
 
 from pipeline.atomic import write_atomic
 from pipeline.errors import AdpipeError
+
+if TYPE_CHECKING:  # every frame comes from a command that imported Polars already; `--help` need not
+    import polars as pl
 
 
 class OutputFormat(StrEnum):
@@ -45,6 +47,8 @@ def render_frame(frame: pl.DataFrame, fmt: OutputFormat) -> str:
     if fmt is OutputFormat.CSV:
         return frame.write_csv()
     if fmt is OutputFormat.JSON:
+        import polars as pl
+
         # Exact decimals would become JSON strings; consumers of a JSON report expect numbers.
         # Times as ISO 8601 (`2022-01-05T11:00:00`), fractions of a second only when there are some.
         return (

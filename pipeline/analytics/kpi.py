@@ -11,15 +11,15 @@ from dataclasses import dataclass
 from datetime import date
 from functools import cached_property
 from importlib.resources.abc import Traversable
-from typing import Any
-
-import polars as pl
-from clickhouse_connect.driver.client import Client
+from typing import TYPE_CHECKING, Any
 
 from pipeline.config import Settings
 from pipeline.errors import AdpipeError, MissingDatabaseError
 from pipeline.sqlfiles import sql_dir, sql_files
-from pipeline.warehouse import client as clickhouse
+
+if TYPE_CHECKING:  # imported where a KPI runs: `kpi list` and `--help` start without them
+    import polars as pl
+    from clickhouse_connect.driver.client import Client
 
 SEED_REPORT = ("campaign_ctr", "daily_impressions_clicks", "advertiser_ctr")
 """The seed's three KPIs, in the order `chstats` prints them."""
@@ -87,6 +87,8 @@ def run_clickhouse(client: Client, kpi: Kpi, filters: Filters) -> pl.DataFrame:
     sql = kpi.clickhouse_sql()
     used = set(re.findall(r"\{(\w+):", sql))
     parameters = {k: v for k, v in filters.values().items() if k in used}
+    import polars as pl
+
     return pl.from_arrow(client.query_arrow(sql, parameters=parameters))
 
 
@@ -94,6 +96,8 @@ def run_duckdb(connection: Any, kpi: Kpi, filters: Filters) -> pl.DataFrame:
     sql = kpi.duckdb_sql()
     used = set(re.findall(r"\$(\w+)", sql))
     parameters = {k: v for k, v in filters.values().items() if k in used}
+    import polars as pl
+
     return pl.from_arrow(connection.sql(sql, params=parameters).to_arrow_table())
 
 
@@ -108,6 +112,8 @@ def warehouse_client(settings: Settings) -> Client:
 
     It never creates the database: a read-only user may not, and reading needs nothing created.
     """
+    from pipeline.warehouse import client as clickhouse
+
     try:
         client = clickhouse.connect(settings.for_reading(), create_database=False)
         # The newest schema object the KPIs read: missing before the first sync, or in a warehouse an older

@@ -102,15 +102,9 @@ def _id_range(ids: list[int]) -> str:
 @app.command()
 def stats() -> None:
     """Rows, id range and created_at range of each source table, and its rows quarantined by the last sync."""
-    from pipeline.source.generate import table_stats
-    from pipeline.source.postgres import connect
-    from pipeline.sync.stage import quarantined_rows
+    from pipeline.analytics.status import source_stats
 
-    settings = current_settings()
-    with connect(settings) as conn:
-        rows = table_stats(conn)
-    # From the staged snapshots: no ClickHouse connection, so stats never waits on a busy warehouse.
-    quarantined = quarantined_rows(settings)
+    rows = source_stats(current_settings())
     table = Table(title="Postgres source tables")
     numeric = ("Rows", "Min id", "Max id", "Quarantined")
     for column in ("Table", "Rows", "Min id", "Max id", "First created_at", "Last created_at", "Quarantined"):
@@ -123,7 +117,7 @@ def stats() -> None:
             _text(s.max_id),
             _text(s.min_created_at),
             _text(s.max_created_at),
-            f"{quarantined.get(s.table, 0):,}",
+            f"{s.quarantined:,}",
         )
     console.print(table)
     console.print("Quarantined: rows the last committed sync set aside (see `adpipe status`).")

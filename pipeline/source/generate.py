@@ -227,27 +227,6 @@ def _check_ratio(option: str, value: float) -> None:
         raise AdpipeError(f"{option} must be between 0 and 1, got {value}")
 
 
-@dataclass(frozen=True)
-class TableStats:
-    table: str
-    rows: int
-    min_id: int | None
-    max_id: int | None
-    min_created_at: datetime | None
-    max_created_at: datetime | None
-
-
-def table_stats(conn: psycopg.Connection) -> list[TableStats]:
-    """Per source table: rows, id range and created_at range."""
-    stats = []
-    for table in SOURCE_TABLES:
-        row = conn.execute(
-            f"SELECT count(*), min(id), max(id), min(created_at), max(created_at) FROM {table}"
-        ).fetchone()
-        stats.append(TableStats(table, *row))
-    return stats
-
-
 def reset(conn: psycopg.Connection) -> None:
     """Empty all four source tables and restart their ids, in one transaction."""
     with conn.transaction():

@@ -1,10 +1,7 @@
 """The ad sync, by stage: plan → extract → clean → changes → stage → load → state, with its run log.
 
-`run` orchestrates one sync; the stages talk through the staged run on disk (see `stage`).
-`gaps` holds the late-commit arithmetic and `runlog` the `sync_runs` bookkeeping.
+Its public face is `pipeline.sync.run` (`sync`, `replay`, `prune`, `SyncOptions`) and `pipeline.sync.runlog`
+(`SyncResult`). The stages talk through the staged run on disk (see `stage`); `gaps` holds the late-commit
+arithmetic and `runlog` the `sync_runs` bookkeeping. Nothing is imported here: the orchestrator pulls in Polars,
+Arrow and the database drivers, which a caller of `state` or `stage` alone need not pay for.
 """
-
-from pipeline.sync.run import SyncOptions, replay, sync
-from pipeline.sync.runlog import SyncResult
-
-__all__ = ["SyncOptions", "SyncResult", "replay", "sync"]

@@ -38,7 +38,16 @@ from pipeline.sync.gaps import new_gaps, open_gaps
 from pipeline.sync.load import create_shadow, load_part, swap_in
 from pipeline.sync.plan import plan_mode
 from pipeline.sync.runlog import SyncResult, TableSummary, close_interrupted_runs, record, record_recovered
-from pipeline.sync.stage import Run, RunWriter, list_runs, new_run_id, prune_runs, remove_interrupted, state_runs
+from pipeline.sync.stage import (
+    Run,
+    RunWriter,
+    list_runs,
+    new_run_id,
+    prune_runs,
+    quarantined_rows,
+    remove_interrupted,
+    state_runs,
+)
 from pipeline.sync.state import FactState, Gap, SyncState, load_state, save_state
 from pipeline.warehouse import client as clickhouse
 from pipeline.warehouse.schema import apply_schema
@@ -140,8 +149,10 @@ def load_parts(client: Client, run: Run, database: str | None = None) -> None:
 
 
 def commit(settings: Settings, run: Run) -> None:
-    """Make the run's resulting state the committed one (atomic rename)."""
-    save_state(settings.home, SyncState.from_json(run.manifest["state_after"]))
+    """Make the run's resulting state the committed one (atomic rename), with the quarantine it leaves."""
+    state = SyncState.from_json(run.manifest["state_after"])
+    state.quarantined = quarantined_rows(settings, run.run_id)
+    save_state(settings.home, state)
 
 
 def _run(client: Client, settings: Settings, options: SyncOptions, mode: Mode, state: SyncState) -> SyncResult:

@@ -2,7 +2,9 @@
 
 The state names the last committed run, the source WAL position it read as of, and, per fact table,
 the high-water id, the anchor row (to detect a source that was reset) and the id ranges still missing
-below the high-water mark.
+below the high-water mark; and, per source table, the rows in quarantine as of that run.
+
+`format` versions the file: a file of a newer format than this adpipe knows is refused, not misread.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from pipeline.atomic import write_json_atomic
 from pipeline.errors import AdpipeError
 
 STATE_FILE = "last_synced_ids.json"
+STATE_FORMAT = 1
+"""0 (no `format` key): written before the key existed, without quarantine counts."""
 
 
 @dataclass
@@ -50,9 +54,11 @@ class SyncState:
     facts: dict[str, FactState] = field(default_factory=dict)
     source_lsn: str | None = None
     """The source WAL position the last run read as of: a replica replayed less than this is behind that run."""
+    quarantined: dict[str, int] | None = None
+    """Source table → rows in quarantine once the last run was committed; None in a state of format 0."""
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return {"format": STATE_FORMAT, **asdict(self)}
 
     @classmethod
     def from_json(cls, data: dict) -> SyncState:
@@ -64,7 +70,13 @@ class SyncState:
             )
             for name, fact in data.get("facts", {}).items()
         }
-        return cls(data.get("last_run_id"), data.get("dimension_version", 0), facts, data.get("source_lsn"))
+        return cls(
+            data.get("last_run_id"),
+            data.get("dimension_version", 0),
+            facts,
+            data.get("source_lsn"),
+            data.get("quarantined"),
+        )
 
 
 def load_state(home: Path) -> SyncState:
@@ -73,9 +85,16 @@ def load_state(home: Path) -> SyncState:
     if not path.exists():
         return SyncState()
     try:
-        return SyncState.from_json(json.loads(path.read_text()))
-    except (ValueError, KeyError, TypeError) as exc:
+        data = json.loads(path.read_text())
+        newer = data.get("format", 0) > STATE_FORMAT
+        state = None if newer else SyncState.from_json(data)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise AdpipeError(f"{path} is corrupt ({exc}); run `adpipe sync --mode full` to rebuild it") from None
+    if state is None:
+        raise AdpipeError(
+            f"{path} has state format {data['format']}, newer than this adpipe's {STATE_FORMAT}: upgrade adpipe"
+        )
+    return state
 
 
 def save_state(home: Path, state: SyncState) -> None:
