@@ -80,8 +80,11 @@ def sync(settings: Settings, options: SyncOptions) -> SyncResult:
         raise AdpipeError(f"--keep must be 1 or more, got {options.keep}")
     with exclusive_lock(settings.home / "sync.lock", "sync"):
         open_store(settings.staging_dir)  # an unreachable S3 staging fails here, before the warehouse is touched
+        began = time.perf_counter()
         client = clickhouse.connect(settings)
+        opened = time.perf_counter()
         apply_schema(client)
+        ready = time.perf_counter()
         recovered = recover_pending_runs(client, settings)
         interrupted = close_interrupted_runs(client, set(recovered))
         state = load_state(settings.home)
@@ -90,6 +93,7 @@ def sync(settings: Settings, options: SyncOptions) -> SyncResult:
             log.warning("no previous sync: running a full sync")
             mode = Mode.FULL
         result = _run(client, settings, options, mode, state)
+        result.timings = {"warehouse_open": opened - began, "schema": ready - opened, **result.timings}
         result.recovered, result.interrupted = recovered, interrupted
         if options.keep is not None:
             result.pruned = prune_runs(settings, options.keep)
