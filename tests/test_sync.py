@@ -7,6 +7,7 @@ the source of truth — with plain SQL that shares no code with the sync.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from datetime import date
 from unittest.mock import ANY
@@ -15,7 +16,7 @@ import psycopg
 import pytest
 
 from pipeline.config import Settings
-from pipeline.errors import AdpipeError
+from pipeline.errors import AdpipeError, SyncRefusedError
 from pipeline.locks import exclusive_lock
 from pipeline.options import Engine, Mode, OnReset
 from pipeline.source.generate import Generator
@@ -396,6 +397,68 @@ def test_reset_source_is_detected(settings: Settings, pg: psycopg.Connection) ->
     )
     assert recorded == [("full", "running"), ("full", "success")]
     assert list_runs(settings.staging_dir)[-1].manifest["mode"] == "full"
+
+
+def test_reset_source_with_more_rows_than_before_is_detected_by_the_row_at_the_last_synced_id(
+    settings: Settings, pg: psycopg.Connection
+) -> None:
+    """A source reset and refilled past the old high-water mark: the max id alone cannot tell, the created_at of
+    the row at the last synced id (4) does. The sync refuses, on one line; `--on-reset full` leaves exactly the
+    new source in the warehouse."""
+    seed_hand_built(pg)
+    full(settings)
+    pg.execute("TRUNCATE advertiser, campaign, impressions, clicks RESTART IDENTITY")
+    pg.execute("INSERT INTO advertiser (name, updated_at) VALUES ('Initech', now())")
+    pg.execute(
+        "INSERT INTO campaign (name, bid, budget, start_date, end_date, advertiser_id) VALUES "
+        "('Winter', 1.00, 80.00, '2026-12-01', '2026-12-31', 1), ('Spring', 3.00, 90.00, '2026-12-01', '2026-12-31', 1)"
+    )
+    pg.execute(
+        "INSERT INTO impressions (campaign_id, created_at) VALUES "  # ids 1-6: more than the 4 synced before
+        "(1, '2026-12-01 09:00:00'), (1, '2026-12-01 09:10:00'), (2, '2026-12-01 09:20:00'), "
+        "(2, '2026-12-02 10:00:00'), (2, '2026-12-02 11:00:00'), (2, '2026-12-02 12:00:00')"
+    )
+    pg.execute(
+        "INSERT INTO clicks (campaign_id, created_at) VALUES "  # ids 1-3: more than the 2 synced before
+        "(1, '2026-12-01 09:00:05'), (2, '2026-12-02 10:00:05'), (2, '2026-12-02 12:00:05')"
+    )
+    refused = "the source was reset (impressions row 4 is not the row synced last time)"
+    with pytest.raises(SyncRefusedError, match=re.escape(refused)):
+        incremental(settings)
+    cli = run_cli("sync")
+    assert cli.exit_code == 1
+    assert cli.stderr.count("\n") == 1, cli.stderr
+    assert cli.stderr.startswith(f"error: {refused}; run `adpipe sync --mode full`")
+    # Nothing of the new source was applied: the warehouse still holds what was synced before the reset.
+    assert ch(settings, "SELECT id, campaign_id, toString(created_at) FROM impressions ORDER BY id") == [
+        (1, 1, "2026-11-20 10:00:00.000000"),
+        (2, 1, "2026-11-20 23:59:59.999999"),
+        (3, 1, "2026-11-21 00:00:00.000000"),
+        (4, 2, "2026-11-21 08:30:00.000000"),
+    ]
+
+    result = sync(settings, SyncOptions(mode=Mode.INCREMENTAL, on_reset=OnReset.FULL))
+    assert result.mode == "full"
+    assert ch(settings, "SELECT id, campaign_id, toString(created_at) FROM impressions ORDER BY id") == [
+        (1, 1, "2026-12-01 09:00:00.000000"),
+        (2, 1, "2026-12-01 09:10:00.000000"),
+        (3, 2, "2026-12-01 09:20:00.000000"),
+        (4, 2, "2026-12-02 10:00:00.000000"),
+        (5, 2, "2026-12-02 11:00:00.000000"),
+        (6, 2, "2026-12-02 12:00:00.000000"),
+    ]
+    assert ch(settings, "SELECT id, campaign_id FROM clicks ORDER BY id") == [(1, 1), (2, 2), (3, 2)]
+    assert ch(settings, "SELECT id, name FROM campaign FINAL WHERE is_deleted = 0 ORDER BY id") == [
+        (1, "Winter"),
+        (2, "Spring"),
+    ]
+    assert ch(settings, "SELECT id, name FROM advertiser FINAL WHERE is_deleted = 0 ORDER BY id") == [(1, "Initech")]
+    assert sorted(
+        ch(settings, "SELECT campaign_id, day, sum(impressions), sum(clicks) FROM campaign_daily GROUP BY ALL")
+    ) == [(1, date(2026, 12, 1), 2, 1), (2, date(2026, 12, 1), 1, 0), (2, date(2026, 12, 2), 3, 2)]
+    # The anchor is now the new row 6: the next incremental run goes ahead and finds nothing new.
+    incremental(settings)
+    assert ch(settings, "SELECT count() FROM impressions") == [(6,)]
 
 
 def test_second_concurrent_sync_is_refused(settings: Settings, pg: psycopg.Connection) -> None:
