@@ -411,16 +411,16 @@ def test_reset_source_with_more_rows_than_before_is_detected_by_the_row_at_the_l
     pg.execute("INSERT INTO advertiser (name, updated_at) VALUES ('Initech', now())")
     pg.execute(
         "INSERT INTO campaign (name, bid, budget, start_date, end_date, advertiser_id) VALUES "
-        "('Winter', 1.00, 80.00, '2026-12-01', '2026-12-31', 1), ('Spring', 3.00, 90.00, '2026-12-01', '2026-12-31', 1)"
+        "('Winter', 1.00, 80.00, '2026-10-05', '2026-10-31', 1), ('Spring', 3.00, 90.00, '2026-10-05', '2026-10-31', 1)"
     )
     pg.execute(
         "INSERT INTO impressions (campaign_id, created_at) VALUES "  # ids 1-6: more than the 4 synced before
-        "(1, '2026-12-01 09:00:00'), (1, '2026-12-01 09:10:00'), (2, '2026-12-01 09:20:00'), "
-        "(2, '2026-12-02 10:00:00'), (2, '2026-12-02 11:00:00'), (2, '2026-12-02 12:00:00')"
+        "(1, '2026-10-05 09:00:00'), (1, '2026-10-05 09:10:00'), (2, '2026-10-05 09:20:00'), "
+        "(2, '2026-10-06 10:00:00'), (2, '2026-10-06 11:00:00'), (2, '2026-10-06 12:00:00')"
     )
     pg.execute(
         "INSERT INTO clicks (campaign_id, created_at) VALUES "  # ids 1-3: more than the 2 synced before
-        "(1, '2026-12-01 09:00:05'), (2, '2026-12-02 10:00:05'), (2, '2026-12-02 12:00:05')"
+        "(1, '2026-10-05 09:00:05'), (2, '2026-10-06 10:00:05'), (2, '2026-10-06 12:00:05')"
     )
     refused = "the source was reset (impressions row 4 is not the row synced last time)"
     with pytest.raises(SyncRefusedError, match=re.escape(refused)):
@@ -440,12 +440,12 @@ def test_reset_source_with_more_rows_than_before_is_detected_by_the_row_at_the_l
     result = sync(settings, SyncOptions(mode=Mode.INCREMENTAL, on_reset=OnReset.FULL))
     assert result.mode == "full"
     assert ch(settings, "SELECT id, campaign_id, toString(created_at) FROM impressions ORDER BY id") == [
-        (1, 1, "2026-12-01 09:00:00.000000"),
-        (2, 1, "2026-12-01 09:10:00.000000"),
-        (3, 2, "2026-12-01 09:20:00.000000"),
-        (4, 2, "2026-12-02 10:00:00.000000"),
-        (5, 2, "2026-12-02 11:00:00.000000"),
-        (6, 2, "2026-12-02 12:00:00.000000"),
+        (1, 1, "2026-10-05 09:00:00.000000"),
+        (2, 1, "2026-10-05 09:10:00.000000"),
+        (3, 2, "2026-10-05 09:20:00.000000"),
+        (4, 2, "2026-10-06 10:00:00.000000"),
+        (5, 2, "2026-10-06 11:00:00.000000"),
+        (6, 2, "2026-10-06 12:00:00.000000"),
     ]
     assert ch(settings, "SELECT id, campaign_id FROM clicks ORDER BY id") == [(1, 1), (2, 2), (3, 2)]
     assert ch(settings, "SELECT id, name FROM campaign FINAL WHERE is_deleted = 0 ORDER BY id") == [
@@ -455,7 +455,7 @@ def test_reset_source_with_more_rows_than_before_is_detected_by_the_row_at_the_l
     assert ch(settings, "SELECT id, name FROM advertiser FINAL WHERE is_deleted = 0 ORDER BY id") == [(1, "Initech")]
     assert sorted(
         ch(settings, "SELECT campaign_id, day, sum(impressions), sum(clicks) FROM campaign_daily GROUP BY ALL")
-    ) == [(1, date(2026, 12, 1), 2, 1), (2, date(2026, 12, 1), 1, 0), (2, date(2026, 12, 2), 3, 2)]
+    ) == [(1, date(2026, 10, 5), 2, 1), (2, date(2026, 10, 5), 1, 0), (2, date(2026, 10, 6), 3, 2)]
     # The anchor is now the new row 6: the next incremental run goes ahead and finds nothing new.
     incremental(settings)
     assert ch(settings, "SELECT count() FROM impressions") == [(6,)]
