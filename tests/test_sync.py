@@ -378,6 +378,76 @@ def test_bad_rows_are_quarantined_with_reasons(settings: Settings, pg: psycopg.C
     assert staged["tables"]["quarantine"]["rows"] == 6
 
 
+def test_a_row_breaking_several_rules_is_quarantined_for_the_first_in_the_documented_order(
+    settings: Settings, pg: psycopg.Connection
+) -> None:
+    """docs/design.md, Clean: facts check campaign_id, then created_at NULL, then the future; campaigns check the
+    advertiser (missing, or itself invalid), then bid, then budget, then the dates. One entry per row, the first."""
+    seed_hand_built(pg)
+    pg.execute("INSERT INTO advertiser (name) VALUES ('   ')")  # id 3: advertiser name is empty
+    pg.execute(
+        "INSERT INTO campaign (name, bid, budget, start_date, end_date, advertiser_id) VALUES "
+        "('All four', 0.00, -1.00, '2026-11-10', '2026-11-01', NULL), "  # id 4
+        "('Invalid owner', 0.00, 10.00, NULL, NULL, 3), "  # id 5
+        "('Bid, budget, dates', 0.00, 0.00, '2026-11-10', '2026-11-01', 1), "  # id 6
+        "('Budget, dates', 1.00, -1.00, '2026-11-10', '2026-11-01', 1)"  # id 7
+    )
+    pg.execute(
+        "INSERT INTO impressions (campaign_id, created_at) VALUES "
+        "(NULL, NULL), "  # id 5
+        "(NULL, now() AT TIME ZONE 'UTC' + interval '1 day'), "  # id 6
+        "(1, NULL)"  # id 7
+    )
+    full(settings)
+    assert ch(
+        settings, "SELECT table_name, source_id, reason FROM quarantine FINAL ORDER BY table_name, source_id"
+    ) == [
+        ("advertiser", 3, "advertiser name is empty"),
+        ("campaign", 4, "campaign without advertiser"),
+        ("campaign", 5, "campaign without advertiser"),
+        ("campaign", 6, "bid <= 0"),
+        ("campaign", 7, "budget <= 0"),
+        ("impressions", 5, "campaign_id is NULL"),
+        ("impressions", 6, "campaign_id is NULL"),
+        ("impressions", 7, "created_at is NULL"),
+    ]
+    assert ch(settings, "SELECT id FROM campaign FINAL ORDER BY id") == [(1,), (2,), (3,)]
+    assert ch(settings, "SELECT id FROM impressions ORDER BY id") == [(1,), (2,), (3,), (4,)]
+
+
+def test_created_at_up_to_five_minutes_past_the_snapshot_clock_is_valid() -> None:
+    """The future rule to the second (and the microsecond): `now` is the snapshot's `taken_at`, the Postgres
+    clock as the run read it, passed to `clean_facts` as it is here; exactly now + 5 min is still valid."""
+    from datetime import datetime, timedelta
+
+    import pyarrow as pa
+
+    from pipeline.sync.clean import clean_facts
+
+    now = datetime(2026, 11, 20, 12, 0, 0)
+    five = timedelta(minutes=5)
+    times = [
+        now + five - timedelta(seconds=1),  # id 1
+        now + five,  # id 2
+        now + five + timedelta(microseconds=1),  # id 3
+        now + five + timedelta(seconds=1),  # id 4
+        now - timedelta(days=1),  # id 5
+    ]
+    rows = pa.table(
+        {
+            "id": pa.array([1, 2, 3, 4, 5], pa.int32()),
+            "campaign_id": pa.array([1] * 5, pa.int32()),
+            "created_at": pa.array(times, pa.timestamp("us")),
+        }
+    )
+    cleaned = clean_facts("impressions", rows, now)
+    assert cleaned.valid["id"].to_list() == [1, 2, 5]
+    assert cleaned.quarantined.select("source_id", "reason").rows() == [
+        (3, "created_at in the future"),
+        (4, "created_at in the future"),
+    ]
+
+
 def test_reset_source_is_detected(settings: Settings, pg: psycopg.Connection) -> None:
     Generator(pg, seed=5).batch(advertisers=1, campaigns=1, impressions=50, ctr=0.1)
     full(settings)
