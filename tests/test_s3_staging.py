@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pyarrow as pa
@@ -24,6 +27,7 @@ from pipeline.referral.publish import warehouse_hourly_reports
 from pipeline.referral.staging import quarantine_reasons
 from pipeline.storage import Store
 from pipeline.sync.stage import RunWriter, list_runs, quarantined_rows
+from pipeline.sync.state import load_state
 from pipeline.warehouse import client as clickhouse
 from tests.conftest import SECRET, raw_s3, run_cli
 from tests.test_events_load import CL, EXPECTED, LINES, QUARANTINED, reports, write
@@ -131,6 +135,86 @@ def test_a_retried_s3_load_counts_once(
     assert len(json.loads(result.stdout)["recovered_runs"]) == 1
     assert per_campaign_ch(s3_settings, "impressions") == {1: 3, 2: 2}
     assert aggregate_ch(s3_settings, "impressions") == {1: 3, 2: 2}
+
+
+@contextmanager
+def s3_down_from_the_manifest(monkeypatch: pytest.MonkeyPatch, bucket: str) -> Iterator[list[str]]:
+    """The S3 server refuses (403 AccessDenied) to store a run's manifest.json in `bucket`, and from then on every
+    write and delete there, as if S3 went away at the commit point, until the block ends.
+
+    Injected in moto's backend, behind its HTTP interface: adpipe sees the server's answer, through pyarrow, as it
+    would AWS's. An object is stored by `put_object` whether uploaded in one PUT or completed as a multipart upload
+    (as pyarrow uploads the manifest). Yields the keys refused, in order.
+    """
+    from moto.s3.exceptions import S3AccessDeniedError
+    from moto.s3.models import S3Backend
+
+    refused: list[str] = []
+
+    def refusing(method: Callable[..., Any], key_of: Callable[[tuple], str]) -> Callable[..., Any]:
+        def call(self: S3Backend, bucket_name: str, *args: Any, **kwargs: Any) -> Any:
+            key = key_of(args)
+            if bucket_name == bucket and (refused or key.endswith("/manifest.json")):
+                refused.append(key)
+                raise S3AccessDeniedError
+            return method(self, bucket_name, *args, **kwargs)
+
+        return call
+
+    def keys(args: tuple) -> str:
+        return " ".join(item["Key"] for item in args[0])
+
+    with monkeypatch.context() as patch:
+        patch.setattr(S3Backend, "put_object", refusing(S3Backend.put_object, lambda args: args[0]))
+        patch.setattr(S3Backend, "delete_object", refusing(S3Backend.delete_object, lambda args: args[0]))
+        patch.setattr(S3Backend, "delete_objects", refusing(S3Backend.delete_objects, keys))
+        yield refused
+
+
+@pytest.mark.parametrize("mode", ["incremental", "full"])
+def test_a_failed_manifest_put_publishes_nothing_and_the_next_sync_removes_the_parts(
+    s3_settings: Settings, pg: psycopg.Connection, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """On S3 storing the manifest is the commit point. When it fails (and S3 stays away, so the failed sync cannot
+    delete its parts): one error line, no run listed, the warehouse as before; the next sync deletes the parts
+    left behind and ends equal to the source."""
+    seed_hand_built(pg)
+    sync_ok("--mode", "full")
+    (first,) = list_runs(s3_settings.staging_dir)
+    pg.execute("INSERT INTO impressions (campaign_id, created_at) VALUES (3, '2026-11-22 12:00:00')")  # id 5
+    pg.execute("INSERT INTO clicks (campaign_id, created_at) VALUES (3, '2026-11-22 12:00:10')")  # id 3
+
+    with s3_down_from_the_manifest(monkeypatch, s3_settings.staging_dir.bucket) as refused:
+        result = run_cli("sync", "--mode", mode)
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    failed = refused[0].split("/")[1]  # snapshots/<run id>/manifest.json
+    assert refused[0] == f"snapshots/{failed}/manifest.json"
+    assert f"error: S3 staging s3://{s3_settings.staging_dir.bucket}/snapshots/{failed}/manifest.json:" in result.stderr
+    assert "Access Denied" in result.stderr
+    assert SECRET not in result.stderr
+    # Not a run: only the first is listed, and the state still names it. What the failed sync wrote is left over.
+    assert [run.run_id for run in list_runs(s3_settings.staging_dir)] == [first.run_id]
+    assert load_state(s3_settings.home).last_run_id == first.run_id
+    tables = ["clicks", "impressions"] if mode == "incremental" else ["advertiser", "campaign", "clicks", "impressions"]
+    assert [key for key in objects(s3_endpoint, s3_settings) if key.startswith(failed)] == [
+        f"{failed}/{table}/part-00000.parquet" for table in tables
+    ]
+    assert ch(s3_settings, f"SELECT DISTINCT status FROM sync_runs FINAL WHERE run_id = '{failed}'") == [("failed",)]
+    # The warehouse is as the first sync left it (seed_hand_built's rows).
+    assert per_campaign_ch(s3_settings, "impressions") == {1: 3, 2: 1}
+    assert per_campaign_ch(s3_settings, "clicks") == {1: 2}
+    assert aggregate_ch(s3_settings, "impressions") == {1: 3, 2: 1}
+
+    sync_ok()
+    assert not [key for key in objects(s3_endpoint, s3_settings) if key.startswith(failed)]
+    assert len(list_runs(s3_settings.staging_dir)) == 2
+    assert per_campaign_ch(s3_settings, "impressions") == {1: 3, 2: 1, 3: 1}
+    assert per_campaign_ch(s3_settings, "clicks") == {1: 2, 3: 1}
+    assert aggregate_ch(s3_settings, "impressions") == {1: 3, 2: 1, 3: 1}
+    assert aggregate_ch(s3_settings, "clicks") == {1: 2, 2: 0, 3: 1}
+    # A failed full sync leaves its shadow database for the next full sync to replace (`create_shadow`).
+    clickhouse.connect(s3_settings).command(f"DROP DATABASE IF EXISTS `{s3_settings.clickhouse_database}__shadow`")
 
 
 def test_verify_replay_and_prune_on_s3(s3_settings: Settings, pg: psycopg.Connection, s3_endpoint: str) -> None:
