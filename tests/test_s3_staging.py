@@ -217,6 +217,52 @@ def test_a_failed_manifest_put_publishes_nothing_and_the_next_sync_removes_the_p
     clickhouse.connect(s3_settings).command(f"DROP DATABASE IF EXISTS `{s3_settings.clickhouse_database}__shadow`")
 
 
+def test_a_part_of_several_insert_blocks_failed_after_the_first_is_counted_once(
+    s3_settings: Settings, pg: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A part ClickHouse inserts as four blocks, whose load failed after some of them went in, is loaded again by
+    the next sync: the token deduplicates block by block (as each retry cuts the part the same way), so every row
+    counts once, in the table and in the aggregates."""
+    import pipeline.sync.load as load_module
+
+    seed_hand_built(pg)
+    sync_ok("--mode", "full")
+    # ClickHouse reads a part in blocks of up to 65,409 rows and squashes them into insert blocks of ~1M rows (or
+    # 256 MiB): a part of more rows than that is several blocks. Here blocks of 4 rows stand in for them.
+    blocks = {
+        "input_format_parquet_max_block_size": 4,
+        "min_insert_block_size_rows": 4,
+        "min_insert_block_size_bytes": 0,
+    }
+    for name, value in blocks.items():
+        monkeypatch.setitem(load_module._INSERT_SETTINGS, name, value)
+    pg.execute(  # ids 5-20, one part of four blocks: ids 5-8, 9-12, 13-16, 17-20
+        "INSERT INTO impressions (campaign_id, created_at) "
+        "SELECT 3, '2026-11-22 12:00:00'::timestamp + i * interval '1 minute' FROM generate_series(1, 16) AS i"
+    )
+    client = clickhouse.connect(s3_settings)
+    client.command("ALTER TABLE impressions ADD CONSTRAINT refuse_id_17 CHECK id != 17")  # the server fails block 4
+
+    failed = run_cli("sync")
+    assert failed.exit_code == 1
+    assert failed.stderr.count("\n") == 1, failed.stderr
+    assert "Constraint `refuse_id_17`" in failed.stderr
+    # Some whole blocks went in before the failure (how many the server had committed by then), not the part.
+    loaded = [row_id for (row_id,) in ch(s3_settings, "SELECT id FROM impressions WHERE campaign_id = 3 ORDER BY id")]
+    assert loaded in ([*range(5, 9)], [*range(5, 13)], [*range(5, 17)]), loaded
+    assert aggregate_ch(s3_settings, "impressions") == {1: 3, 2: 1, 3: len(loaded)}
+
+    client.command("ALTER TABLE impressions DROP CONSTRAINT refuse_id_17")
+    result = run_cli("sync", "--json")  # loads the failed run again, from S3, then syncs (nothing new)
+    assert result.exit_code == 0, result.stderr
+    assert len(json.loads(result.stdout)["recovered_runs"]) == 1
+    once = "SELECT id, count() FROM impressions WHERE campaign_id = 3 GROUP BY id ORDER BY id"
+    assert ch(s3_settings, once) == [(row_id, 1) for row_id in range(5, 21)]
+    assert per_campaign_ch(s3_settings, "impressions") == {1: 3, 2: 1, 3: 16}
+    assert aggregate_ch(s3_settings, "impressions") == {1: 3, 2: 1, 3: 16}
+    assert ch(s3_settings, "SELECT sum(impressions) FROM campaign_hourly WHERE campaign_id = 3") == [(16,)]
+
+
 def test_verify_replay_and_prune_on_s3(s3_settings: Settings, pg: psycopg.Connection, s3_endpoint: str) -> None:
     seed_hand_built(pg)
     sync_ok("--mode", "full")
