@@ -8,6 +8,7 @@ bucket. ClickHouse (the embedded engine) reads the parts from it with its s3() t
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -329,11 +330,17 @@ def test_a_run_without_manifest_is_interrupted_and_removed(
     assert per_campaign_ch(s3_settings, "impressions") == {1: 3, 2: 1}
 
 
-def test_credentials_never_reach_the_output(s3_settings: Settings, pg: psycopg.Connection) -> None:
+def test_credentials_never_reach_the_output(
+    s3_settings: Settings, pg: psycopg.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Neither printed nor logged, at any level. Under pytest the records go to caplog, not to the CLI's stderr
+    (`-vv`'s handler is only installed when the root logger has none), so both are searched."""
+    caplog.set_level(logging.DEBUG)
     seed_hand_built(pg)
     result = run_cli("-vv", "sync", "--mode", "full")
     assert result.exit_code == 0, result.stderr
-    assert SECRET not in result.stdout + result.stderr
+    assert "loading part-00000.parquet into" in caplog.text  # debug records were captured
+    assert SECRET not in result.stdout + result.stderr + caplog.text
 
 
 @pytest.mark.parametrize("command", [("sync",), ("snapshots", "list"), ("snapshots", "verify"), ("replay",)])
