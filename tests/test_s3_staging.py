@@ -8,9 +8,13 @@ bucket. ClickHouse (the embedded engine) reads the parts from it with its s3() t
 from __future__ import annotations
 
 import json
+import logging
 import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pyarrow as pa
@@ -24,6 +28,7 @@ from pipeline.referral.publish import warehouse_hourly_reports
 from pipeline.referral.staging import quarantine_reasons
 from pipeline.storage import Store
 from pipeline.sync.stage import RunWriter, list_runs, quarantined_rows
+from pipeline.sync.state import load_state
 from pipeline.warehouse import client as clickhouse
 from tests.conftest import SECRET, raw_s3, run_cli
 from tests.test_events_load import CL, EXPECTED, LINES, QUARANTINED, reports, write
@@ -133,6 +138,132 @@ def test_a_retried_s3_load_counts_once(
     assert aggregate_ch(s3_settings, "impressions") == {1: 3, 2: 2}
 
 
+@contextmanager
+def s3_down_from_the_manifest(monkeypatch: pytest.MonkeyPatch, bucket: str) -> Iterator[list[str]]:
+    """The S3 server refuses (403 AccessDenied) to store a run's manifest.json in `bucket`, and from then on every
+    write and delete there, as if S3 went away at the commit point, until the block ends.
+
+    Injected in moto's backend, behind its HTTP interface: adpipe sees the server's answer, through pyarrow, as it
+    would AWS's. An object is stored by `put_object` whether uploaded in one PUT or completed as a multipart upload
+    (as pyarrow uploads the manifest). Yields the keys refused, in order.
+    """
+    from moto.s3.exceptions import S3AccessDeniedError
+    from moto.s3.models import S3Backend
+
+    refused: list[str] = []
+
+    def refusing(method: Callable[..., Any], key_of: Callable[[tuple], str]) -> Callable[..., Any]:
+        def call(self: S3Backend, bucket_name: str, *args: Any, **kwargs: Any) -> Any:
+            key = key_of(args)
+            if bucket_name == bucket and (refused or key.endswith("/manifest.json")):
+                refused.append(key)
+                raise S3AccessDeniedError
+            return method(self, bucket_name, *args, **kwargs)
+
+        return call
+
+    def keys(args: tuple) -> str:
+        return " ".join(item["Key"] for item in args[0])
+
+    with monkeypatch.context() as patch:
+        patch.setattr(S3Backend, "put_object", refusing(S3Backend.put_object, lambda args: args[0]))
+        patch.setattr(S3Backend, "delete_object", refusing(S3Backend.delete_object, lambda args: args[0]))
+        patch.setattr(S3Backend, "delete_objects", refusing(S3Backend.delete_objects, keys))
+        yield refused
+
+
+@pytest.mark.parametrize("mode", ["incremental", "full"])
+def test_a_failed_manifest_put_publishes_nothing_and_the_next_sync_removes_the_parts(
+    s3_settings: Settings, pg: psycopg.Connection, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """On S3 storing the manifest is the commit point. When it fails (and S3 stays away, so the failed sync cannot
+    delete its parts): one error line, no run listed, the warehouse as before; the next sync deletes the parts
+    left behind and ends equal to the source."""
+    seed_hand_built(pg)
+    sync_ok("--mode", "full")
+    (first,) = list_runs(s3_settings.staging_dir)
+    pg.execute("INSERT INTO impressions (campaign_id, created_at) VALUES (3, '2026-11-22 12:00:00')")  # id 5
+    pg.execute("INSERT INTO clicks (campaign_id, created_at) VALUES (3, '2026-11-22 12:00:10')")  # id 3
+
+    with s3_down_from_the_manifest(monkeypatch, s3_settings.staging_dir.bucket) as refused:
+        result = run_cli("sync", "--mode", mode)
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    failed = refused[0].split("/")[1]  # snapshots/<run id>/manifest.json
+    assert refused[0] == f"snapshots/{failed}/manifest.json"
+    assert f"error: S3 staging s3://{s3_settings.staging_dir.bucket}/snapshots/{failed}/manifest.json:" in result.stderr
+    assert "Access Denied" in result.stderr
+    assert SECRET not in result.stderr
+    # Not a run: only the first is listed, and the state still names it. What the failed sync wrote is left over.
+    assert [run.run_id for run in list_runs(s3_settings.staging_dir)] == [first.run_id]
+    assert load_state(s3_settings.home).last_run_id == first.run_id
+    tables = ["clicks", "impressions"] if mode == "incremental" else ["advertiser", "campaign", "clicks", "impressions"]
+    assert [key for key in objects(s3_endpoint, s3_settings) if key.startswith(failed)] == [
+        f"{failed}/{table}/part-00000.parquet" for table in tables
+    ]
+    assert ch(s3_settings, f"SELECT DISTINCT status FROM sync_runs FINAL WHERE run_id = '{failed}'") == [("failed",)]
+    # The warehouse is as the first sync left it (seed_hand_built's rows).
+    assert per_campaign_ch(s3_settings, "impressions") == {1: 3, 2: 1}
+    assert per_campaign_ch(s3_settings, "clicks") == {1: 2}
+    assert aggregate_ch(s3_settings, "impressions") == {1: 3, 2: 1}
+
+    sync_ok()
+    assert not [key for key in objects(s3_endpoint, s3_settings) if key.startswith(failed)]
+    assert len(list_runs(s3_settings.staging_dir)) == 2
+    assert per_campaign_ch(s3_settings, "impressions") == {1: 3, 2: 1, 3: 1}
+    assert per_campaign_ch(s3_settings, "clicks") == {1: 2, 3: 1}
+    assert aggregate_ch(s3_settings, "impressions") == {1: 3, 2: 1, 3: 1}
+    assert aggregate_ch(s3_settings, "clicks") == {1: 2, 2: 0, 3: 1}
+    # A failed full sync leaves its shadow database for the next full sync to replace (`create_shadow`).
+    clickhouse.connect(s3_settings).command(f"DROP DATABASE IF EXISTS `{s3_settings.clickhouse_database}__shadow`")
+
+
+def test_a_part_of_several_insert_blocks_failed_after_the_first_is_counted_once(
+    s3_settings: Settings, pg: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A part ClickHouse inserts as four blocks, whose load failed after some of them went in, is loaded again by
+    the next sync: the token deduplicates block by block (as each retry cuts the part the same way), so every row
+    counts once, in the table and in the aggregates."""
+    import pipeline.sync.load as load_module
+
+    seed_hand_built(pg)
+    sync_ok("--mode", "full")
+    # ClickHouse reads a part in blocks of up to 65,409 rows and squashes them into insert blocks of ~1M rows (or
+    # 256 MiB): a part of more rows than that is several blocks. Here blocks of 4 rows stand in for them.
+    blocks = {
+        "input_format_parquet_max_block_size": 4,
+        "min_insert_block_size_rows": 4,
+        "min_insert_block_size_bytes": 0,
+    }
+    for name, value in blocks.items():
+        monkeypatch.setitem(load_module._INSERT_SETTINGS, name, value)
+    pg.execute(  # ids 5-20, one part of four blocks: ids 5-8, 9-12, 13-16, 17-20
+        "INSERT INTO impressions (campaign_id, created_at) "
+        "SELECT 3, '2026-11-22 12:00:00'::timestamp + i * interval '1 minute' FROM generate_series(1, 16) AS i"
+    )
+    client = clickhouse.connect(s3_settings)
+    client.command("ALTER TABLE impressions ADD CONSTRAINT refuse_id_17 CHECK id != 17")  # the server fails block 4
+
+    failed = run_cli("sync")
+    assert failed.exit_code == 1
+    assert failed.stderr.count("\n") == 1, failed.stderr
+    assert "Constraint `refuse_id_17`" in failed.stderr
+    # Some whole blocks went in before the failure (how many the server had committed by then), not the part.
+    loaded = [row_id for (row_id,) in ch(s3_settings, "SELECT id FROM impressions WHERE campaign_id = 3 ORDER BY id")]
+    assert loaded in ([*range(5, 9)], [*range(5, 13)], [*range(5, 17)]), loaded
+    assert aggregate_ch(s3_settings, "impressions") == {1: 3, 2: 1, 3: len(loaded)}
+
+    client.command("ALTER TABLE impressions DROP CONSTRAINT refuse_id_17")
+    result = run_cli("sync", "--json")  # loads the failed run again, from S3, then syncs (nothing new)
+    assert result.exit_code == 0, result.stderr
+    assert len(json.loads(result.stdout)["recovered_runs"]) == 1
+    once = "SELECT id, count() FROM impressions WHERE campaign_id = 3 GROUP BY id ORDER BY id"
+    assert ch(s3_settings, once) == [(row_id, 1) for row_id in range(5, 21)]
+    assert per_campaign_ch(s3_settings, "impressions") == {1: 3, 2: 1, 3: 16}
+    assert aggregate_ch(s3_settings, "impressions") == {1: 3, 2: 1, 3: 16}
+    assert ch(s3_settings, "SELECT sum(impressions) FROM campaign_hourly WHERE campaign_id = 3") == [(16,)]
+
+
 def test_verify_replay_and_prune_on_s3(s3_settings: Settings, pg: psycopg.Connection, s3_endpoint: str) -> None:
     seed_hand_built(pg)
     sync_ok("--mode", "full")
@@ -199,11 +330,17 @@ def test_a_run_without_manifest_is_interrupted_and_removed(
     assert per_campaign_ch(s3_settings, "impressions") == {1: 3, 2: 1}
 
 
-def test_credentials_never_reach_the_output(s3_settings: Settings, pg: psycopg.Connection) -> None:
+def test_credentials_never_reach_the_output(
+    s3_settings: Settings, pg: psycopg.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Neither printed nor logged, at any level. Under pytest the records go to caplog, not to the CLI's stderr
+    (`-vv`'s handler is only installed when the root logger has none), so both are searched."""
+    caplog.set_level(logging.DEBUG)
     seed_hand_built(pg)
     result = run_cli("-vv", "sync", "--mode", "full")
     assert result.exit_code == 0, result.stderr
-    assert SECRET not in result.stdout + result.stderr
+    assert "loading part-00000.parquet into" in caplog.text  # debug records were captured
+    assert SECRET not in result.stdout + result.stderr + caplog.text
 
 
 @pytest.mark.parametrize("command", [("sync",), ("snapshots", "list"), ("snapshots", "verify"), ("replay",)])

@@ -7,6 +7,7 @@ the source of truth — with plain SQL that shares no code with the sync.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from datetime import date
 from unittest.mock import ANY
@@ -15,7 +16,7 @@ import psycopg
 import pytest
 
 from pipeline.config import Settings
-from pipeline.errors import AdpipeError
+from pipeline.errors import AdpipeError, SyncRefusedError
 from pipeline.locks import exclusive_lock
 from pipeline.options import Engine, Mode, OnReset
 from pipeline.source.generate import Generator
@@ -379,6 +380,76 @@ def test_bad_rows_are_quarantined_with_reasons(settings: Settings, pg: psycopg.C
     assert staged["tables"]["quarantine"]["rows"] == 6
 
 
+def test_a_row_breaking_several_rules_is_quarantined_for_the_first_in_the_documented_order(
+    settings: Settings, pg: psycopg.Connection
+) -> None:
+    """docs/design.md, Clean: facts check campaign_id, then created_at NULL, then the future; campaigns check the
+    advertiser (missing, or itself invalid), then bid, then budget, then the dates. One entry per row, the first."""
+    seed_hand_built(pg)
+    pg.execute("INSERT INTO advertiser (name) VALUES ('   ')")  # id 3: advertiser name is empty
+    pg.execute(
+        "INSERT INTO campaign (name, bid, budget, start_date, end_date, advertiser_id) VALUES "
+        "('All four', 0.00, -1.00, '2026-11-10', '2026-11-01', NULL), "  # id 4
+        "('Invalid owner', 0.00, 10.00, NULL, NULL, 3), "  # id 5
+        "('Bid, budget, dates', 0.00, 0.00, '2026-11-10', '2026-11-01', 1), "  # id 6
+        "('Budget, dates', 1.00, -1.00, '2026-11-10', '2026-11-01', 1)"  # id 7
+    )
+    pg.execute(
+        "INSERT INTO impressions (campaign_id, created_at) VALUES "
+        "(NULL, NULL), "  # id 5
+        "(NULL, now() AT TIME ZONE 'UTC' + interval '1 day'), "  # id 6
+        "(1, NULL)"  # id 7
+    )
+    full(settings)
+    assert ch(
+        settings, "SELECT table_name, source_id, reason FROM quarantine FINAL ORDER BY table_name, source_id"
+    ) == [
+        ("advertiser", 3, "advertiser name is empty"),
+        ("campaign", 4, "campaign without advertiser"),
+        ("campaign", 5, "campaign without advertiser"),
+        ("campaign", 6, "bid <= 0"),
+        ("campaign", 7, "budget <= 0"),
+        ("impressions", 5, "campaign_id is NULL"),
+        ("impressions", 6, "campaign_id is NULL"),
+        ("impressions", 7, "created_at is NULL"),
+    ]
+    assert ch(settings, "SELECT id FROM campaign FINAL ORDER BY id") == [(1,), (2,), (3,)]
+    assert ch(settings, "SELECT id FROM impressions ORDER BY id") == [(1,), (2,), (3,), (4,)]
+
+
+def test_created_at_up_to_five_minutes_past_the_snapshot_clock_is_valid() -> None:
+    """The future rule to the second (and the microsecond): `now` is the snapshot's `taken_at`, the Postgres
+    clock as the run read it, passed to `clean_facts` as it is here; exactly now + 5 min is still valid."""
+    from datetime import datetime, timedelta
+
+    import pyarrow as pa
+
+    from pipeline.sync.clean import clean_facts
+
+    now = datetime(2026, 11, 20, 12, 0, 0)
+    five = timedelta(minutes=5)
+    times = [
+        now + five - timedelta(seconds=1),  # id 1
+        now + five,  # id 2
+        now + five + timedelta(microseconds=1),  # id 3
+        now + five + timedelta(seconds=1),  # id 4
+        now - timedelta(days=1),  # id 5
+    ]
+    rows = pa.table(
+        {
+            "id": pa.array([1, 2, 3, 4, 5], pa.int32()),
+            "campaign_id": pa.array([1] * 5, pa.int32()),
+            "created_at": pa.array(times, pa.timestamp("us")),
+        }
+    )
+    cleaned = clean_facts("impressions", rows, now)
+    assert cleaned.valid["id"].to_list() == [1, 2, 5]
+    assert cleaned.quarantined.select("source_id", "reason").rows() == [
+        (3, "created_at in the future"),
+        (4, "created_at in the future"),
+    ]
+
+
 def test_reset_source_is_detected(settings: Settings, pg: psycopg.Connection) -> None:
     Generator(pg, seed=5).batch(advertisers=1, campaigns=1, impressions=50, ctr=0.1)
     full(settings)
@@ -398,6 +469,68 @@ def test_reset_source_is_detected(settings: Settings, pg: psycopg.Connection) ->
     )
     assert recorded == [("full", "running"), ("full", "success")]
     assert list_runs(settings.staging_dir)[-1].manifest["mode"] == "full"
+
+
+def test_reset_source_with_more_rows_than_before_is_detected_by_the_row_at_the_last_synced_id(
+    settings: Settings, pg: psycopg.Connection
+) -> None:
+    """A source reset and refilled past the old high-water mark: the max id alone cannot tell, the created_at of
+    the row at the last synced id (4) does. The sync refuses, on one line; `--on-reset full` leaves exactly the
+    new source in the warehouse."""
+    seed_hand_built(pg)
+    full(settings)
+    pg.execute("TRUNCATE advertiser, campaign, impressions, clicks RESTART IDENTITY")
+    pg.execute("INSERT INTO advertiser (name, updated_at) VALUES ('Initech', now())")
+    pg.execute(
+        "INSERT INTO campaign (name, bid, budget, start_date, end_date, advertiser_id) VALUES "
+        "('Winter', 1.00, 80.00, '2026-10-05', '2026-10-31', 1), ('Spring', 3.00, 90.00, '2026-10-05', '2026-10-31', 1)"
+    )
+    pg.execute(
+        "INSERT INTO impressions (campaign_id, created_at) VALUES "  # ids 1-6: more than the 4 synced before
+        "(1, '2026-10-05 09:00:00'), (1, '2026-10-05 09:10:00'), (2, '2026-10-05 09:20:00'), "
+        "(2, '2026-10-06 10:00:00'), (2, '2026-10-06 11:00:00'), (2, '2026-10-06 12:00:00')"
+    )
+    pg.execute(
+        "INSERT INTO clicks (campaign_id, created_at) VALUES "  # ids 1-3: more than the 2 synced before
+        "(1, '2026-10-05 09:00:05'), (2, '2026-10-06 10:00:05'), (2, '2026-10-06 12:00:05')"
+    )
+    refused = "the source was reset (impressions row 4 is not the row synced last time)"
+    with pytest.raises(SyncRefusedError, match=re.escape(refused)):
+        incremental(settings)
+    cli = run_cli("sync")
+    assert cli.exit_code == 1
+    assert cli.stderr.count("\n") == 1, cli.stderr
+    assert cli.stderr.startswith(f"error: {refused}; run `adpipe sync --mode full`")
+    # Nothing of the new source was applied: the warehouse still holds what was synced before the reset.
+    assert ch(settings, "SELECT id, campaign_id, toString(created_at) FROM impressions ORDER BY id") == [
+        (1, 1, "2026-11-20 10:00:00.000000"),
+        (2, 1, "2026-11-20 23:59:59.999999"),
+        (3, 1, "2026-11-21 00:00:00.000000"),
+        (4, 2, "2026-11-21 08:30:00.000000"),
+    ]
+
+    result = sync(settings, SyncOptions(mode=Mode.INCREMENTAL, on_reset=OnReset.FULL))
+    assert result.mode == "full"
+    assert ch(settings, "SELECT id, campaign_id, toString(created_at) FROM impressions ORDER BY id") == [
+        (1, 1, "2026-10-05 09:00:00.000000"),
+        (2, 1, "2026-10-05 09:10:00.000000"),
+        (3, 2, "2026-10-05 09:20:00.000000"),
+        (4, 2, "2026-10-06 10:00:00.000000"),
+        (5, 2, "2026-10-06 11:00:00.000000"),
+        (6, 2, "2026-10-06 12:00:00.000000"),
+    ]
+    assert ch(settings, "SELECT id, campaign_id FROM clicks ORDER BY id") == [(1, 1), (2, 2), (3, 2)]
+    assert ch(settings, "SELECT id, name FROM campaign FINAL WHERE is_deleted = 0 ORDER BY id") == [
+        (1, "Winter"),
+        (2, "Spring"),
+    ]
+    assert ch(settings, "SELECT id, name FROM advertiser FINAL WHERE is_deleted = 0 ORDER BY id") == [(1, "Initech")]
+    assert sorted(
+        ch(settings, "SELECT campaign_id, day, sum(impressions), sum(clicks) FROM campaign_daily GROUP BY ALL")
+    ) == [(1, date(2026, 10, 5), 2, 1), (2, date(2026, 10, 5), 1, 0), (2, date(2026, 10, 6), 3, 2)]
+    # The anchor is now the new row 6: the next incremental run goes ahead and finds nothing new.
+    incremental(settings)
+    assert ch(settings, "SELECT count() FROM impressions") == [(6,)]
 
 
 def test_second_concurrent_sync_is_refused(settings: Settings, pg: psycopg.Connection) -> None:

@@ -10,17 +10,70 @@ import pytest
 
 from pipeline.config import Settings
 from pipeline.sync.stage import list_runs
+from pipeline.warehouse import client as clickhouse
 from tests.conftest import run_cli
 from tests.test_sync import seed_hand_built
 
 pytestmark = pytest.mark.warehouses  # each test that uses `settings` runs on chdb, http and server
 
 
-def test_init_is_idempotent(settings: Settings) -> None:
-    for _ in range(2):
-        result = run_cli("init")
-        assert result.exit_code == 0, result.stderr
-        assert f"database {settings.clickhouse_database}" in result.stdout
+WAREHOUSE_SCHEMA = [
+    ("advertiser", "ReplacingMergeTree"),
+    ("campaign", "ReplacingMergeTree"),
+    ("campaign_daily", "SummingMergeTree"),
+    ("campaign_hourly", "SummingMergeTree"),
+    ("clicks", "MergeTree"),
+    ("clicks_daily_mv", "MaterializedView"),
+    ("clicks_hourly_mv", "MaterializedView"),
+    ("current_advertiser", "View"),
+    ("current_campaign", "View"),
+    ("impressions", "MergeTree"),
+    ("impressions_daily_mv", "MaterializedView"),
+    ("impressions_hourly_mv", "MaterializedView"),
+    ("live_advertiser", "View"),
+    ("live_campaign", "View"),
+    ("quarantine", "ReplacingMergeTree"),
+    ("referral_events", "MergeTree"),
+    ("sync_runs", "ReplacingMergeTree"),
+]
+"""Every table and view of schemas/clickhouse/*.sql, with its engine."""
+
+SOURCE_SCHEMA = [
+    ("public", "advertiser"),
+    ("public", "campaign"),
+    ("public", "clicks"),
+    ("public", "impressions"),
+    ("referral", "click_through_rate"),
+    ("referral", "clicks"),
+    ("referral", "page_loads"),
+    ("referral", "unique_user_clicks"),
+]
+"""Every table of schemas/postgres/*.sql."""
+
+
+def test_init_is_idempotent(settings: Settings, pg: psycopg.Connection) -> None:
+    """A second `init` over a synced warehouse leaves the schema as the first made it and every synced row in place."""
+    assert run_cli("init").exit_code == 0
+    seed_hand_built(pg)
+    assert run_cli("sync", "--mode", "full").exit_code == 0
+    result = run_cli("init")
+    assert result.exit_code == 0, result.stderr
+    assert f"database {settings.clickhouse_database}" in result.stdout
+
+    client = clickhouse.connect(settings)
+    listed = "SELECT name, engine FROM system.tables WHERE database = currentDatabase() ORDER BY name"
+    assert client.query(listed).result_rows == WAREHOUSE_SCHEMA
+    source = pg.execute(
+        "SELECT table_schema, table_name FROM information_schema.tables "
+        "WHERE table_schema IN ('public', 'referral') ORDER BY 1, 2"
+    ).fetchall()
+    assert source == SOURCE_SCHEMA
+    # What seed_hand_built wrote and the sync loaded is all still there: 2 advertisers, 3 campaigns,
+    # 3 + 1 impressions and 2 clicks, with their daily aggregates.
+    tables = ("advertiser FINAL", "campaign FINAL", "impressions", "clicks")
+    assert [client.command(f"SELECT count() FROM {table}") for table in tables] == [2, 3, 4, 2]
+    daily = "SELECT campaign_id, sum(impressions), sum(clicks) FROM campaign_daily GROUP BY 1 ORDER BY 1"
+    assert client.query(daily).result_rows == [(1, 3, 2), (2, 1, 0)]
 
 
 def test_sync_json_summary_and_status(settings: Settings, pg: psycopg.Connection) -> None:
