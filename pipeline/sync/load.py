@@ -112,6 +112,16 @@ def create_shadow(client: Client) -> str:
     return shadow
 
 
+def drop_shadow(client: Client, shadow: str) -> None:
+    """Best effort, after a full load failed before its swap: the next full load would replace it anyway."""
+    try:
+        cluster = warehouse_cluster(client)
+        on_cluster = "" if cluster is None else f" ON CLUSTER {quote_identifier(cluster)}"
+        client.command(f"DROP DATABASE IF EXISTS {quote_identifier(shadow)}{on_cluster} SYNC")
+    except Exception:
+        log.warning("could not drop %s, the shadow database of a failed full load", shadow, exc_info=True)
+
+
 def swap_in(client: Client, shadow: str) -> None:
     """Exchange every replaced table with its loaded shadow twin, then drop the old data.
 

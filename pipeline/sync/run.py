@@ -13,7 +13,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version as package_version
@@ -35,7 +35,7 @@ from pipeline.sync.changes import dimension_changes, full_load_rows
 from pipeline.sync.clean import Cleaned, clean_advertisers, clean_campaigns, clean_facts, quarantine_arrow
 from pipeline.sync.extract import SourceReader
 from pipeline.sync.gaps import new_gaps, open_gaps
-from pipeline.sync.load import create_shadow, load_part, swap_in
+from pipeline.sync.load import create_shadow, drop_shadow, load_part, swap_in
 from pipeline.sync.plan import plan_mode
 from pipeline.sync.runlog import SyncResult, TableSummary, close_interrupted_runs, record, record_recovered
 from pipeline.sync.stage import (
@@ -138,10 +138,16 @@ def replay(settings: Settings, progress: Progress | None = None) -> list[str]:
 
 def load_run(client: Client, run: Run) -> None:
     """Load a published run: a full run through a shadow database swap, an incremental one in place."""
-    shadow = create_shadow(client) if run.mode == Mode.FULL else None
-    load_parts(client, run, database=shadow)
-    if shadow is not None:
-        swap_in(client, shadow)
+    if run.mode != Mode.FULL:
+        load_parts(client, run)
+        return
+    shadow = create_shadow(client)
+    try:
+        load_parts(client, run, database=shadow)
+    except BaseException:
+        drop_shadow(client, shadow)
+        raise
+    swap_in(client, shadow)
 
 
 def load_parts(client: Client, run: Run, database: str | None = None) -> None:
@@ -241,6 +247,7 @@ def _stage_and_load(
     writer = RunWriter(settings.staging_dir, result.run_id)
     kill_point("staging-started")
     pipeline: _Pipeline | None = None
+    shadow: str | None = None
     try:
         with reader_open:
             shadow = create_shadow(client) if mode is Mode.FULL else None
@@ -267,7 +274,10 @@ def _stage_and_load(
         )
     except BaseException:
         if pipeline is not None:
-            pipeline.finish()
+            with suppress(Exception):  # the error that stopped the run is the one to report
+                pipeline.finish()
+        if shadow is not None:
+            drop_shadow(client, shadow)
         writer.discard()
         raise
     kill_point("published")

@@ -9,7 +9,8 @@ The manifest is the commit point: a run directory without one is an interrupted 
 deleted by the next sync (`remove_interrupted`). Locally a run is written under `.tmp-<run_id>/`, its
 manifest written and fsync'd, and the directory renamed into place, so a directory named like a run is
 always complete. S3 has no rename: parts go straight to `<run_id>/…` and the manifest is written last,
-in one PUT (atomic: the object appears whole or not at all, and S3 reads after a write see it). Parts
+as one object (a PUT, or a multipart upload that completes: either way it appears whole or not at all, and
+S3 reads after a write see it). Parts
 are never rewritten after the manifest names them, so a run is immutable either way. Run ids sort
 chronologically.
 """
