@@ -261,9 +261,11 @@ def layouts(argv: list[str]) -> None:
             "ADPIPE_POSTGRES_URL": f"{server}/bench_{layout}",
         }
         env.pop("ADPIPE_CLICKHOUSE_URL", None)
+        pg_before = _postgres_cpu(args.home)
         seconds, cpu, summary = _timed_child(
             [sys.executable, "-m", "pipeline", "sync", "--mode", "full", "--json", *args.sync_args.split()], env
         )
+        pg_cpu = _postgres_cpu(args.home) - pg_before
         pulled = subprocess.run(
             [sys.executable, __file__, "direct-pull", f"{server}/bench_{layout}"],
             env=env,
@@ -272,12 +274,14 @@ def layouts(argv: list[str]) -> None:
             text=True,
         )
         direct = json.loads(pulled.stdout)
+        direct_pg_cpu = _postgres_cpu(args.home) - pg_before - pg_cpu
         rows = sum(summary["tables"][table]["loaded"] for table in ("impressions", "clicks"))
         assert rows == direct["rows"], (layout, rows, direct)
         results[layout] = seconds
         print(
             f"{layout:6}: adpipe full sync {seconds:6.2f} s process wall ({summary['timings_s']['total']:.2f} s in"
-            f" sync; {cpu:.2f} CPU s in the adpipe process)  postgresql() {direct['seconds']:.2f} s"
+            f" sync; CPU s: adpipe {cpu:.2f}, Postgres {pg_cpu:.2f})  postgresql() {direct['seconds']:.2f} s"
+            f" (CPU s: its process {direct['cpu']:.2f}, Postgres {direct_pg_cpu:.2f})"
             f"  ratio process wall {direct['seconds'] / seconds:.2f}x, in-process"
             f" {direct['seconds'] / summary['timings_s']['total']:.2f}x  ({rows:,} rows)"
         )
@@ -295,6 +299,25 @@ def _timed_child(command: list[str], env: dict[str, str]) -> tuple[float, float,
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return seconds, cpu, json.loads(done.stdout)
+
+
+def _postgres_cpu(home: Path) -> float:
+    """CPU seconds used so far by the embedded Postgres under `home`: the postmaster, the backends it has reaped
+    (their time is added to its children's), and those still running."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    postmaster = int((home / "postgres" / "postmaster.pid").read_text().split()[0])
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the process ended meanwhile
+        pid, ppid = int(stat.parent.name), int(fields[1])
+        if pid == postmaster:
+            total += sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime
+        elif ppid == postmaster:
+            total += int(fields[11]) + int(fields[12])
+    return total / ticks
 
 
 def _layout_sources(home: Path, campaigns: int, per_campaign: int) -> str:
@@ -340,8 +363,9 @@ def _direct_pull_child(url: str) -> dict:
     """In a fresh process on the layout's engine: ClickHouse's postgresql() into the warehouse schema, timed."""
     from pipeline.config import load_settings
 
+    began = time.process_time()
     seconds, rows = _clickhouse_pulls_directly(load_settings(), url, with_aggregates=True)
-    return {"seconds": seconds, "rows": rows}
+    return {"seconds": seconds, "rows": rows, "cpu": time.process_time() - began}
 
 
 if __name__ == "__main__":

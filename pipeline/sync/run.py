@@ -13,7 +13,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version as package_version
@@ -210,9 +210,8 @@ class _Pipeline:
     def write(self, table: str, data: pa.Table) -> None:
         if data.num_rows == 0:
             return
-        began = time.perf_counter()
-        path = self.writer.write_part(table, data)
-        self.timings["stage_write"] += time.perf_counter() - began
+        with _stopwatch(self.timings, "stage_write"):
+            path = self.writer.write_part(table, data)
         if self.pool is not None:
             entry = self.writer.tables[table]
             while len(self.pending) >= 2:
@@ -220,9 +219,8 @@ class _Pipeline:
             self.pending.append(self.pool.submit(self._load, table, path, entry.parts[-1].sha256, list(entry.schema)))
 
     def _load(self, table: str, path: PurePath, sha: str, columns: list[str]) -> None:
-        began = time.perf_counter()
-        load_part(self.client, table, self.writer.store, path, sha, columns, database=self.shadow)
-        self.timings["load_overlapped"] += time.perf_counter() - began
+        with _stopwatch(self.timings, "load_overlapped"):
+            load_part(self.client, table, self.writer.store, path, sha, columns, database=self.shadow)
 
     def finish(self) -> None:
         for future in self.pending:
@@ -242,7 +240,7 @@ def _stage_and_load(
     result: SyncResult,
 ) -> Run:
     """Extract, clean and stage the run from the planned reader (closed with `reader_open`), publish it, load it."""
-    began = time.perf_counter()
+    began, began_cpu = time.perf_counter(), time.process_time()
     mode = Mode(result.mode)
     writer = RunWriter(settings.staging_dir, result.run_id)
     kill_point("staging-started")
@@ -291,6 +289,7 @@ def _stage_and_load(
         "extract_clean_stage": extract_seconds,
         "load_after_stage": time.perf_counter() - load_began,
         "total": time.perf_counter() - began,
+        "total_cpu": time.process_time() - began_cpu,
     }
     return run
 
@@ -391,15 +390,25 @@ def _stage_fact_rows(
     quarantine: list[pl.DataFrame],
     summary: TableSummary,
 ) -> None:
-    began = time.perf_counter()
-    cleaned: Cleaned = clean_facts(table, rows, now)
-    pipeline.timings["clean"] += time.perf_counter() - began
+    with _stopwatch(pipeline.timings, "clean"):
+        cleaned: Cleaned = clean_facts(table, rows, now)
     pipeline.write(table, cleaned.valid.to_arrow())
     quarantine.append(cleaned.quarantined)
     summary.extracted += rows.num_rows
     summary.loaded += cleaned.valid.height
     summary.quarantined += cleaned.quarantined.height
     _note_ids(summary, cleaned.valid["id"])
+
+
+@contextmanager
+def _stopwatch(timings: dict[str, float], key: str) -> Iterator[None]:
+    """Add the block's wall time to `timings[key]`, and the CPU time of the thread running it to `key`_cpu."""
+    wall, cpu = time.perf_counter(), time.thread_time()
+    try:
+        yield
+    finally:
+        timings[key] += time.perf_counter() - wall
+        timings[f"{key}_cpu"] += time.thread_time() - cpu
 
 
 def _timed[T](items: Iterator[T], timings: dict[str, float], key: str) -> Iterator[T]:
