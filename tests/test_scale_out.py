@@ -11,7 +11,6 @@ load's shadow, swap and drop are rendered and checked the same way, then run on 
 from __future__ import annotations
 
 import re
-import socket
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from pipeline.sync.stage import list_runs
 from pipeline.warehouse import client as clickhouse
 from pipeline.warehouse.cluster import render_cluster_schema, render_shadow, render_swap
 from tests.conftest import run_cli
+from tests.harness import refused_port
 from tests.test_sync import seed_hand_built
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -320,25 +320,19 @@ def test_sync_refuses_a_warehouse_with_local_tables_but_no_distributed_ones(
     assert not list((settings.staging_dir).glob("*/manifest.json"))
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_read_only_commands_use_the_reader_url_and_sync_does_not(
     settings: Settings, pg: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seed_hand_built(pg)
-    port = closed_port()
-    monkeypatch.setenv("ADPIPE_CLICKHOUSE_READER_URL", f"http://adpipe_reader:s3cret@127.0.0.1:{port}/adpipe")
-    synced = run_cli("sync")
-    assert synced.exit_code == 0, synced.stderr
-    for args in (("kpi", "campaign_ctr"), ("chstats",), ("reconcile",)):
-        result = run_cli(*args)
-        assert result.exit_code == 1, args
-        assert f"cannot reach ClickHouse at http://adpipe_reader:***@127.0.0.1:{port}/adpipe" in result.stderr, args
-        assert "s3cret" not in result.stderr + result.stdout
+    with refused_port() as port:
+        monkeypatch.setenv("ADPIPE_CLICKHOUSE_READER_URL", f"http://adpipe_reader:s3cret@127.0.0.1:{port}/adpipe")
+        synced = run_cli("sync")
+        assert synced.exit_code == 0, synced.stderr
+        for args in (("kpi", "campaign_ctr"), ("chstats",), ("reconcile",)):
+            result = run_cli(*args)
+            assert result.exit_code == 1, args
+            assert f"cannot reach ClickHouse at http://adpipe_reader:***@127.0.0.1:{port}/adpipe" in result.stderr, args
+            assert "s3cret" not in result.stderr + result.stdout
     monkeypatch.setenv("ADPIPE_CLICKHOUSE_READER_URL", settings.clickhouse_url)
     assert run_cli("kpi", "campaign_ctr", "--format", "csv").stdout.splitlines()[1:] == [
         "1,Spring,3,2,0.6666666666666666",
