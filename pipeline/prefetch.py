@@ -16,9 +16,11 @@ from queue import Empty, Queue
 
 
 def prefetch[T](chunks: Iterator[T], name: str = "adpipe-prefetch") -> Iterator[T]:
-    """Produce the next chunk in a thread while the caller works on the current one.
+    """Produce the next chunks in a thread while the caller works on the current one.
 
-    One chunk ahead at most, so memory stays bounded by two chunks. Errors reach the caller.
+    Two chunks ahead at most — one waiting in the queue, one made and waiting for room — so memory stays bounded
+    by three chunks. Errors reach the caller. Closing the iterator stops the thread: it notices after the chunk it
+    is making, and is gone when `close()` returns.
     """
     queue: Queue[tuple[bool, object]] = Queue(maxsize=1)
     stop = threading.Event()
@@ -56,7 +58,8 @@ class Worker:
 
     At most `backlog` calls are unfinished (the one running included): `submit` waits for room, so memory stays
     bounded when the worker is the slower side. A call's error is raised in the caller, by the next `submit` or
-    by `wait`. Leaving the `with` block drops the calls not started and waits for the running one.
+    by `wait`. Leaving the `with` block drops the calls not started (their futures are cancelled) and waits for
+    the running one.
     """
 
     def __init__(self, name: str, backlog: int = 2) -> None:
@@ -74,10 +77,13 @@ class Worker:
         """Drop the calls not started and wait for the running one."""
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def submit[**P](self, call: Callable[P, None], *args: P.args, **kwargs: P.kwargs) -> None:
+    def submit[**P](self, call: Callable[P, None], *args: P.args, **kwargs: P.kwargs) -> Future[None]:
+        """Hand `call` over once there is room; its future says whether it ran, failed or was dropped."""
         while len(self._pending) >= self._backlog:
             self._pending.popleft().result()
-        self._pending.append(self._pool.submit(call, *args, **kwargs))
+        future = self._pool.submit(call, *args, **kwargs)
+        self._pending.append(future)
+        return future
 
     def wait(self) -> None:
         """Wait for every call handed so far."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -30,23 +29,25 @@ from pipeline.source.postgres import EmbeddedPostgres
 from pipeline.warehouse import client as clickhouse
 from tests.clickhouse_http import ClickHouseHttp
 
-_NO_SERVER = (
-    []
-    if os.environ.get("ADPIPE_TEST_CLICKHOUSE_URL")
-    # skip, not skipif: pytest -ra then folds the reports into one line per file
-    else [pytest.mark.skip(reason="no ClickHouse server: set ADPIPE_TEST_CLICKHOUSE_URL (docs/testing.md)")]
-)
-
 WAREHOUSES = (
     pytest.param("chdb", id="chdb"),
     pytest.param("http", id="http"),
-    pytest.param("server", id="server", marks=[pytest.mark.server, *_NO_SERVER]),
+    pytest.param("server", id="server", marks=pytest.mark.server),
 )
 """The warehouses a test module marked `pytestmark = pytest.mark.warehouses` runs each of its tests against.
 
 chdb: the embedded engine; http: the same engine behind ClickHouse's HTTP interface (tests/clickhouse_http.py),
-so adpipe runs its server code path; server: a real server at ADPIPE_TEST_CLICKHOUSE_URL (`pytest -m server`).
+so adpipe runs its server code path; server: a real server at ADPIPE_TEST_CLICKHOUSE_URL, a manual suite —
+deselected unless asked for with `pytest -m server` (pyproject.toml's addopts; docs/testing.md).
 """
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """The manual server suite without a server: each of its tests skips here, before any fixture starts anything,
+    and `-ra` reports them all on one line (one place, one reason)."""
+    if item.get_closest_marker("server") and not os.environ.get("ADPIPE_TEST_CLICKHOUSE_URL"):
+        pytest.skip("no ClickHouse server: set ADPIPE_TEST_CLICKHOUSE_URL to run the server suite (docs/testing.md)")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -168,12 +169,11 @@ SECRET = "s3cr3t-never-shown"
 
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    # Port 0: the server's own socket takes a free port, and the server says which (nothing to race for).
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
-    yield f"http://127.0.0.1:{port}"
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
     server.stop()
 
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import os
 import pwd
-import socket
-import time
+import subprocess
 import warnings
 from collections.abc import Iterator
 from functools import partial
@@ -30,6 +29,7 @@ from pipeline.sync.extract import SourceReader
 from pipeline.sync.stage import list_runs
 from pipeline.sync.state import STATE_FILE, load_state
 from tests.conftest import run_cli, server_directory
+from tests.harness import PortTaken, refused_port, start_on_a_free_port, wait_until
 from tests.test_sync import (
     aggregate_ch,
     ch,
@@ -72,22 +72,28 @@ def _standby(primary_url: str, pgdata: Path) -> Iterator[str]:
         "pg_basebackup",
         ("-h", primary.hostname, "-p", str(primary.port), "-U", "postgres", "-D", str(pgdata), "-R", "-c", "fast"),
     )
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    # hot_standby_feedback off (the default): the primary may vacuum rows a standby query still needs, and the
-    # standby then cancels that query after max_standby_streaming_delay — the conflict a test provokes.
-    options = f"-h 127.0.0.1 -p {port} -k '' -c hot_standby=on -c max_standby_streaming_delay=1s -c TimeZone=UTC"
-    run("pg_ctl", ("-D", str(pgdata), "-w", "-o", options, "-l", str(pgdata / "log"), "start"))
+    log = pgdata / "log"
+
+    def start(port: int) -> None:
+        # hot_standby_feedback off (the default): the primary may vacuum rows a standby query still needs, and the
+        # standby then cancels that query after max_standby_streaming_delay — the conflict a test provokes.
+        options = f"-h 127.0.0.1 -p {port} -k '' -c hot_standby=on -c max_standby_streaming_delay=1s -c TimeZone=UTC"
+        logged = log.stat().st_size if log.exists() else 0
+        try:
+            run("pg_ctl", ("-D", str(pgdata), "-w", "-o", options, "-l", str(log), "start"))
+        except subprocess.CalledProcessError:
+            if b"Address already in use" in log.read_bytes()[logged:]:  # another process bound the port first
+                raise PortTaken(port) from None
+            raise
+
+    port = start_on_a_free_port(start, f"the hot standby (its log: {log})")
     # The standby trusts local connections: the password is never checked, but it is in every URL adpipe sees,
     # so the tests can check that no message shows it.
     url = f"postgresql://postgres:{PASSWORD}@127.0.0.1:{port}/postgres"
     with psycopg.connect(url, autocommit=True) as conn:
         assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
-        deadline = time.monotonic() + REPLAY_TIMEOUT_S
-        while conn.execute("SELECT count(*) FROM pg_stat_wal_receiver WHERE status = 'streaming'").fetchone() != (1,):
-            assert time.monotonic() < deadline, f"standby not streaming; see {pgdata / 'log'}"
-            time.sleep(0.1)
+        streaming = "SELECT count(*) = 1 FROM pg_stat_wal_receiver WHERE status = 'streaming'"
+        wait_until(lambda: conn.execute(streaming).fetchone()[0], REPLAY_TIMEOUT_S, f"the standby to stream ({log})")
     yield url
     run("pg_ctl", ("-D", str(pgdata), "-w", "-m", "fast", "stop"))
 
@@ -109,33 +115,34 @@ def via_replica(
 def wait_for_replay(pg: psycopg.Connection, standby: str) -> None:
     """Return once the standby has replayed everything the primary has written so far."""
     target = pg.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
-    deadline = time.monotonic() + REPLAY_TIMEOUT_S
     # Through the standby's `postgres` database: the test's own may not have replicated yet.
     with psycopg.connect(standby.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
-        while not conn.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (target,)).fetchone()[0]:
-            assert time.monotonic() < deadline, f"standby did not replay up to {target}"
-            time.sleep(0.05)
+        replayed = "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn"
+        wait_until(
+            lambda: conn.execute(replayed, (target,)).fetchone()[0],
+            REPLAY_TIMEOUT_S,
+            f"the standby to replay the primary's WAL up to {target}",
+        )
 
 
 def vacuum_until_removed(pg: psycopg.Connection, table: str) -> None:
     """VACUUM `table` until its deleted rows are really gone. A snapshot still open on the primary (an autovacuum's
     ANALYZE, say) keeps them, and then the standby has nothing to conflict over: the test would provoke nothing."""
-    deadline = time.monotonic() + REPLAY_TIMEOUT_S
-    while True:
+
+    def vacuumed() -> bool:
         pg.execute(sql.SQL("VACUUM {}").format(sql.Identifier(table)))
-        query = "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = %s"
-        if pg.execute(query, (table,)).fetchone() == (0,):
-            return
-        assert time.monotonic() < deadline, f"VACUUM {table} kept its deleted rows for {REPLAY_TIMEOUT_S} s"
-        time.sleep(0.1)
+        dead = pg.execute("SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = %s", (table,)).fetchone()
+        return dead == (0,)
+
+    wait_until(vacuumed, REPLAY_TIMEOUT_S, f"VACUUM {table} to remove its deleted rows", interval=0.1)
 
 
 def set_replay_paused(standby: str, paused: bool) -> None:
     with psycopg.connect(standby, autocommit=True) as conn:
         conn.execute("SELECT pg_wal_replay_pause()" if paused else "SELECT pg_wal_replay_resume()")
         if paused:  # the pause takes effect at the next record; wait until replay has actually stopped
-            while conn.execute("SELECT pg_get_wal_replay_pause_state()").fetchone() != ("paused",):
-                time.sleep(0.05)
+            state = "SELECT pg_get_wal_replay_pause_state() = 'paused'"
+            wait_until(lambda: conn.execute(state).fetchone()[0], REPLAY_TIMEOUT_S, "the standby's replay to pause")
 
 
 def add_impressions(pg: psycopg.Connection, campaign_id: int, count: int) -> None:
@@ -250,17 +257,16 @@ def test_replica_sync_without_the_primary_fails_in_one_line(
     state_before = (via_replica.home / STATE_FILE).read_text()
     add_impressions(pg, 1, 2)
     wait_for_replay(pg, standby)
-    with socket.socket() as s:  # a port nothing listens on once closed
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    primary = f"postgresql://postgres:{PASSWORD}@127.0.0.1:{port}/adpipe"
-    monkeypatch.setenv("ADPIPE_POSTGRES_URL", primary)
-    result = run_cli("sync")
+    with refused_port() as port:  # a primary that cannot be reached
+        primary = f"postgresql://postgres:{PASSWORD}@127.0.0.1:{port}/adpipe"
+        monkeypatch.setenv("ADPIPE_POSTGRES_URL", primary)
+        result = run_cli("sync")
     assert result.exit_code == 1
     assert result.stderr.count("\n") == 1, result.stderr
     message = " ".join(result.stderr.split())
     assert PASSWORD not in message
     assert f"cannot reach the primary Postgres at {mask_url(primary)}: " in message
+    assert "Connection refused" in message
     assert "a sync from a standby still takes one transaction id per run on the primary (ADPIPE_POSTGRES_URL)" in (
         message
     )

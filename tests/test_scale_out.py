@@ -3,15 +3,21 @@ and the compose profile `cluster`.
 
 There is no ClickHouse cluster (nor Docker) here: the rendered DDL and the users' SQL are parsed by the real
 engine (`formatQuery` in chDB), their structure is checked against expectations written below, and the
-rendered schema — with its replicated and Distributed engines swapped for single-node stand-ins — is run
-as a warehouse to show the materialized views and the unchanged KPI SQL resolve and compute right. The full
-load's shadow, swap and drop are rendered and checked the same way, then run on the stand-ins with real runs.
+rendered DDL is run, as each node of a cluster runs it, on a one-node cluster: a chDB process of its own whose
+config defines the cluster, the macros and a Keeper. The replicated tables come up read-only there (that
+Keeper is ClickHouse's in-process TestKeeper), so to load and query data the rendered schema — with its
+replicated and Distributed engines swapped for single-node stand-ins — is run as a warehouse, to show the
+materialized views and the unchanged KPI SQL resolve and compute right. The full load's shadow, swap and drop
+are rendered and checked the same way, then run on the stand-ins with real runs.
 """
 
 from __future__ import annotations
 
+import json
 import re
-import socket
+import subprocess
+import sys
+import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -30,6 +36,7 @@ from pipeline.sync.stage import list_runs
 from pipeline.warehouse import client as clickhouse
 from pipeline.warehouse.cluster import render_cluster_schema, render_shadow, render_swap
 from tests.conftest import run_cli
+from tests.harness import refused_port
 from tests.test_sync import seed_hand_built
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,11 +97,117 @@ def created(ddl: list[str], kind: str) -> dict[str, str]:
     return found
 
 
-def test_every_rendered_statement_parses_and_runs_on_the_cluster(settings: Settings, cluster_ddl: list[str]) -> None:
+ONE_NODE_CLUSTER = f"""<clickhouse>
+    <!-- The node's own address: the Distributed tables' one shard is this process, read in place. -->
+    <tcp_port>9000</tcp_port>
+    <remote_servers>
+        <{CLUSTER}>
+            <shard>
+                <internal_replication>true</internal_replication>
+                <replica><host>127.0.0.1</host><port>9000</port></replica>
+            </shard>
+        </{CLUSTER}>
+    </remote_servers>
+    <macros><shard>01</shard><replica>clickhouse-s1</replica></macros>
+    <zookeeper><implementation>testkeeper</implementation></zookeeper>
+</clickhouse>
+"""
+"""A cluster named as in docs/operations.md, of one shard whose one replica is the chDB process itself."""
+
+RUN_ON_THE_NODE = """
+import json, os, sys, traceback
+import chdb
+
+# Leaves through os._exit, having printed everything: chDB's TestKeeper hangs or aborts when torn down at exit.
+try:
+    job = json.load(sys.stdin)
+    node = chdb.connect(job["data"] + "?config-file=" + job["config"])
+    query = lambda sql: node.query(sql, "JSONCompact").bytes() or b'{"data": []}'
+    rows = lambda sql: json.loads(query(sql))["data"]
+    for statement in job["statements"]:
+        try:
+            node.query(statement)
+        except Exception as exc:
+            raise RuntimeError(f"{exc}\\nin: {statement}") from None
+    db = job["database"]
+    print(json.dumps({
+        "tables": rows(f"SELECT name, engine, engine_full FROM system.tables WHERE database = '{db}'"),
+        "replicas": rows(f"SELECT table, zookeeper_path, replica_name FROM system.replicas WHERE database = '{db}'"),
+        "counts": {name: rows(f"SELECT count() FROM {db}.{name}")[0][0] for name in job["reads"]},
+    }))
+except BaseException:
+    traceback.print_exc()
+    code = 1
+else:
+    code = 0
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(code)
+"""
+"""Runs the statements in a fresh chDB process configured as the one-node cluster, then reports what they made."""
+
+
+def table_uuid(name: str) -> uuid.UUID:
+    """The UUID an ON CLUSTER initiator would assign `name`, here made up by the test so it can predict paths."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"adpipe-test/{name}")
+
+
+def as_a_node_runs_it(statement: str) -> str:
+    """The statement as ON CLUSTER hands it to each node: without the clause, and a new table with the UUID the
+    initiator assigned (its `{uuid}` Keeper path is the same on every node)."""
+    statement = re.sub(rf" ON CLUSTER {CLUSTER}\b", "", statement)
+    return re.sub(r"^(CREATE TABLE IF NOT EXISTS \w+\.(\w+))", lambda m: f"{m[1]} UUID '{table_uuid(m[2])}'", statement)
+
+
+def test_every_rendered_statement_runs_on_a_cluster_of_one_node(
+    settings: Settings, cluster_ddl: list[str], tmp_path: Path
+) -> None:
+    db = settings.clickhouse_database
     # 1 database + 9 stored tables + 4 Distributed tables + 4 materialized views + 4 views.
     assert len(cluster_ddl) == 22
-    assert cluster_ddl[0] == f"CREATE DATABASE IF NOT EXISTS {settings.clickhouse_database} ON CLUSTER {CLUSTER}"
+    assert cluster_ddl[0] == f"CREATE DATABASE IF NOT EXISTS {db} ON CLUSTER {CLUSTER}"
     assert all(f" ON CLUSTER {CLUSTER}" in statement for statement in cluster_ddl)
+
+    # chDB runs no distributed DDL queue (ON CLUSTER is refused there: "Replicated DDL queries are disabled"), so
+    # the statements run as the queue would deliver them to this node.
+    config = tmp_path / "cluster.xml"
+    config.write_text(ONE_NODE_CLUSTER)
+    readable = [*EXPECTED_DISTRIBUTED, "current_advertiser", "current_campaign", "live_advertiser", "live_campaign"]
+    job = {
+        "data": str(tmp_path / "node"),
+        "config": str(config),
+        "database": db,
+        "statements": [as_a_node_runs_it(statement) for statement in cluster_ddl],
+        "reads": readable,
+    }
+    ran = subprocess.run(
+        [sys.executable, "-c", RUN_ON_THE_NODE], input=json.dumps(job), capture_output=True, text=True, timeout=300
+    )
+    assert ran.returncode == 0, ran.stderr
+    node = json.loads(ran.stdout)
+
+    engines = {name: engine for name, engine, _ in node["tables"]}
+    assert engines == {
+        **{name: engine.split("(")[0] for name, engine in EXPECTED_LOCAL_ENGINES.items()},
+        **dict.fromkeys(EXPECTED_DISTRIBUTED, "Distributed"),
+        **dict.fromkeys(EXPECTED_VIEWS, "MaterializedView"),
+        **dict.fromkeys(("current_advertiser", "current_campaign", "live_advertiser", "live_campaign"), "View"),
+    }
+    # Each replicated table registered in Keeper at its path: per shard for the sharded locals (macro shard 01),
+    # one group for the tables on every node, whose replica names must then be unique across shards.
+    sharded = {name for name in EXPECTED_LOCAL_ENGINES if name.endswith("_local")}
+    assert {table: (path, replica) for table, path, replica in node["replicas"]} == {
+        name: (f"/clickhouse/tables/{table_uuid(name)}/01", "clickhouse-s1")
+        if name in sharded
+        else (f"/clickhouse/tables/{table_uuid(name)}/all", "01-clickhouse-s1")
+        for name in EXPECTED_LOCAL_ENGINES
+    }
+    full_engines = {name: full for name, _, full in node["tables"]}
+    for name, local in EXPECTED_DISTRIBUTED.items():
+        assert full_engines[name] == f"Distributed('{CLUSTER}', '{db}', '{local}', campaign_id)"
+    # The names the KPIs read resolve on the node: through the Distributed tables to its shard, through the views
+    # to the tables on every node. Nothing is loaded, so each counts 0 rows.
+    assert node["counts"] == dict.fromkeys(readable, 0)
 
 
 def test_facts_and_aggregates_are_replicated_locally_and_distributed_by_campaign(
@@ -320,25 +433,19 @@ def test_sync_refuses_a_warehouse_with_local_tables_but_no_distributed_ones(
     assert not list((settings.staging_dir).glob("*/manifest.json"))
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_read_only_commands_use_the_reader_url_and_sync_does_not(
     settings: Settings, pg: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seed_hand_built(pg)
-    port = closed_port()
-    monkeypatch.setenv("ADPIPE_CLICKHOUSE_READER_URL", f"http://adpipe_reader:s3cret@127.0.0.1:{port}/adpipe")
-    synced = run_cli("sync")
-    assert synced.exit_code == 0, synced.stderr
-    for args in (("kpi", "campaign_ctr"), ("chstats",), ("reconcile",)):
-        result = run_cli(*args)
-        assert result.exit_code == 1, args
-        assert f"cannot reach ClickHouse at http://adpipe_reader:***@127.0.0.1:{port}/adpipe" in result.stderr, args
-        assert "s3cret" not in result.stderr + result.stdout
+    with refused_port() as port:
+        monkeypatch.setenv("ADPIPE_CLICKHOUSE_READER_URL", f"http://adpipe_reader:s3cret@127.0.0.1:{port}/adpipe")
+        synced = run_cli("sync")
+        assert synced.exit_code == 0, synced.stderr
+        for args in (("kpi", "campaign_ctr"), ("chstats",), ("reconcile",)):
+            result = run_cli(*args)
+            assert result.exit_code == 1, args
+            assert f"cannot reach ClickHouse at http://adpipe_reader:***@127.0.0.1:{port}/adpipe" in result.stderr, args
+            assert "s3cret" not in result.stderr + result.stdout
     monkeypatch.setenv("ADPIPE_CLICKHOUSE_READER_URL", settings.clickhouse_url)
     assert run_cli("kpi", "campaign_ctr", "--format", "csv").stdout.splitlines()[1:] == [
         "1,Spring,3,2,0.6666666666666666",

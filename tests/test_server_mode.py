@@ -8,7 +8,6 @@ Expected counts are those of the hand-built dataset (tests/test_sync.py: campaig
 from __future__ import annotations
 
 import logging
-import socket
 import ssl
 import subprocess
 import urllib.error
@@ -27,6 +26,7 @@ from pipeline.referral.load import load_files
 from pipeline.warehouse import client as clickhouse
 from tests.clickhouse_http import ClickHouseHttp, Fault
 from tests.conftest import run_cli
+from tests.harness import refused_port
 from tests.test_events_load import EXPECTED, LINES, reports, write
 from tests.test_sync import aggregate_ch, ch, full, incremental, per_campaign_ch, seed_hand_built
 
@@ -167,12 +167,9 @@ def test_wrong_password_is_one_line_and_not_retried(
 def test_server_down_is_one_line_after_the_configured_retries(
     settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    monkeypatch.setenv("ADPIPE_CLICKHOUSE_URL", f"http://adpipe:s3cret@127.0.0.1:{port}/adpipe")
     monkeypatch.setenv("ADPIPE_CLICKHOUSE_RETRIES", "2")
-    with caplog.at_level(logging.WARNING, logger="pipeline.warehouse.client"):
+    with refused_port() as port, caplog.at_level(logging.WARNING, logger="pipeline.warehouse.client"):
+        monkeypatch.setenv("ADPIPE_CLICKHOUSE_URL", f"http://adpipe:s3cret@127.0.0.1:{port}/adpipe")
         result = run_cli("status")
     assert result.exit_code == 1
     assert result.stderr.count("\n") == 1
