@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -21,7 +19,8 @@ from pipeline.catalog import SOURCE_TABLES
 from pipeline.config import Settings
 from pipeline.source import generate
 from pipeline.source.postgres import EmbeddedPostgres
-from tests.conftest import run_cli
+from tests.conftest import run_cli, server_directory
+from tests.harness import refused_port
 
 NOW = "2026-11-20T12:00:00"
 NOW_DT = datetime(2026, 11, 20, 12, 0, 0)
@@ -277,7 +276,7 @@ def test_unreachable_postgres_is_one_line_and_changes_nothing(
 ) -> None:
     ok("batch", "--advertisers", "1", "--campaigns", "1", "--impressions", "50")
     before = fingerprint(pg)
-    with closed_port() as port:
+    with refused_port() as port:
         monkeypatch.setenv("ADPIPE_POSTGRES_URL", f"postgresql://adpipe:s3cret@127.0.0.1:{port}/ads")
         result = run_cli(*args)
     assert result.exit_code == 1
@@ -285,14 +284,6 @@ def test_unreachable_postgres_is_one_line_and_changes_nothing(
     assert result.stderr.count("\n") == 1
     assert "s3cret" not in result.stderr
     assert fingerprint(pg) == before
-
-
-@contextmanager
-def closed_port() -> Iterator[int]:
-    """A local port nothing listens on: bound (so no one else takes it meanwhile) but never listening."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield sock.getsockname()[1]
 
 
 def test_stats_shows_ranges_and_quarantine(settings: Settings, pg: psycopg.Connection) -> None:
@@ -382,3 +373,27 @@ def test_embedded_server_serves_commands_and_down_stops_it(tmp_path: Path) -> No
         assert "The embedded Postgres is not running." in adpipe(home, "down").stdout
     finally:
         server.stop()
+
+
+def test_embedded_postgres_retries_a_port_another_process_took(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The free port it picked is taken before the server binds it: the start is retried on another port."""
+    import socket
+
+    from pipeline.source import postgres
+
+    real_free_port = postgres._free_port
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        picks = iter([taken.getsockname()[1]])
+        monkeypatch.setattr(postgres, "_free_port", lambda: next(picks, None) or real_free_port())
+        with server_directory("adpipe-test-port-") as directory:
+            server = EmbeddedPostgres(directory / "postgres")
+            try:
+                url = server.url()
+                assert f":{taken.getsockname()[1]}/" not in url
+                with psycopg.connect(url) as conn:
+                    assert conn.execute("SELECT 1").fetchone() == (1,)
+                assert b"Address already in use" in (directory / "postgres" / "log").read_bytes()
+            finally:
+                server.stop()

