@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-SHOW = "import pipeline.cli, os; print(os.environ['_RJEM_MALLOC_CONF'])"
+# The CLI first, then Polars, as a command that uses it imports it (the CLI itself starts without Polars).
+SHOW = "import pipeline.cli, polars, os; print(os.environ['_RJEM_MALLOC_CONF'])"
 POLARS = "dirty_decay_ms:500,muzzy_decay_ms:1000"
 ADPIPE = "dirty_decay_ms:10000,muzzy_decay_ms:10000"
 

@@ -3,7 +3,7 @@
 Command modules register themselves on `app` when imported below.
 """
 
-# `allocator` first: it configures Polars' allocator, which the other modules start by importing Polars.
+# `allocator` first: it configures Polars' allocator before any module imports Polars.
 from pipeline.cli import allocator, demo, events, kpi, report, source, sync  # noqa: F401
 from pipeline.cli.app import app
 

@@ -198,16 +198,14 @@ def snapshots_list() -> None:
 @snapshots_app.command("verify")
 def snapshots_verify() -> None:
     """Re-hash every staged part against its manifest; exit 1 on any mismatch."""
-    from pipeline.sync.stage import list_runs, verify_runs
+    from pipeline.sync.stage import verify_staging
 
-    runs = list_runs(current_settings().staging_dir)
-    problems = list(verify_runs(runs))
-    for p in problems:
+    verification = verify_staging(current_settings().staging_dir)
+    for p in verification.problems:
         err_console.print(f"[red]{p.run_id}/{p.path}: {p.problem}[/]")
-    if problems:
+    if verification.problems:
         raise typer.Exit(1)
-    parts = sum(len(run.parts(t)) for run in runs for t in run.manifest["tables"])
-    console.print(f"All {parts} parts of {len(runs)} runs match their checksums.")
+    console.print(f"All {verification.parts} parts of {verification.runs} runs match their checksums.")
 
 
 @snapshots_app.command("prune")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -240,16 +239,25 @@ class Problem:
     problem: str
 
 
-def verify_runs(runs: list[Run]) -> Iterator[Problem]:
-    """Re-hash every part of every run against its manifest."""
-    for run in runs:
-        for table in run.manifest["tables"]:
-            for part in run.parts(table):
-                path = run.directory / part.path
-                if not run.store.is_file(path):
-                    yield Problem(run.run_id, part.path, "missing")
-                elif (actual := run.store.sha256(path)) != part.sha256:
-                    yield Problem(run.run_id, part.path, f"sha256 {actual[:12]}… expected {part.sha256[:12]}…")
+@dataclass(frozen=True)
+class Verification:
+    runs: int
+    parts: int
+    problems: list[Problem]
+
+
+def verify_staging(staging_dir: StagingDir) -> Verification:
+    """Re-hash every part of every staged run against its manifest."""
+    runs = list_runs(staging_dir)
+    parts = [(run, part) for run in runs for table in run.manifest["tables"] for part in run.parts(table)]
+    problems = []
+    for run, part in parts:
+        path = run.directory / part.path
+        if not run.store.is_file(path):
+            problems.append(Problem(run.run_id, part.path, "missing"))
+        elif (actual := run.store.sha256(path)) != part.sha256:
+            problems.append(Problem(run.run_id, part.path, f"sha256 {actual[:12]}… expected {part.sha256[:12]}…"))
+    return Verification(len(runs), len(parts), problems)
 
 
 def prune_runs(settings: Settings, keep: int) -> list[str]:
