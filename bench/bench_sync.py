@@ -1,7 +1,7 @@
 """Full and incremental sync throughput, side by side with what a user would otherwise do.
 
     uv run python bench/bench_sync.py [--campaigns 500] [--impressions-per-campaign 10000] [--home /tmp/adpipe-bench]
-    uv run python bench/bench_sync.py layouts [--campaigns 300] [--impressions-per-campaign 11000]
+    uv run python bench/bench_sync.py layouts [--rounds 3] [--only dense,jump,random] [--sync-args "--partitions 1"]
 
 `layouts`: the same rows with three id layouts, each in its own Postgres database and each synced from a fresh
 ADPIPE_HOME: dense ids, ids that jump by 2,000,000,000 halfway (a `setval`), and random gaps (ids spread over
@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -248,10 +249,11 @@ def layouts(argv: list[str]) -> None:
     parser.add_argument("--home", type=Path, default=Path("/tmp/adpipe-bench-layouts"))
     parser.add_argument("--only", default=",".join(LAYOUTS), help="comma-separated layouts to run")
     parser.add_argument("--sync-args", default="", help="extra `adpipe sync` options, e.g. '--partitions 1'")
+    parser.add_argument("--rounds", type=int, default=3, help="each round runs every layout once, in turn")
     args = parser.parse_args(argv)
     server = _layout_sources(args.home, args.campaigns, args.impressions_per_campaign)
-    results = {}
-    for layout in args.only.split(","):
+    results: dict[str, list[tuple[float, float, float]]] = {}
+    for layout in [layout for _ in range(args.rounds) for layout in args.only.split(",")]:
         home = args.home / f"run-{layout}"
         subprocess.run(["rm", "-rf", str(home)], check=True)
         env = {
@@ -277,7 +279,7 @@ def layouts(argv: list[str]) -> None:
         direct_pg_cpu = _postgres_cpu(args.home) - pg_before - pg_cpu
         rows = sum(summary["tables"][table]["loaded"] for table in ("impressions", "clicks"))
         assert rows == direct["rows"], (layout, rows, direct)
-        results[layout] = seconds
+        results.setdefault(layout, []).append((seconds, summary["timings_s"]["total"], direct["seconds"]))
         print(
             f"{layout:6}: adpipe full sync {seconds:6.2f} s process wall ({summary['timings_s']['total']:.2f} s in"
             f" sync; CPU s: adpipe {cpu:.2f}, Postgres {pg_cpu:.2f})  postgresql() {direct['seconds']:.2f} s"
@@ -286,8 +288,19 @@ def layouts(argv: list[str]) -> None:
             f" {direct['seconds'] / summary['timings_s']['total']:.2f}x  ({rows:,} rows)"
         )
         print(f"        stages: {json.dumps(summary['timings_s'])}")
-    fastest = min(results.values())
-    print("spread vs the fastest layout: " + ", ".join(f"{k} {v / fastest:.2f}x" for k, v in results.items()))
+    medians = {}
+    for layout, runs in results.items():
+        medians[layout] = [statistics.median(column) for column in zip(*runs, strict=True)]
+    for layout, (wall, in_sync, direct) in medians.items():
+        print(
+            f"median {layout:6}: process wall {wall:.2f} s, in sync {in_sync:.2f} s, postgresql() {direct:.2f} s:"
+            f" ratio process wall {direct / wall:.2f}x, in-process {direct / in_sync:.2f}x"
+        )
+    fastest = min(wall for wall, _, _ in medians.values())
+    print(
+        "spread of the median process wall vs the fastest layout: "
+        + ", ".join(f"{layout} {wall / fastest:.2f}x" for layout, (wall, _, _) in medians.items())
+    )
 
 
 def _timed_child(command: list[str], env: dict[str, str]) -> tuple[float, float, dict]:

@@ -613,3 +613,31 @@ def test_adbc_engine_stages_the_same_rows_as_connectorx(settings: Settings, pg: 
     for table in ("advertiser", "campaign", "impressions", "clicks"):
         assert [p.sha256 for p in connectorx_run.parts(table)] == [p.sha256 for p in adbc_run.parts(table)], table
     assert per_campaign_ch(settings, "impressions") == {1: 3, 2: 1, 4: 300, 5: 300}
+
+
+@pytest.mark.warehouses("chdb")
+@pytest.mark.parametrize("partitions", [1, 2])
+def test_fact_chunks_hold_rows_not_ids_whatever_the_gaps(
+    settings: Settings, pg: psycopg.Connection, monkeypatch: pytest.MonkeyPatch, partitions: int
+) -> None:
+    """Chunks of 3 rows over ids with a jump of 2e9: three chunks, each range covering exactly its own ids."""
+    from pipeline.sync.extract import SourceReader
+
+    ids = [1, 2, 3, 7, 8, 2_000_000_000, 2_000_000_001, 2_000_000_005]
+    with pg.cursor() as cursor:
+        cursor.executemany(
+            "INSERT INTO impressions (id, campaign_id, created_at) VALUES (%s, NULL, '2026-11-21 00:00:00')",
+            [(i,) for i in ids],
+        )
+    # Parallel partitions are used only for large chunks; here for 3 rows, to run that path on a small table.
+    monkeypatch.setattr(SourceReader, "_partitions_for", lambda self, rows: partitions)
+    with SourceReader(settings, partitions=partitions) as reader:
+        chunks = [
+            (after, upto, rows.column("id").to_pylist())
+            for after, upto, rows in reader.read_id_range("impressions", 0, reader.max_id("impressions"), 3)
+        ]
+    assert chunks == [
+        (0, 3, [1, 2, 3]),
+        (3, 2_000_000_000, [7, 8, 2_000_000_000]),
+        (2_000_000_000, 2_000_000_005, [2_000_000_001, 2_000_000_005]),
+    ]

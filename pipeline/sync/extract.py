@@ -185,16 +185,17 @@ class SourceReader:
 
     def _row_bounds(self, table: str, after: int, upto: int, rows: int, partitions: int) -> list[int]:
         """Ids splitting the next `rows` rows after `after` into `partitions` ranges of equal rows (the last is
-        `upto` when fewer rows are left): one walk over the primary key's entries, no row is read."""
-        step = -(-rows // partitions)
+        `upto` when fewer rows are left). Each bound is the id at an OFFSET in the primary key, found by an
+        index-only walk, all in one round trip (cheaper than numbering the ids with a window: docs/performance.md)."""
+        offsets = [-(-rows * k // partitions) - 1 for k in range(1, partitions + 1)]
+        where = f"FROM {table} WHERE id > %(after)s AND id <= %(upto)s"
+        probe = f"SELECT id {where} ORDER BY id OFFSET %(offset_{{}})s LIMIT 1"
         found = self.coordinator.execute(
-            f"SELECT n, id FROM (SELECT id, row_number() OVER (ORDER BY id) AS n FROM"
-            f" (SELECT id FROM {table} WHERE id > %s AND id <= %s ORDER BY id LIMIT %s) AS chunk) AS numbered"
-            " WHERE n %% %s = 0 OR n = %s ORDER BY n",
-            (after, upto, rows, step, rows),
-        ).fetchall()
-        bounds = [row_id for n, row_id in found]
-        if not found or found[-1][0] < rows:  # the last chunk: it ends at `upto`
+            "SELECT " + ", ".join(f"({probe.format(k)})" for k in range(partitions)),
+            {"after": after, "upto": upto, **{f"offset_{k}": offset for k, offset in enumerate(offsets)}},
+        ).fetchone()
+        bounds = [row_id for row_id in found if row_id is not None]
+        if found[-1] is None:  # fewer rows are left: the last chunk, which ends at `upto`
             bounds.append(upto)
         return bounds
 
