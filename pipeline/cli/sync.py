@@ -66,7 +66,7 @@ def sync(
         Mode, typer.Option(help="full: reload everything and swap it in; incremental: only changes.")
     ] = Mode.INCREMENTAL,
     engine: Annotated[Engine, typer.Option(help="Postgres reader.")] = Engine.ADBC,
-    chunk_rows: Annotated[int, typer.Option(help="Ids read per chunk (bounds memory).")] = DEFAULT_CHUNK_ROWS,
+    chunk_rows: Annotated[int, typer.Option(help="Rows read per chunk (bounds memory).")] = DEFAULT_CHUNK_ROWS,
     partitions: Annotated[int, typer.Option(help="Parallel reads per chunk.")] = 2,
     on_reset: Annotated[
         OnReset, typer.Option(help="When the source was reset: stop, or run a full sync.")
