@@ -9,6 +9,7 @@ The points, in the order a sync reaches them:
 - `published`: the run's manifest is written (its commit point in staging), before anything of it is loaded.
 - `part-loaded`: a part was inserted into ClickHouse (the n-th of this process; a full run loads into its shadow).
 - `loaded`: every part of the run is in ClickHouse; the state file is not yet committed.
+- `committed`: the state file is committed; `sync_runs` does not say so yet.
 - `swap`: a full run's table exchange is under way (n tables exchanged).
 - `events-chunk`: `events load` staged a chunk of a file (the n-th); more of the file is to come.
 - `events-postgres-written`: `events load` committed the reports to Postgres, before its ClickHouse step.

@@ -29,13 +29,17 @@ from tests.clickhouse_http import ClickHouseHttp
 
 pytestmark = pytest.mark.warehouses  # chdb, http and server, narrowed per test below
 
-COUNT_SCRIPT = """
+RECOVER_AND_COUNT = """
 import json
-from pipeline.warehouse import client as clickhouse
 from pipeline.config import load_settings
-client = clickhouse.connect(load_settings())
+from pipeline.sync.run import SyncOptions, sync
+from pipeline.warehouse import client as clickhouse
+settings = load_settings()
+result = sync(settings, SyncOptions(chunk_rows=1000))
+client = clickhouse.connect(settings)
 q = lambda sql: client.query(sql).result_rows
 print(json.dumps({
+    "result": result.to_json(),
     "impressions": dict(q("SELECT campaign_id, count() FROM impressions GROUP BY campaign_id")),
     "clicks": dict(q("SELECT campaign_id, count() FROM clicks GROUP BY campaign_id")),
     "daily_impressions": dict(q("SELECT campaign_id, sum(impressions) FROM campaign_daily GROUP BY campaign_id")),
@@ -54,22 +58,20 @@ class Kill:
     published: bool
     """Whether the killed run got as far as publishing: then the next sync loads and commits it (`recovered`);
     otherwise it discards what was staged and records the run `interrupted`."""
+    committed: bool = False
+    """Killed after its own commit: nothing is left to do but record it `success`."""
 
 
-EMBEDDED_KILLS = [
+KILLS = [
     Kill("staging-started", "incremental", published=False),
     Kill("part-written:3", "incremental", published=False),
     Kill("part-loaded:3", "full", published=False),  # a full run loads its shadow while it stages
     Kill("published", "incremental", published=True),
-    Kill("loaded", "incremental", published=True),
-]
-"""Kills whose recovery takes no other warehouse path in server mode than the ones below: embedded only."""
-
-LOAD_KILLS = [
     Kill("part-loaded:3", "incremental", published=True),  # a mid-load crash: 3 parts in, the rest not
+    Kill("loaded", "incremental", published=True),
     Kill("swap:2", "full", published=True),  # the live database holds new and old tables at once
+    Kill("committed", "incremental", published=True, committed=True),
 ]
-"""Kills in the middle of a load: on the embedded engine and through the server code path (the HTTP double)."""
 
 
 def _ids(kills: list[Kill]) -> list[str]:
@@ -93,9 +95,11 @@ def adpipe(env: dict[str, str], *args: str, kill_at: str = "") -> subprocess.Com
     )
 
 
-def read_warehouse(env: dict[str, str]) -> dict:
-    counted = subprocess.run([sys.executable, "-c", COUNT_SCRIPT], env=env, check=True, capture_output=True, text=True)
-    return json.loads(counted.stdout)
+def recover_and_count(env: dict[str, str]) -> dict:
+    """An incremental sync (which first recovers what a killed one left), then the warehouse's counts: one child."""
+    done = subprocess.run([sys.executable, "-c", RECOVER_AND_COUNT], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
 
 
 def per_campaign(pg: psycopg.Connection, table: str) -> dict[str, int]:
@@ -103,16 +107,8 @@ def per_campaign(pg: psycopg.Connection, table: str) -> dict[str, int]:
     return {str(campaign): count for campaign, count in rows}
 
 
-@pytest.mark.warehouses("chdb")
-@pytest.mark.parametrize("kill", EMBEDDED_KILLS, ids=_ids(EMBEDDED_KILLS))
-def test_a_sync_killed_while_staging_converges_on_the_next(
-    kill: Kill, settings: Settings, pg: psycopg.Connection, env: dict[str, str]
-) -> None:
-    kill_then_recover(kill, settings, pg, env, double=None)
-
-
-@pytest.mark.parametrize("kill", LOAD_KILLS, ids=_ids(LOAD_KILLS))
-def test_a_sync_killed_while_loading_converges_on_the_next(
+@pytest.mark.parametrize("kill", KILLS, ids=_ids(KILLS))
+def test_a_sync_killed_at_a_named_point_converges_on_the_next(
     kill: Kill, warehouse: str, settings: Settings, pg: psycopg.Connection, env: dict[str, str], request
 ) -> None:
     double = request.getfixturevalue("clickhouse_http") if warehouse.startswith("http") else None
@@ -132,7 +128,7 @@ def kill_then_recover(
 
     killed = adpipe(env, "sync", "--mode", kill.mode, "--chunk-rows", "1000", kill_at=kill.at)
     assert killed.returncode == -signal.SIGKILL, f"the sync never reached {kill.at}: {killed.stderr}"
-    assert load_state(settings.home) == baseline_state  # nothing committed
+    assert (load_state(settings.home) == baseline_state) != kill.committed
     staged = [run.run_id for run in list_runs(settings.staging_dir)]
     assert len(staged) == (2 if kill.published else 1)  # published: the killed run is listed beside the baseline
     leftovers = [path for path in settings.staging_dir.iterdir() if path.name.startswith(TMP_PREFIX)]
@@ -140,29 +136,35 @@ def kill_then_recover(
 
     if double is not None:
         double.requests.clear()
-    recovery = adpipe(env, "sync", "--json", "--chunk-rows", "1000")
-    assert recovery.returncode == 0, recovery.stderr
-    result = json.loads(recovery.stdout)
-    recovered, interrupted = result["recovered_runs"], result["interrupted_runs"]
-    (killed_run,) = recovered + interrupted
+    counts = recover_and_count(env)
+    recovered, interrupted = counts["result"]["recovered_runs"], counts["result"]["interrupted_runs"]
+    if kill.committed:
+        assert recovered == interrupted == []
+        killed_run = load_state(settings.home).last_run_id
+    else:
+        (killed_run,) = recovered + interrupted
+        assert (killed_run in recovered) == (killed_run in staged) == kill.published
     assert killed_run.endswith(f"-{kill.mode}")
-    assert (killed_run in recovered) == (killed_run in staged) == kill.published
     assert not any(path.name.startswith(TMP_PREFIX) for path in settings.staging_dir.iterdir())
-
-    counts = read_warehouse(env)
     impressions, clicks = per_campaign(pg, "impressions"), per_campaign(pg, "clicks")
     assert sum(impressions.values()) == 9_000 and sum(clicks.values()) == 1_200
+    assert_exact(counts, impressions, clicks)
+    assert counts["campaigns"] == 6
+    statuses = dict(counts["runs"])
+    ended = "success" if kill.committed else "recovered" if kill.published else "interrupted"
+    assert statuses.pop(killed_run) == ended
+    assert sorted(statuses.values()) == ["success", "success"]  # the baseline and the recovering sync
+
+    if double is not None and kill.at == "part-loaded:3" and kill.published:
+        _assert_resent_parts_were_dropped(double, settings, killed_run)
+
+
+def assert_exact(counts: dict, impressions: dict[str, int], clicks: dict[str, int]) -> None:
+    """Per campaign, the base tables and the aggregates the materialized views fill hold the source's counts."""
     assert counts["impressions"] == impressions
     assert counts["daily_impressions"] == impressions
     assert counts["clicks"] == clicks
-    assert counts["daily_clicks"] == clicks
-    assert counts["campaigns"] == 6
-    statuses = dict(counts["runs"])
-    assert statuses.pop(killed_run) == ("recovered" if kill.published else "interrupted")
-    assert sorted(statuses.values()) == ["success", "success"]  # the baseline and the recovering sync
-
-    if double is not None and kill.at == "part-loaded:3":
-        _assert_resent_parts_were_dropped(double, settings, killed_run)
+    assert counts["daily_clicks"] == {campaign: clicks.get(campaign, 0) for campaign in impressions}
 
 
 def _assert_resent_parts_were_dropped(double: ClickHouseHttp, settings: Settings, killed_run: str) -> None:
@@ -175,6 +177,54 @@ def _assert_resent_parts_were_dropped(double: ClickHouseHttp, settings: Settings
     parts = sum(len(run.parts(table)) for table in run.manifest["tables"])
     inserts = double.statements(r"^INSERT INTO `?(advertiser|campaign|impressions|clicks|quarantine)`? ")
     assert parts >= 3 and len(inserts) == parts
+
+
+def test_kills_at_random_moments_are_each_accounted_for(
+    settings: Settings, pg: psycopg.Connection, env: dict[str, str]
+) -> None:
+    """Kills after fixed delays land wherever this machine's speed puts them (the named points above prove each
+    place). Wherever one lands, the next sync must account for it exactly: a run it published is recovered, a run
+    it was staging is interrupted, and a sync that finished before its kill leaves nothing to either."""
+    generator = Generator(pg, seed=21)
+    generator.batch(advertisers=2, campaigns=3, impressions=5_000, ctr=0.1)
+    expected = {"success": 0, "recovered": 0, "interrupted": 0}
+    for delay, mode in ((1.0, "full"), (2.0, "incremental")):
+        if mode == "incremental":
+            generator.batch(advertisers=1, campaigns=3, impressions=5_000, ctr=0.1)
+        committed_before = {run.run_id for run in list_runs(settings.staging_dir)}
+        killed = sync_killed_after(delay, mode, env)
+        published = [run.run_id for run in list_runs(settings.staging_dir) if run.run_id not in committed_before]
+        uncommitted = [run_id for run_id in published if run_id != load_state(settings.home).last_run_id]
+        staging = [p.name.removeprefix(TMP_PREFIX) for p in settings.staging_dir.glob(f"{TMP_PREFIX}*")]
+        counts = recover_and_count(env)
+        recovered, interrupted = counts["result"]["recovered_runs"], counts["result"]["interrupted_runs"]
+        assert recovered == uncommitted
+        assert set(staging) <= set(interrupted) and len(interrupted) <= 1 and not set(interrupted) & set(published)
+        assert all(run_id.endswith(f"-{mode}") for run_id in recovered + interrupted)
+        if killed.returncode == 0:  # it finished before its kill came
+            assert recovered == interrupted == []
+        expected["success"] += 1 + (killed.returncode == 0)  # the recovering sync, and the killed one if it finished
+        expected["recovered"] += len(recovered)
+        expected["interrupted"] += len(interrupted)
+    assert_exact(counts, per_campaign(pg, "impressions"), per_campaign(pg, "clicks"))
+    statuses = [status for _, status in counts["runs"]]
+    assert {status: statuses.count(status) for status in expected} == expected
+    assert len(statuses) == sum(expected.values())  # and no run is left `running`
+
+
+def sync_killed_after(seconds: float, mode: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "sync", "--mode", mode, "--chunk-rows", "5000"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        process.wait(seconds)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    return subprocess.CompletedProcess(process.args, process.returncode)
 
 
 EVENTS_LOAD = """
@@ -190,7 +240,6 @@ print(clickhouse.connect(settings).command("SELECT count() FROM referral_events"
 """`adpipe events load` as a library call, with small chunks: the hand-built file is read in several."""
 
 
-@pytest.mark.warehouses("chdb")  # the kill is in the load's own steps, whatever the transport to ClickHouse
 @pytest.mark.parametrize(
     ("kill_at", "mode"),
     [("events-chunk:2", "stream"), ("events-postgres-written", "batch"), ("events-postgres-written", "stream")],

@@ -86,8 +86,8 @@ def sync(settings: Settings, options: SyncOptions) -> SyncResult:
         apply_schema(client)
         ready = time.perf_counter()
         recovered = recover_pending_runs(client, settings)
-        interrupted = close_interrupted_runs(client, set(recovered))
         state = load_state(settings.home)
+        interrupted = close_interrupted_runs(client, set(recovered), state.last_run_id)
         mode = options.mode
         if mode is Mode.INCREMENTAL and state.last_run_id is None:
             log.warning("no previous sync: running a full sync")
@@ -185,6 +185,7 @@ def _run(client: Client, settings: Settings, options: SyncOptions, mode: Mode, s
         run = _stage_and_load(client, settings, options, reader, reader_open, state, result)
         kill_point("loaded")
         commit(settings, run)
+        kill_point("committed")
     except BaseException as exc:
         record(client, result, started, "failed", error=str(exc) or type(exc).__name__)
         raise

@@ -99,19 +99,22 @@ def record(client: Client, result: SyncResult, started: datetime, status: str, e
         log.exception("could not record run %s in sync_runs", result.run_id)
 
 
-def close_interrupted_runs(client: Client, recovered: set[str]) -> list[str]:
-    """Mark the runs whose sync_runs rows still say `running` as `interrupted`; returns their ids.
+def close_interrupted_runs(client: Client, recovered: set[str], last_committed: str | None) -> list[str]:
+    """Settle the runs whose sync_runs rows still say `running`; returns the ids of those marked `interrupted`.
 
     Called under the sync lock, after recovery: no other sync of this ADPIPE_HOME runs, so such a run was
-    killed before it could record its end, and nothing of it was committed (what it had published was just
-    recovered and recorded as such). One ADPIPE_HOME per warehouse is assumed, as for the incremental state.
+    killed before it could record its end. Nothing of it was committed (what it had published was just
+    recovered and recorded as such) unless it is `last_committed`: killed between its commit and recording
+    it, it is recorded `success`. One ADPIPE_HOME per warehouse is assumed, as for the incremental state.
     """
     rows = client.query(
         "SELECT run_id, any(mode), min(started_at) FROM sync_runs FINAL WHERE status = 'running' GROUP BY run_id"
     ).result_rows
-    interrupted = sorted(run_id for run_id, _, _ in rows if run_id not in recovered)
+    interrupted = sorted(run_id for run_id, _, _ in rows if run_id not in recovered and run_id != last_committed)
     for run_id, mode, started in rows:
-        if run_id in interrupted:
+        if run_id == last_committed and run_id not in recovered:
+            record(client, SyncResult(run_id, mode), started.replace(tzinfo=UTC), "success")
+        elif run_id in interrupted:
             record(client, SyncResult(run_id, mode), started.replace(tzinfo=UTC), "interrupted", error=INTERRUPTED)
     return interrupted
 
