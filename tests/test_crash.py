@@ -4,8 +4,9 @@
 test lands where it says, on any machine. A killed process exits by SIGKILL only if it reached its point.
 
 With the embedded engine, the adpipe processes use their own chDB data directory (chDB allows one process
-per directory, and this test process holds the session's); on the HTTP double they share the test's warehouse.
-The warehouse is read in a subprocess too.
+per directory, and this test process holds the session's), and the syncs before and after the kill and the counts
+run in children too. On the HTTP double they share the test's warehouse, so those run in this process: only the
+killed sync needs to be a process of its own.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import psycopg
 import pytest
 
 from pipeline.config import Settings
+from pipeline.options import Mode
 from pipeline.source.generate import Generator
 from pipeline.sync.stage import TMP_PREFIX, list_runs
 from pipeline.sync.state import load_state
@@ -29,25 +31,29 @@ from tests.clickhouse_http import ClickHouseHttp
 
 pytestmark = pytest.mark.warehouses  # chdb, http and server, narrowed per test below
 
-RECOVER_AND_COUNT = """
-import json
-from pipeline.config import load_settings
-from pipeline.sync.run import SyncOptions, sync
-from pipeline.warehouse import client as clickhouse
-settings = load_settings()
-result = sync(settings, SyncOptions(chunk_rows=1000))
-client = clickhouse.connect(settings)
-q = lambda sql: client.query(sql).result_rows
-print(json.dumps({
-    "result": result.to_json(),
-    "impressions": dict(q("SELECT campaign_id, count() FROM impressions GROUP BY campaign_id")),
-    "clicks": dict(q("SELECT campaign_id, count() FROM clicks GROUP BY campaign_id")),
-    "daily_impressions": dict(q("SELECT campaign_id, sum(impressions) FROM campaign_daily GROUP BY campaign_id")),
-    "daily_clicks": dict(q("SELECT campaign_id, sum(clicks) FROM campaign_daily GROUP BY campaign_id")),
-    "campaigns": q("SELECT count() FROM current_campaign")[0][0],
-    "runs": [list(r) for r in q("SELECT run_id, any(status) FROM sync_runs FINAL GROUP BY run_id ORDER BY run_id")],
-}))
-"""
+
+def sync_then_count() -> dict:
+    """An incremental sync (which first settles what a killed one left), then the warehouse's counts."""
+    from pipeline.config import load_settings
+    from pipeline.sync.run import SyncOptions, sync
+    from pipeline.warehouse import client as clickhouse
+
+    settings = load_settings()
+    result = sync(settings, SyncOptions(chunk_rows=1000))
+    client = clickhouse.connect(settings)
+
+    def q(sql: str) -> list:
+        return client.query(sql).result_rows
+
+    return {
+        "result": result.to_json(),
+        "impressions": dict(q("SELECT toString(campaign_id), count() FROM impressions GROUP BY campaign_id")),
+        "clicks": dict(q("SELECT toString(campaign_id), count() FROM clicks GROUP BY campaign_id")),
+        "daily_impressions": dict(q("SELECT toString(campaign_id), sum(impressions) FROM campaign_daily GROUP BY 1")),
+        "daily_clicks": dict(q("SELECT toString(campaign_id), sum(clicks) FROM campaign_daily GROUP BY 1")),
+        "campaigns": q("SELECT count() FROM current_campaign")[0][0],
+        "runs": [list(r) for r in q("SELECT run_id, any(status) FROM sync_runs FINAL GROUP BY run_id ORDER BY run_id")],
+    }
 
 
 @dataclass(frozen=True)
@@ -95,11 +101,29 @@ def adpipe(env: dict[str, str], *args: str, kill_at: str = "") -> subprocess.Com
     )
 
 
-def recover_and_count(env: dict[str, str]) -> dict:
-    """An incremental sync (which first recovers what a killed one left), then the warehouse's counts: one child."""
-    done = subprocess.run([sys.executable, "-c", RECOVER_AND_COUNT], env=env, capture_output=True, text=True)
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def recover_and_count(env: dict[str, str], in_process: bool) -> dict:
+    """`sync_then_count`: in this process when it can reach the warehouse (the HTTP double), else in a child."""
+    if in_process:
+        return sync_then_count()
+    script = "import json; from tests.test_crash import sync_then_count; print(json.dumps(sync_then_count()))"
+    child_env = {**env, "PYTHONPATH": str(REPOSITORY)}
+    done = subprocess.run([sys.executable, "-c", script], env=child_env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.splitlines()[-1])
+
+
+def full_sync(env: dict[str, str], in_process: bool) -> None:
+    if in_process:
+        from pipeline.config import load_settings
+        from pipeline.sync.run import SyncOptions, sync
+
+        sync(load_settings(), SyncOptions(mode=Mode.FULL, chunk_rows=1000))
+        return
+    done = adpipe(env, "sync", "--mode", "full", "--chunk-rows", "1000")
+    assert done.returncode == 0, done.stderr
 
 
 def per_campaign(pg: psycopg.Connection, table: str) -> dict[str, int]:
@@ -121,8 +145,7 @@ def kill_then_recover(
     """Sync, add rows, sync killed at `kill`, sync again: the warehouse holds exactly the source."""
     generator = Generator(pg, seed=21)
     generator.batch(advertisers=2, campaigns=2, impressions=1500, ctr=0.1)  # 6,000 impressions, 600 clicks
-    baseline = adpipe(env, "sync", "--mode", "full", "--chunk-rows", "1000")
-    assert baseline.returncode == 0, baseline.stderr
+    full_sync(env, in_process=double is not None)
     baseline_state = load_state(settings.home)
     generator.batch(advertisers=1, campaigns=2, impressions=1500, ctr=0.2)  # 3,000 more, 600 clicks
 
@@ -136,7 +159,7 @@ def kill_then_recover(
 
     if double is not None:
         double.requests.clear()
-    counts = recover_and_count(env)
+    counts = recover_and_count(env, in_process=double is not None)
     recovered, interrupted = counts["result"]["recovered_runs"], counts["result"]["interrupted_runs"]
     if kill.committed:
         assert recovered == interrupted == []
@@ -180,7 +203,7 @@ def _assert_resent_parts_were_dropped(double: ClickHouseHttp, settings: Settings
 
 
 def test_kills_at_random_moments_are_each_accounted_for(
-    settings: Settings, pg: psycopg.Connection, env: dict[str, str]
+    warehouse: str, settings: Settings, pg: psycopg.Connection, env: dict[str, str]
 ) -> None:
     """Kills after fixed delays land wherever this machine's speed puts them (the named points above prove each
     place). Wherever one lands, the next sync must account for it exactly: a run it published is recovered, a run
@@ -196,7 +219,7 @@ def test_kills_at_random_moments_are_each_accounted_for(
         published = [run.run_id for run in list_runs(settings.staging_dir) if run.run_id not in committed_before]
         uncommitted = [run_id for run_id in published if run_id != load_state(settings.home).last_run_id]
         staging = [p.name.removeprefix(TMP_PREFIX) for p in settings.staging_dir.glob(f"{TMP_PREFIX}*")]
-        counts = recover_and_count(env)
+        counts = recover_and_count(env, in_process=warehouse.startswith("http"))
         recovered, interrupted = counts["result"]["recovered_runs"], counts["result"]["interrupted_runs"]
         assert recovered == uncommitted
         assert set(staging) <= set(interrupted) and len(interrupted) <= 1 and not set(interrupted) & set(published)
@@ -245,7 +268,7 @@ print(clickhouse.connect(settings).command("SELECT count() FROM referral_events"
     [("events-chunk:2", "stream"), ("events-postgres-written", "batch"), ("events-postgres-written", "stream")],
 )
 def test_an_events_load_killed_mid_way_converges_on_the_next(
-    kill_at: str, mode: str, settings: Settings, env: dict[str, str], tmp_path: Path
+    kill_at: str, mode: str, warehouse: str, settings: Settings, env: dict[str, str], tmp_path: Path
 ) -> None:
     """Killed mid-file or between its Postgres and ClickHouse steps, a load run again gives the hand-worked reports."""
     from tests.test_events_load import EXPECTED, LINES, reports, write
@@ -255,7 +278,15 @@ def test_an_events_load_killed_mid_way_converges_on_the_next(
     killed = subprocess.run(load, env={**env, "ADPIPE_TEST_KILL_AT": kill_at}, capture_output=True, text=True)
     assert killed.returncode == -signal.SIGKILL, f"the load never reached {kill_at}: {killed.stderr}"
     assert reports(settings) == ([] if kill_at == "events-chunk:2" else EXPECTED)
-    again = subprocess.run(load, env=env, capture_output=True, text=True)
-    assert again.returncode == 0, again.stderr
-    assert int(again.stdout) == 13  # the file's 13 valid events, none twice
+    if warehouse.startswith("http"):  # the double serves this process too: load again here
+        from pipeline.referral.load import LoadMode, load_files
+        from pipeline.warehouse import client as clickhouse
+
+        load_files(settings, [path], LoadMode(mode), 300, block_bytes=300)
+        events = clickhouse.connect(settings).command("SELECT count() FROM referral_events")
+    else:
+        again = subprocess.run(load, env=env, capture_output=True, text=True)
+        assert again.returncode == 0, again.stderr
+        events = int(again.stdout)
+    assert events == 13  # the file's 13 valid events, none twice
     assert reports(settings) == EXPECTED
