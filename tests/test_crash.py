@@ -215,7 +215,10 @@ def test_kills_at_random_moments_are_each_accounted_for(
         if mode == "incremental":
             generator.batch(advertisers=1, campaigns=3, impressions=5_000, ctr=0.1)
         committed_before = {run.run_id for run in list_runs(settings.staging_dir)}
+        last_before = load_state(settings.home).last_run_id
         killed = sync_killed_after(delay, mode, env)
+        # It committed its own run: it finished, or was killed after its commit (then recorded `success` below).
+        finished = load_state(settings.home).last_run_id != last_before
         published = [run.run_id for run in list_runs(settings.staging_dir) if run.run_id not in committed_before]
         uncommitted = [run_id for run_id in published if run_id != load_state(settings.home).last_run_id]
         staging = [p.name.removeprefix(TMP_PREFIX) for p in settings.staging_dir.glob(f"{TMP_PREFIX}*")]
@@ -226,7 +229,7 @@ def test_kills_at_random_moments_are_each_accounted_for(
         assert all(run_id.endswith(f"-{mode}") for run_id in recovered + interrupted)
         if killed.returncode == 0:  # it finished before its kill came
             assert recovered == interrupted == []
-        expected["success"] += 1 + (killed.returncode == 0)  # the recovering sync, and the killed one if it finished
+        expected["success"] += 1 + finished  # the recovering sync, and the killed one if it committed
         expected["recovered"] += len(recovered)
         expected["interrupted"] += len(interrupted)
     assert_exact(counts, per_campaign(pg, "impressions"), per_campaign(pg, "clicks"))
