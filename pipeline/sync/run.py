@@ -13,7 +13,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version as package_version
@@ -78,7 +78,7 @@ def sync(settings: Settings, options: SyncOptions) -> SyncResult:
         raise AdpipeError(f"--chunk-rows must be 1 or more, got {options.chunk_rows}")
     if options.keep is not None and options.keep < 1:
         raise AdpipeError(f"--keep must be 1 or more, got {options.keep}")
-    with exclusive_lock(settings.home / "sync.lock", "sync"):
+    with _sync_lock(settings):
         open_store(settings.staging_dir)  # an unreachable S3 staging fails here, before the warehouse is touched
         began = time.perf_counter()
         client = clickhouse.connect(settings)
@@ -113,15 +113,20 @@ def recover_pending_runs(client: Client, settings: Settings) -> list[str]:
     return [run.run_id for run in pending]
 
 
+def _sync_lock(settings: Settings) -> AbstractContextManager[None]:
+    """The one lock of an ADPIPE_HOME's sync, replay and prune: they change the staged runs and the state."""
+    return exclusive_lock(settings.home / "sync.lock", "sync")
+
+
 def prune(settings: Settings, keep: int) -> list[str]:
     """`prune_runs` under the sync lock, so no sync publishes or loads a run while runs are deleted."""
-    with exclusive_lock(settings.home / "sync.lock", "sync"):
+    with _sync_lock(settings):
         return prune_runs(settings, keep)
 
 
 def replay(settings: Settings, progress: Progress | None = None) -> list[str]:
     """Rebuild the warehouse from the staged runs alone (no Postgres): the latest full run, then the rest."""
-    with exclusive_lock(settings.home / "sync.lock", "sync"):
+    with _sync_lock(settings):
         runs = list_runs(settings.staging_dir)
         chosen = state_runs(runs, runs[-1].run_id if runs else None)
         if not chosen:
