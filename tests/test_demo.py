@@ -13,6 +13,13 @@ def test_demo_runs_end_to_end(settings: Settings) -> None:
     assert "incremental sync" in result.stdout
     assert "=== 📊 ClickHouse Campaign CTR ===" in result.stdout
     assert "All checks pass." in result.stdout
+    # Each step's title comes before what it printed: the full sync's table after "3.", the CTR report after "6.".
+    out = result.stdout
+    titles = [out.index(f"{n}. ") for n in range(1, 8)]
+    assert titles == sorted(titles)
+    assert titles[2] < out.index("full sync") < titles[3] < titles[4] < out.index("incremental sync") < titles[5]
+    assert titles[5] < out.index("ClickHouse Campaign CTR") < titles[6] < out.index("All checks pass.")
+    assert f"{15 * 1000:,} impressions, {15 * 80:,} clicks" in out[titles[1] : titles[2]]
 
 
 def test_demo_refuses_to_empty_an_external_postgres_without_yes(settings: Settings) -> None:

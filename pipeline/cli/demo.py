@@ -28,7 +28,7 @@ def demo(
     ok = True
     for step in demo_steps(current_settings(), seed, allow_external=yes):
         console.print(Rule(step.title, align="left"))
-        match step.output:
+        match step.run():
             case BatchResult() as batch:
                 console.print(f"{batch.impressions:,} impressions, {batch.clicks:,} clicks")
             case SyncResult() as result:
