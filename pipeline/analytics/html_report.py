@@ -23,11 +23,12 @@ from plotly.offline import get_plotlyjs
 from pipeline.analytics import charts
 from pipeline.analytics.kpi import Filters, compute, warehouse_client
 from pipeline.analytics.reconcile import ReconcileReport, reconcile
-from pipeline.analytics.status import WarehouseStatus, format_age, quarantine_reasons, warehouse_status
+from pipeline.analytics.status import WarehouseStatus, format_age, warehouse_status
 from pipeline.atomic import write_atomic
 from pipeline.config import Settings
 from pipeline.referral.publish import query_reports
 from pipeline.referral.staging import quarantine_reasons as referral_quarantine_reasons
+from pipeline.warehouse.quarantine import quarantine_reasons
 
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "report.template.html"
 

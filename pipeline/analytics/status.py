@@ -11,6 +11,7 @@ from pipeline.catalog import SOURCE_TABLES, live_rows
 from pipeline.config import Settings
 from pipeline.source.postgres import connect as connect_postgres
 from pipeline.sync.state import load_state
+from pipeline.warehouse.quarantine import quarantine_counts
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -76,22 +77,6 @@ class WarehouseStatus:
         if self.last_success_at is None:
             return None
         return (datetime.now(UTC) - self.last_success_at).total_seconds()
-
-
-def quarantine_reasons(client: Client) -> list[tuple[str, str, int]]:
-    """(source table, reason, rows) currently in quarantine (resolved entries excluded), by table and reason."""
-    return client.query(
-        "SELECT table_name, reason, count() FROM quarantine FINAL GROUP BY table_name, reason"
-        " ORDER BY table_name, reason"
-    ).result_rows
-
-
-def quarantine_counts(client: Client) -> dict[str, int]:
-    """Rows currently in quarantine per source table (resolved entries excluded)."""
-    counts: dict[str, int] = {}
-    for table, _, rows in quarantine_reasons(client):
-        counts[table] = counts.get(table, 0) + rows
-    return counts
 
 
 def format_age(seconds: float) -> str:

@@ -44,12 +44,12 @@ from pipeline.sync.stage import (
     list_runs,
     new_run_id,
     prune_runs,
-    quarantined_rows,
     remove_interrupted,
     state_runs,
 )
 from pipeline.sync.state import FactState, Gap, SyncState, load_state, save_state
 from pipeline.warehouse import client as clickhouse
+from pipeline.warehouse.quarantine import quarantine_counts
 from pipeline.warehouse.schema import apply_schema
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def recover_pending_runs(client: Client, settings: Settings) -> list[str]:
     for run in pending:
         log.warning("loading run %s, staged but not committed by an earlier sync", run.run_id)
         load_run(client, run)
-        commit(settings, run)
+        commit(client, settings, run)
         record_recovered(client, run)
     return [run.run_id for run in pending]
 
@@ -135,7 +135,7 @@ def replay(settings: Settings, progress: Progress | None = None) -> list[str]:
         apply_schema(client)
         for done, run in enumerate(chosen, start=1):
             load_run(client, run)
-            commit(settings, run)
+            commit(client, settings, run)
             if progress:
                 progress("replay", done, len(chosen))
         return [run.run_id for run in chosen]
@@ -163,10 +163,14 @@ def load_parts(client: Client, run: Run, database: str | None = None) -> None:
             load_part(client, table, run.store, run.directory / part.path, part.sha256, columns, database=database)
 
 
-def commit(settings: Settings, run: Run) -> None:
-    """Make the run's resulting state the committed one (atomic rename), with the quarantine it leaves."""
+def commit(client: Client, settings: Settings, run: Run) -> None:
+    """Make the run's resulting state the committed one (atomic rename), with the quarantine it leaves.
+
+    The run is loaded, so the warehouse's quarantine is the one it leaves: one query, where the staged quarantine
+    parts since the last full run would be read again on every commit.
+    """
     state = SyncState.from_json(run.manifest["state_after"])
-    state.quarantined = quarantined_rows(settings, run.run_id)
+    state.quarantined = quarantine_counts(client)
     save_state(settings.home, state)
 
 
@@ -189,7 +193,7 @@ def _run(client: Client, settings: Settings, options: SyncOptions, mode: Mode, s
     try:
         run = _stage_and_load(client, settings, options, reader, reader_open, state, result)
         kill_point("loaded")
-        commit(settings, run)
+        commit(client, settings, run)
         kill_point("committed")
     except BaseException as exc:
         record(client, result, started, "failed", error=str(exc) or type(exc).__name__)

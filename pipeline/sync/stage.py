@@ -187,13 +187,12 @@ def state_runs(runs: list[Run], upto_run_id: str | None) -> list[Run]:
     return committed[fulls[-1] :] if fulls else []
 
 
-def current_state_files(settings: Settings, last_run_id: str | None = None) -> dict[str, list[PurePath]]:
+def current_state_files(settings: Settings) -> dict[str, list[PurePath]]:
     """Table name → the Parquet files that make up the committed warehouse state, in run order.
 
-    `last_run_id`: the state as of that run instead of the committed one. Paths in the staging store's
-    terms: read them through `open_store(settings.staging_dir)`.
+    Paths in the staging store's terms: read them through `open_store(settings.staging_dir)`.
     """
-    runs = state_runs(list_runs(settings.staging_dir), last_run_id or load_state(settings.home).last_run_id)
+    runs = state_runs(list_runs(settings.staging_dir), load_state(settings.home).last_run_id)
     files: dict[str, list[PurePath]] = {}
     for run in runs:
         for table in run.manifest["tables"]:
@@ -204,7 +203,7 @@ def current_state_files(settings: Settings, last_run_id: str | None = None) -> d
 QUARANTINE_KEY = ("table_name", "source_id", "reason")
 
 
-def quarantine_entries(settings: Settings, last_run_id: str | None = None) -> pl.DataFrame:
+def quarantine_entries(settings: Settings) -> pl.DataFrame:
     """The rows in quarantine as of the committed warehouse state, from the staged files alone:
     table_name, source_id, reason, and the source row as JSON, ordered by table, source id and reason.
 
@@ -212,7 +211,7 @@ def quarantine_entries(settings: Settings, last_run_id: str | None = None) -> pl
     file on a tie, and resolved entries vanish), without opening the warehouse: the embedded engine
     serves one process at a time, and a server may be unreachable. The quarantine parts are small.
     """
-    files = current_state_files(settings, last_run_id).get("quarantine", [])
+    files = current_state_files(settings).get("quarantine", [])
     if not files:
         return pl.from_arrow(QUARANTINE_SCHEMA.empty_table()).select(*QUARANTINE_KEY, "row")
     store = open_store(settings.staging_dir)
@@ -225,10 +224,9 @@ def quarantine_entries(settings: Settings, last_run_id: str | None = None) -> pl
     return latest.filter(pl.col("is_resolved") == 0).select(*QUARANTINE_KEY, "row").sort(QUARANTINE_KEY)
 
 
-def quarantined_rows(settings: Settings, last_run_id: str | None = None) -> dict[str, int]:
-    """Source table → rows in quarantine as of the committed warehouse state, or as of run `last_run_id`
-    (see `quarantine_entries`)."""
-    counts = quarantine_entries(settings, last_run_id).group_by("table_name").len()
+def quarantined_rows(settings: Settings) -> dict[str, int]:
+    """Source table → rows in quarantine as of the committed warehouse state (see `quarantine_entries`)."""
+    counts = quarantine_entries(settings).group_by("table_name").len()
     return dict(zip(counts["table_name"].to_list(), counts["len"].to_list(), strict=True))
 
 

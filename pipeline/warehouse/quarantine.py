@@ -1,0 +1,24 @@
+"""What the warehouse's `quarantine` table holds now: the rows set aside, per source table and reason."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client
+
+
+def quarantine_reasons(client: Client) -> list[tuple[str, str, int]]:
+    """(source table, reason, rows) currently in quarantine (resolved entries excluded), by table and reason."""
+    return client.query(
+        "SELECT table_name, reason, count() FROM quarantine FINAL GROUP BY table_name, reason"
+        " ORDER BY table_name, reason"
+    ).result_rows
+
+
+def quarantine_counts(client: Client) -> dict[str, int]:
+    """Rows currently in quarantine per source table (resolved entries excluded)."""
+    counts: dict[str, int] = {}
+    for table, _, rows in quarantine_reasons(client):
+        counts[table] = counts.get(table, 0) + rows
+    return counts
