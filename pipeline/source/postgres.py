@@ -75,7 +75,8 @@ class EmbeddedPostgres:
         """Start on `port`: False when another process holds the port, an AdpipeError on any other failure."""
         log_file = self.pgdata / "log"
         logged = log_file.stat().st_size if log_file.exists() else 0
-        options = f"-h 127.0.0.1 -p {port} -k '' -c TimeZone=UTC"
+        # wal_level=logical: fact updates and deletes are captured from the WAL (pipeline.source.capture).
+        options = f"-h 127.0.0.1 -p {port} -k '' -c TimeZone=UTC -c wal_level=logical -c max_replication_slots=64"
         try:
             self._pg_ctl("-w", "-o", options, "-l", str(log_file), "start")
         except subprocess.SubprocessError as exc:
