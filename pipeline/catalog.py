@@ -23,20 +23,31 @@ SOURCE_COLUMNS: dict[str, tuple[str, ...]] = {
 AGGREGATES = ("campaign_daily", "campaign_hourly")
 """Tables the materialized views fill from the facts."""
 
-LOAD_ORDER = (*SOURCE_TABLES, "quarantine")
-"""Dimensions before facts, so a reader never sees an event whose campaign is not there yet."""
+RETRACTED = {table: f"{table}_retracted" for table in FACTS}
+"""Per fact table, the warehouse table of the old versions of its rows that were updated or deleted in the source
+(schemas/clickhouse/008_fact_retractions.sql). Its materialized views subtract them from the aggregates."""
 
-SWAPPED_TABLES = (*SOURCE_TABLES, *AGGREGATES, "quarantine")
+RETRACTED_COLUMNS = (*SOURCE_COLUMNS["impressions"], "run_id")
+"""The columns of a retraction: the fact as the warehouse held it, and the run that retracted it."""
+
+LOAD_ORDER = (*DIMENSIONS, *RETRACTED.values(), *FACTS, "quarantine")
+"""Dimensions before facts, so a reader never sees an event whose campaign is not there yet; a fact's retractions
+before its new rows, so the delete of the old versions runs before the new versions arrive."""
+
+SWAPPED_TABLES = (*SOURCE_TABLES, *RETRACTED.values(), *AGGREGATES, "quarantine")
 """What a full sync replaces; sync_runs (history) and other systems' tables stay."""
 
 SHARDED = {
     "impressions": "campaign_id",
     "clicks": "campaign_id",
+    "impressions_retracted": "campaign_id",
+    "clicks_retracted": "campaign_id",
     "campaign_daily": "campaign_id",
     "campaign_hourly": "campaign_id",
 }
-"""Tables split over the shards of a cluster, with their sharding key. Facts and aggregates share the key, so
-the rows a materialized view derives from a shard's events belong to that same shard."""
+"""Tables split over the shards of a cluster, with their sharding key. Facts, retractions and aggregates share the
+key, so the rows a materialized view derives from a shard's events belong to that same shard, and a retraction
+lands on the shard holding the version it retracts."""
 
 
 def live_rows(table: str) -> str:

@@ -36,6 +36,15 @@ class Settings:
     clickhouse_reader_url: str | None = None
     """A server URL for a user with SELECT only; None: the commands read with clickhouse_url."""
 
+    change_capture: bool = True
+    """`ADPIPE_CHANGE_CAPTURE`: read fact updates and deletes from a logical replication slot where the server
+    allows it (docs/change-capture.md); false: never create or read a slot (the fallback checks run instead)."""
+    capture_wait_seconds: float = 30.0
+    """`ADPIPE_CAPTURE_WAIT_SECONDS`: how long a full sync waits, creating the slot, for transactions already
+    running to end (Postgres needs them finished to start decoding); past it, the run goes on without capture."""
+    capture_lag_warning_bytes: int = 1 << 30
+    """`ADPIPE_CAPTURE_LAG_WARNING_BYTES`: `status` warns when the slot retains more WAL than this."""
+
     def for_reading(self) -> Settings:
         """These settings with the reader URL as the warehouse URL (the same database)."""
         return replace(self, clickhouse_url=self.clickhouse_reader_url or self.clickhouse_url)
@@ -66,6 +75,9 @@ def load_settings() -> Settings:
         staging_dir=parse_staging_dir(os.environ.get("ADPIPE_STAGING_DIR", "staging")),
         clickhouse_server=clickhouse_server_options(),
         clickhouse_reader_url=os.environ.get("ADPIPE_CLICKHOUSE_READER_URL") or None,
+        change_capture=_boolean("ADPIPE_CHANGE_CAPTURE", default=True),
+        capture_wait_seconds=_number("ADPIPE_CAPTURE_WAIT_SECONDS", 30.0, minimum=0),
+        capture_lag_warning_bytes=_whole("ADPIPE_CAPTURE_LAG_WARNING_BYTES", 1 << 30, minimum=0),
     )
 
 

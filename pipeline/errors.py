@@ -46,6 +46,11 @@ class SourceError(ServerError):
     """The source Postgres (or its replica) failed: unreachable, a missing table, a missing privilege."""
 
 
+class ChangeCaptureError(AdpipeError):
+    """The changes read from the source's replication slot are not what the `pgoutput` protocol says they are
+    (cut short, an unknown message, a change to a table without an `id`): the slot is left where it was."""
+
+
 class WarehouseError(ServerError):
     """ClickHouse failed a request; `code` is ClickHouse's error code when the server sent one."""
 

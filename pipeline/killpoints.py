@@ -8,8 +8,9 @@ The points, in the order a sync reaches them:
 - `part-written`: a part was written to staging (the n-th of this process).
 - `published`: the run's manifest is written (its commit point in staging), before anything of it is loaded.
 - `part-loaded`: a part was inserted into ClickHouse (the n-th of this process; a full run loads into its shadow).
+- `retracted`: the versions a run retracted from a fact table were deleted; its new rows are not loaded yet.
 - `loaded`: every part of the run is in ClickHouse; the state file is not yet committed.
-- `committed`: the state file is committed; `sync_runs` does not say so yet.
+- `committed`: the state file is committed; the change-capture slot is not advanced, `sync_runs` not written.
 - `swap`: a full run's table exchange is under way (n tables exchanged).
 - `events-chunk`: `events load` staged a chunk of a file (the n-th); more of the file is to come.
 - `events-postgres-written`: `events load` committed the reports to Postgres, before its ClickHouse step.

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from clickhouse_connect.driver.client import Client
 
 from pipeline.analytics.kpi import Filters, list_kpis, run_clickhouse, run_duckdb, warehouse_client
-from pipeline.catalog import DIMENSIONS, SOURCE_TABLES, live_rows
+from pipeline.catalog import DIMENSIONS, RETRACTED, SOURCE_COLUMNS, SOURCE_TABLES, live_rows
 from pipeline.config import Settings
 from pipeline.errors import AdpipeError
 from pipeline.source.postgres import connect as connect_postgres
@@ -63,6 +63,13 @@ def snapshot_connection(settings: Settings) -> duckdb.DuckDBPyConnection:
             raise AdpipeError(f"the committed snapshot has no {table} files; run `adpipe sync --mode full`")
         source = _parquet_source(con, store, table, paths, union_by_name=table in DIMENSIONS)
         con.execute(f"CREATE VIEW staged_{table} AS SELECT * FROM {source}")
+    for fact, retracted in RETRACTED.items():
+        # Only runs that saw a fact change have retractions: none at all is an empty relation of the fact's shape.
+        paths = [str(p) for p in files.get(retracted, [])]
+        source = _parquet_source(con, store, retracted, paths, union_by_name=False) if paths else None
+        columns = ", ".join(SOURCE_COLUMNS[fact])
+        select = f"SELECT {columns} FROM {source}" if source else f"SELECT {columns} FROM staged_{fact} WHERE false"
+        con.execute(f"CREATE VIEW staged_{retracted} AS {select}")
     for statement in statements(sql_text("schemas", "duckdb", "snapshot_views.sql")):
         con.execute(statement)
     return con

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from pipeline.analytics.kpi import warehouse_client
 from pipeline.catalog import SOURCE_TABLES, live_rows
 from pipeline.config import Settings
+from pipeline.source.capture import slot_info
 from pipeline.source.postgres import connect as connect_postgres
 from pipeline.sync.state import load_state
 from pipeline.warehouse.quarantine import quarantine_counts
@@ -67,10 +68,27 @@ class TableStatus:
 
 
 @dataclass(frozen=True)
+class CaptureStatus:
+    """The replication slot the committed state follows, and the WAL it keeps the source from recycling."""
+
+    slot: str | None
+    """None: change capture is off for this warehouse."""
+    present: bool
+    wal_status: str | None
+    retained_bytes: int | None
+    warning_bytes: int
+
+    @property
+    def lagging(self) -> bool:
+        return self.retained_bytes is not None and self.retained_bytes > self.warning_bytes
+
+
+@dataclass(frozen=True)
 class WarehouseStatus:
     tables: list[TableStatus]
     last_run_id: str | None
     last_success_at: datetime | None
+    capture: CaptureStatus
 
     @property
     def age_seconds(self) -> float | None:
@@ -98,7 +116,15 @@ def warehouse_status(settings: Settings, client: Client | None = None) -> Wareho
             tables.append(
                 TableStatus(table, pg_rows, pg_max, ch_rows, ch_max if ch_rows else None, quarantined.get(table, 0))
             )
-    state = load_state(settings.home)
+        state = load_state(settings.home)
+        info = slot_info(conn, state.capture_slot) if state.capture_slot else None
+    capture = CaptureStatus(
+        state.capture_slot,
+        info is not None,
+        info.wal_status if info else None,
+        info.retained_bytes if info else None,
+        settings.capture_lag_warning_bytes,
+    )
     finished = None
     if state.last_run_id:
         rows = client.query(
@@ -109,4 +135,4 @@ def warehouse_status(settings: Settings, client: Client | None = None) -> Wareho
         if rows and rows[0][0]:
             # clickhouse-connect returns naive datetimes for UTC columns.
             finished = rows[0][0].replace(tzinfo=UTC)
-    return WarehouseStatus(tables, state.last_run_id, finished)
+    return WarehouseStatus(tables, state.last_run_id, finished, capture)

@@ -1,4 +1,4 @@
-"""Commands that move data into the warehouse: `init`, `sync`, `status`, `replay`, `snapshots`."""
+"""Commands that move data into the warehouse: `init`, `sync`, `status`, `replay`, `snapshots`, `capture`."""
 
 from __future__ import annotations
 
@@ -13,11 +13,14 @@ from pipeline.errors import AdpipeError
 from pipeline.options import DEFAULT_CHUNK_ROWS, Engine, Mode, OnReset
 
 if TYPE_CHECKING:
+    from pipeline.analytics.status import CaptureStatus
     from pipeline.config import Settings
     from pipeline.sync.runlog import SyncResult
 
 snapshots_app = typer.Typer(help="Inspect, verify and prune the staged Parquet runs.", no_args_is_help=True)
 app.add_typer(snapshots_app, name="snapshots")
+capture_app = typer.Typer(help="The replication slot that carries fact updates and deletes.", no_args_is_help=True)
+app.add_typer(capture_app, name="capture")
 
 
 @app.command()
@@ -29,7 +32,8 @@ def init(
         bool, typer.Option("--print", help="With --cluster: write the DDL to stdout, execute nothing.")
     ] = False,
 ) -> None:
-    """Create the ClickHouse database, tables and materialized views (idempotent)."""
+    """Create the ClickHouse database, tables and materialized views, and the source's publication and replication
+    slot for change capture (idempotent)."""
 
     settings = current_settings()
     if cluster is None:
@@ -38,6 +42,24 @@ def init(
         _init_single_node(settings)
     else:
         _init_cluster(settings, cluster, print_only)
+        if print_only:
+            return
+    _init_capture(settings)
+
+
+def _init_capture(settings: Settings) -> None:
+    """Change capture where the source allows it; where it does not, one line says what to grant or set."""
+    from pipeline.sync.capture import start_capture
+
+    if not settings.change_capture:
+        console.print("Change capture is off (ADPIPE_CHANGE_CAPTURE).")
+        return
+    try:
+        slot, created = start_capture(settings)
+    except AdpipeError as exc:
+        err_console.print(f"[yellow]warning: {exc}; syncs fall back to counting facts[/]")
+        return
+    console.print(f"Change capture: replication slot [bold]{slot}[/] {'created' if created else 'is in place'}.")
 
 
 def _init_single_node(settings: Settings) -> None:
@@ -155,11 +177,27 @@ def status() -> None:
     console.print(table)
     if report.last_run_id is None:
         console.print("No successful sync yet: run `adpipe sync --mode full`.")
-    else:
-        age = report.age_seconds
-        console.print(
-            f"Last successful run: {report.last_run_id}" + (f", {format_age(age)} ago." if age is not None else ".")
+        return
+    age = report.age_seconds
+    console.print(
+        f"Last successful run: {report.last_run_id}" + (f", {format_age(age)} ago." if age is not None else ".")
+    )
+    _print_capture(report.capture)
+
+
+def _print_capture(capture: CaptureStatus) -> None:
+    if capture.slot is None:
+        console.print("Change capture is off: fact updates are not seen, deleted facts are found by counts.")
+    elif not capture.present or capture.wal_status == "lost":
+        err_console.print(
+            f"[red]Replication slot {capture.slot} is {'gone' if not capture.present else 'lost'}:"
+            " run `adpipe sync --mode full`.[/]"
         )
+    else:
+        retained = f"{capture.retained_bytes / 2**20:,.1f} MiB of WAL retained"
+        line = f"Change capture: replication slot {capture.slot}, {retained} ({capture.wal_status})."
+        warning = f"[yellow]{line} Above ADPIPE_CAPTURE_LAG_WARNING_BYTES: is the sync running?[/]"
+        console.print(warning if capture.lagging else line)
 
 
 def _text(value: object) -> str:
@@ -215,3 +253,12 @@ def snapshots_prune(keep: Annotated[int, typer.Option(help="Staged runs to keep.
 
     removed = prune(current_settings(), keep)
     console.print(f"Removed {len(removed)} staged runs." if removed else "Nothing to prune.")
+
+
+@capture_app.command("drop")
+def capture_drop() -> None:
+    """Drop this warehouse's replication slot, so a retired pipeline holds no WAL (a full sync starts it again)."""
+    from pipeline.sync.capture import drop_capture
+
+    slot = drop_capture(current_settings())
+    console.print(f"Dropped replication slot {slot}." if slot else "No replication slot to drop.")

@@ -25,7 +25,7 @@ from pipeline.catalog import SWAPPED_TABLES
 from pipeline.killpoints import kill_point
 from pipeline.storage import LocalStore, Store, s3_credentials
 from pipeline.warehouse.client import quote_identifier
-from pipeline.warehouse.cluster import render_shadow, render_swap, run_on_cluster, warehouse_cluster
+from pipeline.warehouse.cluster import local_name, render_shadow, render_swap, run_on_cluster, warehouse_cluster
 from pipeline.warehouse.schema import apply_schema
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,28 @@ def load_part(
         f"INSERT INTO {target} ({names}) SELECT {names} FROM {source}", parameters=parameters, settings=settings
     )
     kill_point("part-loaded")
+
+
+def delete_retracted(client: Client, fact: str, retracted: str, run_id: str) -> None:
+    """Delete from `fact` the versions run `run_id` retracted: after its retractions are loaded, before its new rows.
+
+    Matched on every column, never on the id alone: a retried load runs this again after the new version of a row
+    may have arrived, and the new version always differs from the one retracted (`fact_changes`). A lightweight
+    delete as a patch part touches only the rows matched; on a cluster each shard deletes its own rows, which
+    its own retractions name (both are sharded by campaign_id).
+    """
+    cluster = warehouse_cluster(client)
+    target, source, on_cluster = quote_identifier(fact), quote_identifier(retracted), ""
+    if cluster is not None:
+        target, source = quote_identifier(local_name(fact)), quote_identifier(local_name(retracted))
+        on_cluster = f" ON CLUSTER {quote_identifier(cluster)}"
+    client.command(
+        f"DELETE FROM {target}{on_cluster} WHERE (campaign_id, created_at, id) IN"
+        f" (SELECT campaign_id, created_at, id FROM {source} WHERE run_id = {{run_id:String}})",
+        parameters={"run_id": run_id},
+        settings={"lightweight_delete_mode": "lightweight_update"},
+    )
+    kill_point("retracted")
 
 
 def _s3_source(store: Store, path: PurePath) -> tuple[str, dict[str, str]]:

@@ -1,30 +1,51 @@
 """The plan step: the mode a run really runs in, decided in the source snapshot before the run is named.
 
-An incremental run is refused, or becomes full, when the source was reset since the last run; a replica
-that has not replayed what the last run read is refused.
+An incremental run is refused, or becomes full, when the source was reset since the last run: ids restarted,
+a fact table truncated (seen by change capture), or, with change capture off, facts synced earlier gone from the
+source. A replica that has not replayed what the last run read is refused.
 """
 
 from __future__ import annotations
 
 import logging
 
+from clickhouse_connect.driver.client import Client
+
 from pipeline.catalog import FACTS
 from pipeline.config import mask_url
 from pipeline.errors import SyncRefusedError
 from pipeline.options import Mode, OnReset
+from pipeline.sync.capture import Changes
 from pipeline.sync.extract import SourceReader, lsn_value
 from pipeline.sync.state import SyncState
+from pipeline.warehouse.quarantine import accounted_rows
 
 log = logging.getLogger(__name__)
 
 
-def plan_mode(reader: SourceReader, state: SyncState, mode: Mode, on_reset: OnReset) -> Mode:
-    """The mode this run runs in: an incremental run becomes full, or is refused, when the source was reset."""
+def plan_mode(
+    reader: SourceReader,
+    client: Client,
+    state: SyncState,
+    mode: Mode,
+    on_reset: OnReset,
+    changes: Changes | None,
+) -> Mode:
+    """The mode this run runs in: an incremental run becomes full, or is refused, when the source was reset.
+
+    `changes` is what change capture saw; None when it is off, and then facts are counted instead.
+    """
     if mode is Mode.FULL:
         return mode
     if reader.replica:
         _refuse_replica_behind(reader, state)
-    if reason := reset_reason(reader, state):
+    if changes is not None:
+        # The slot reports deletes and updates, also of the row at the high-water mark, so only a truncation is a
+        # reset; a replaced source database has no slot, which the capture check refused already.
+        reason = f"{', '.join(sorted(changes.truncated))} truncated" if changes.truncated else None
+    else:
+        reason = reset_reason(reader, state) or vanished_reason(reader, client, state)
+    if reason:
         if on_reset is OnReset.STOP:
             raise SyncRefusedError(
                 f"the source was reset ({reason}); run `adpipe sync --mode full`, "
@@ -47,6 +68,27 @@ def reset_reason(reader: SourceReader, state: SyncState) -> str | None:
         anchor = reader.created_at_of(table, previous.high_water)
         if anchor is not None and previous.anchor_created_at and anchor.isoformat() != previous.anchor_created_at:
             return f"{table} row {previous.high_water} is not the row synced last time"
+    return None
+
+
+def vanished_reason(reader: SourceReader, client: Client, state: SyncState) -> str | None:
+    """Without change capture: whether facts the warehouse holds (or quarantined) left the source, per table.
+
+    Below the last synced id, the source must hold exactly what the warehouse accounts for, outside the ranges
+    still missing (gaps, where late rows may yet appear). Fewer rows in the source means rows were deleted. Two
+    counts per table: an index-only scan in Postgres, and the id column in ClickHouse.
+    """
+    for table in FACTS:
+        previous = state.facts.get(table)
+        if previous is None or previous.high_water == 0:
+            continue
+        in_source = reader.count_ids(table, previous.high_water, [(gap.lo, gap.hi) for gap in previous.gaps])
+        held = accounted_rows(client, table, previous.high_water)
+        if in_source < held:
+            return (
+                f"{held - in_source:,} {table} rows synced earlier are no longer in the source, and change capture"
+                " is off to say which"
+            )
     return None
 
 

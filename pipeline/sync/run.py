@@ -19,23 +19,27 @@ from datetime import UTC, datetime
 from importlib.metadata import version as package_version
 from pathlib import PurePath
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
-from pipeline.catalog import DIMENSIONS, FACTS, LOAD_ORDER
+from pipeline.catalog import DIMENSIONS, FACTS, LOAD_ORDER, RETRACTED
 from pipeline.config import Settings
 from pipeline.errors import AdpipeError
 from pipeline.killpoints import kill_point
 from pipeline.locks import exclusive_lock
 from pipeline.options import DEFAULT_CHUNK_ROWS, Engine, Mode, OnReset
 from pipeline.prefetch import prefetch
+from pipeline.source.capture import format_lsn
 from pipeline.storage import open_store
+from pipeline.sync.capture import Changes, advance, run_capture
 from pipeline.sync.changes import dimension_changes, full_load_rows
 from pipeline.sync.clean import Cleaned, clean_advertisers, clean_campaigns, clean_facts, quarantine_arrow
-from pipeline.sync.extract import SourceReader
+from pipeline.sync.extract import SourceReader, lsn_value
+from pipeline.sync.fact_changes import fact_changes
 from pipeline.sync.gaps import new_gaps, open_gaps
-from pipeline.sync.load import create_shadow, drop_shadow, load_part, swap_in
+from pipeline.sync.load import create_shadow, delete_retracted, drop_shadow, load_part, swap_in
 from pipeline.sync.plan import plan_mode
 from pipeline.sync.runlog import SyncResult, TableSummary, close_interrupted_runs, record, record_recovered
 from pipeline.sync.stage import (
@@ -55,6 +59,7 @@ from pipeline.warehouse.schema import apply_schema
 log = logging.getLogger(__name__)
 
 FULL_DIMENSION_VERSION = 1
+RETRACTED_FROM = {retracted: fact for fact, retracted in RETRACTED.items()}
 
 Progress = Callable[[str, int, int], None]
 """Called with (what, done, total) as work advances."""
@@ -109,6 +114,7 @@ def recover_pending_runs(client: Client, settings: Settings) -> list[str]:
         log.warning("loading run %s, staged but not committed by an earlier sync", run.run_id)
         load_run(client, run)
         commit(client, settings, run)
+        advance_capture(settings, run)
         record_recovered(client, run)
     return [run.run_id for run in pending]
 
@@ -156,11 +162,15 @@ def load_run(client: Client, run: Run) -> None:
 
 
 def load_parts(client: Client, run: Run, database: str | None = None) -> None:
-    """Insert every part of a published run, in LOAD_ORDER, into `database` (default: the client's)."""
+    """Insert every part of a published run, in LOAD_ORDER, into `database` (default: the client's); after a fact's
+    retractions, delete the versions they retract. Only incremental runs have retractions, loaded in place."""
     for table in LOAD_ORDER:
         columns = list(run.manifest["tables"].get(table, {}).get("schema", {}))
-        for part in run.parts(table):
+        parts = run.parts(table)
+        for part in parts:
             load_part(client, table, run.store, run.directory / part.path, part.sha256, columns, database=database)
+        if parts and table in RETRACTED_FROM:
+            delete_retracted(client, RETRACTED_FROM[table], table, run.run_id)
 
 
 def commit(client: Client, settings: Settings, run: Run) -> None:
@@ -179,9 +189,11 @@ def _run(client: Client, settings: Settings, options: SyncOptions, mode: Mode, s
     started = datetime.now(UTC)
     try:
         with ExitStack() as stack:
+            capture = stack.enter_context(run_capture(settings, state, full=mode is Mode.FULL))
             reader = stack.enter_context(SourceReader(settings, options.engine, options.partitions))
-            planned_mode = plan_mode(reader, state, mode, options.on_reset)
-            reader_open = stack.pop_all()  # from here on, _stage_and_load closes the reader
+            changes = capture.read(reader.snapshot)
+            planned_mode = plan_mode(reader, client, state, mode, options.on_reset, changes)
+            reader_open = stack.pop_all()  # from here on, _stage_and_load closes the reader and the capture
     except BaseException as exc:
         # A refused run is on record too, under the mode it was asked for (`sync_runs`, docs: Watching the sync).
         record(client, SyncResult(new_run_id(mode), mode), started, "failed", error=str(exc) or type(exc).__name__)
@@ -191,15 +203,34 @@ def _run(client: Client, settings: Settings, options: SyncOptions, mode: Mode, s
     result = SyncResult(run_id, mode)
     record(client, result, started, "running")
     try:
-        run = _stage_and_load(client, settings, options, reader, reader_open, state, result)
+        source = _RunSource(reader, capture.slot if capture.trusted else None, changes or Changes())
+        run = _stage_and_load(client, settings, options, source, reader_open, state, result)
         kill_point("loaded")
         commit(client, settings, run)
         kill_point("committed")
+        advance_capture(settings, run)
     except BaseException as exc:
         record(client, result, started, "failed", error=str(exc) or type(exc).__name__)
         raise
     record(client, result, started, "success")
     return result
+
+
+@dataclass(frozen=True)
+class _RunSource:
+    """What a run reads: the source in its snapshot, and the slot's changes as of that snapshot."""
+
+    reader: SourceReader
+    slot: str | None
+    """The trusted slot the run's state will follow; None: change capture off."""
+    changes: Changes
+
+
+def advance_capture(settings: Settings, run: Run) -> None:
+    """After a run is committed: move its replication slot past the changes the run applied."""
+    capture = run.manifest.get("capture") or {}
+    advance_to = capture.get("advance_to")
+    advance(settings, capture.get("slot"), lsn_value(advance_to) if advance_to else None)
 
 
 class _Pipeline:
@@ -244,12 +275,13 @@ def _stage_and_load(
     client: Client,
     settings: Settings,
     options: SyncOptions,
-    reader: SourceReader,
+    source: _RunSource,
     reader_open: ExitStack,
     state: SyncState,
     result: SyncResult,
 ) -> Run:
     """Extract, clean and stage the run from the planned reader (closed with `reader_open`), publish it, load it."""
+    reader = source.reader
     began, began_cpu = time.perf_counter(), time.process_time()
     mode = Mode(result.mode)
     writer = RunWriter(settings.staging_dir, result.run_id)
@@ -260,7 +292,7 @@ def _stage_and_load(
         with reader_open:
             shadow = create_shadow(client) if mode is Mode.FULL else None
             pipeline = _Pipeline(client, writer, shadow)
-            state_after = _extract_all(client, reader, pipeline, options, mode, state, result)
+            state_after = _extract_all(client, source, pipeline, options, mode, state, result)
         pipeline.finish()
         extract_seconds = time.perf_counter() - began
         run = writer.publish(
@@ -272,6 +304,11 @@ def _stage_and_load(
                     "taken_at": reader.snapshot.taken_at.isoformat(),
                     "lsn": reader.snapshot.lsn,
                     "read_from": "replica" if reader.replica else "primary",
+                },
+                "capture": {
+                    "slot": source.slot,
+                    "advance_to": format_lsn(source.changes.advance_to) if source.changes.advance_to else None,
+                    "transactions": source.changes.transactions,
                 },
                 "engine": options.engine.value,
                 "chunk_rows": options.chunk_rows,
@@ -306,7 +343,7 @@ def _stage_and_load(
 
 def _extract_all(
     client: Client,
-    reader: SourceReader,
+    source: _RunSource,
     pipeline: _Pipeline,
     options: SyncOptions,
     mode: Mode,
@@ -317,15 +354,58 @@ def _extract_all(
     version = FULL_DIMENSION_VERSION if full else state.dimension_version + 1
     quarantine: list[pl.DataFrame] = []
     resolved: list[pl.DataFrame] = []
-    dimensions_changed = _sync_dimensions(client, reader, pipeline, full, version, quarantine, resolved, result)
+    reader = source.reader
+    changed = _sync_dimensions(client, reader, pipeline, full, version, quarantine, resolved, result)
     facts = {}
     for table in FACTS:
         previous = FactState() if full else state.facts.get(table, FactState())
         facts[table] = _sync_fact(reader, pipeline, options, table, previous, quarantine, result)
+        if not full:
+            changed |= _apply_fact_changes(client, source, pipeline, table, previous, quarantine, resolved, result)
     pipeline.write("quarantine", quarantine_arrow(quarantine, version))
     pipeline.write("quarantine", quarantine_arrow(resolved, version, resolved=True))
-    dimension_version = version if full or dimensions_changed else state.dimension_version
-    return SyncState(result.run_id, dimension_version, facts, source_lsn=reader.snapshot.lsn)
+    dimension_version = version if full or changed else state.dimension_version
+    return SyncState(result.run_id, dimension_version, facts, source_lsn=reader.snapshot.lsn, capture_slot=source.slot)
+
+
+def _apply_fact_changes(
+    client: Client,
+    source: _RunSource,
+    pipeline: _Pipeline,
+    table: str,
+    previous: FactState,
+    quarantine: list[pl.DataFrame],
+    resolved: list[pl.DataFrame],
+    result: SyncResult,
+) -> bool:
+    """Stage what change capture says changed among the rows synced before; returns whether anything had.
+
+    Ids above the high-water mark or in its gaps are left out: `_sync_fact` reads those rows anyway.
+    """
+    ids = _already_synced(source.changes.changed.get(table, frozenset()), previous)
+    if not ids:
+        return False
+    with _stopwatch(pipeline.timings, "fact_changes"):
+        rows = source.reader.read_ids(table, ids)
+        changes = fact_changes(client, table, ids, rows, source.reader.snapshot.taken_at, result.run_id)
+    pipeline.write(RETRACTED[table], changes.retractions.to_arrow())
+    pipeline.write(table, changes.inserts.to_arrow())
+    quarantine.append(changes.quarantined)
+    resolved.append(changes.resolved)
+    summary = result.tables.setdefault(table, TableSummary())
+    summary.retracted += changes.retractions.height
+    summary.loaded += changes.inserts.height
+    summary.quarantined += changes.quarantined.height
+    return not (changes.retractions.is_empty() and changes.inserts.is_empty() and changes.quarantined.is_empty())
+
+
+def _already_synced(ids: frozenset[int], previous: FactState) -> list[int]:
+    """The ids at or below the high-water mark and outside its gaps."""
+    candidates = np.fromiter(ids, dtype=np.int64, count=len(ids))
+    keep = candidates <= previous.high_water
+    for gap in previous.gaps:
+        keep &= ~((candidates >= gap.lo) & (candidates <= gap.hi))
+    return sorted(int(i) for i in candidates[keep])
 
 
 def _sync_dimensions(

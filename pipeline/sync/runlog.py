@@ -23,6 +23,8 @@ class TableSummary:
     extracted: int = 0
     loaded: int = 0
     quarantined: int = 0
+    retracted: int = 0
+    """Old versions of facts updated or deleted in the source, taken out of the warehouse (change capture)."""
     min_id: int | None = None
     max_id: int | None = None
 

@@ -2,7 +2,8 @@
 
 The state names the last committed run, the source WAL position it read as of, and, per fact table,
 the high-water id, the anchor row (to detect a source that was reset) and the id ranges still missing
-below the high-water mark; and, per source table, the rows in quarantine as of that run.
+below the high-water mark; per source table, the rows in quarantine as of that run; and the replication slot
+that holds the fact changes made since.
 
 `format` versions the file: a file of a newer format than this adpipe knows is refused, not misread.
 """
@@ -17,8 +18,9 @@ from pipeline.atomic import write_json_atomic
 from pipeline.errors import AdpipeError
 
 STATE_FILE = "last_synced_ids.json"
-STATE_FORMAT = 1
-"""0 (no `format` key): written before the key existed, without quarantine counts."""
+STATE_FORMAT = 2
+"""0 (no `format` key): written before the key existed, without quarantine counts. 1: without `capture_slot`
+(an older adpipe would not advance the slot, nor apply what it holds, so it must refuse format 2)."""
 
 
 @dataclass
@@ -56,6 +58,8 @@ class SyncState:
     """The source WAL position the last run read as of: a replica replayed less than this is behind that run."""
     quarantined: dict[str, int] | None = None
     """Source table → rows in quarantine once the last run was committed; None in a state of format 0."""
+    capture_slot: str | None = None
+    """The replication slot holding every fact change since this state (pipeline.sync.capture); None: capture off."""
 
     def to_json(self) -> dict:
         return {"format": STATE_FORMAT, **asdict(self)}
@@ -76,6 +80,7 @@ class SyncState:
             facts,
             data.get("source_lsn"),
             data.get("quarantined"),
+            data.get("capture_slot"),
         )
 
 

@@ -104,7 +104,7 @@ def _render(statement: str, target: _Target, source: str) -> list[str]:
         view, destination, select = match.groups()
         return [
             f"CREATE MATERIALIZED VIEW IF NOT EXISTS {target.name(view)} {target.on_cluster} "
-            f"TO {target.name(_stored_name(destination))} AS\n{_qualify(select, target)}"
+            f"TO {target.name(local_name(destination))} AS\n{_qualify(select, target)}"
         ]
     if match := _CREATE_VIEW.fullmatch(statement):
         view, select = match.groups()
@@ -119,7 +119,7 @@ def _render_table(target: _Target, table: str, columns: str, engine: str, rest: 
     replicated_arguments = ", ".join([f"'{path}'", f"'{replica}'", *([arguments] if arguments else [])])
     # Replicated tables deduplicate inserts through Keeper, with their own window setting.
     tail = re.sub(r"\bnon_replicated_deduplication_window\b", "replicated_deduplication_window", tail)
-    stored = _stored_name(table)
+    stored = local_name(table)
     created = [
         f"CREATE TABLE IF NOT EXISTS {target.name(stored)} {target.on_cluster}\n{columns}\n"
         f"ENGINE = Replicated{engine}({replicated_arguments}){tail}"
@@ -149,14 +149,14 @@ def _engine_arguments(rest: str) -> tuple[str, str]:
     raise AdpipeError(f"unbalanced parentheses in an engine clause: {rest[:60]}")
 
 
-def _stored_name(table: str) -> str:
+def local_name(table: str) -> str:
     """Where a table's rows are stored on a node: the local table of a sharded one, else the table itself."""
     return f"{table}{LOCAL_SUFFIX}" if table in SHARDED else table
 
 
 def _qualify(select: str, target: _Target) -> str:
     """A view's SELECT reading what is stored on the node it runs on, with database-qualified names."""
-    return _TABLE_REFERENCE.sub(lambda m: f"{m[1]} {target.name(_stored_name(m[2]))}", select)
+    return _TABLE_REFERENCE.sub(lambda m: f"{m[1]} {target.name(local_name(m[2]))}", select)
 
 
 def _template(name: str) -> str:
@@ -212,7 +212,7 @@ def render_swap(cluster: str, database: str, shadow: str, tables: Sequence[str])
         exchange.format(
             database=quote_identifier(database),
             shadow=quote_identifier(shadow),
-            table=quote_identifier(_stored_name(table)),
+            table=quote_identifier(local_name(table)),
             cluster=quote_identifier(cluster),
         )
         for table in tables

@@ -1,4 +1,5 @@
-"""What the warehouse's `quarantine` table holds now: the rows set aside, per source table and reason."""
+"""What the warehouse's `quarantine` table holds now: the rows set aside, per source table and reason; and the
+source rows the warehouse accounts for, loaded or set aside."""
 
 from __future__ import annotations
 
@@ -22,3 +23,13 @@ def quarantine_counts(client: Client) -> dict[str, int]:
     for table, _, rows in quarantine_reasons(client):
         counts[table] = counts.get(table, 0) + rows
     return counts
+
+
+def accounted_rows(client: Client, table: str, upto: int) -> int:
+    """Source rows of fact `table` with id <= `upto` the warehouse accounts for: loaded, or set aside here."""
+    return client.query(
+        f"SELECT (SELECT count() FROM {table} WHERE id <= {{upto:UInt64}})"
+        " + (SELECT uniqExact(source_id) FROM quarantine FINAL WHERE table_name = {table:String}"
+        "    AND source_id <= {upto:UInt64})",
+        parameters={"table": table, "upto": upto},
+    ).result_rows[0][0]

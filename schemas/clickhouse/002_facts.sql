@@ -10,6 +10,9 @@
 -- * Codecs: created_at is sorted within a campaign, so Delta turns it into small numbers that
 --   ZSTD packs tightly; ids are near-sequential within a campaign, so Delta pays there too.
 -- * `id` is the source primary key, kept for audits, reconciliation and incremental sync.
+-- * Block number and offset columns: a fact updated or deleted in the source is deleted here by a lightweight
+--   delete written as a small patch part (lightweight_delete_mode = 'lightweight_update', pipeline/sync/load.py),
+--   instead of rewriting the row mask of every part it touches.
 
 CREATE TABLE IF NOT EXISTS impressions
 (
@@ -20,7 +23,7 @@ CREATE TABLE IF NOT EXISTS impressions
 ENGINE = MergeTree
 PARTITION BY toYYYYMM(created_at)
 ORDER BY (campaign_id, created_at, id)
-SETTINGS non_replicated_deduplication_window = 10000;
+SETTINGS non_replicated_deduplication_window = 10000, enable_block_number_column = 1, enable_block_offset_column = 1;
 
 CREATE TABLE IF NOT EXISTS clicks
 (
@@ -31,4 +34,4 @@ CREATE TABLE IF NOT EXISTS clicks
 ENGINE = MergeTree
 PARTITION BY toYYYYMM(created_at)
 ORDER BY (campaign_id, created_at, id)
-SETTINGS non_replicated_deduplication_window = 10000;
+SETTINGS non_replicated_deduplication_window = 10000, enable_block_number_column = 1, enable_block_offset_column = 1;

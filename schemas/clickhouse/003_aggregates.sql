@@ -6,13 +6,15 @@
 -- Impressions and clicks land in the same table (one view each), so a CTR is one scan.
 -- Inserts set deduplicate_blocks_in_dependent_materialized_views = 1: a retried part whose
 -- block the base table drops as a duplicate is dropped here too, instead of counted twice.
+-- The counts are signed: the retraction views of 008_fact_retractions.sql subtract the old version of every fact
+-- updated or deleted in the source, so the sums stay exact without FINAL over the facts.
 
 CREATE TABLE IF NOT EXISTS campaign_daily
 (
     campaign_id UInt32,
     day         Date,
-    impressions UInt64,
-    clicks      UInt64
+    impressions Int64,
+    clicks      Int64
 )
 ENGINE = SummingMergeTree((impressions, clicks))
 PARTITION BY toYYYYMM(day)
@@ -23,8 +25,8 @@ CREATE TABLE IF NOT EXISTS campaign_hourly
 (
     campaign_id UInt32,
     hour        DateTime('UTC'),
-    impressions UInt64,
-    clicks      UInt64
+    impressions Int64,
+    clicks      Int64
 )
 ENGINE = SummingMergeTree((impressions, clicks))
 PARTITION BY toYYYYMM(hour)

@@ -1,5 +1,6 @@
 -- The warehouse, rebuilt as DuckDB views over the committed Parquet snapshot (pipeline.analytics.reconcile).
--- Python first creates staged_<table>: every staged row of each source table, read from its Parquet files.
+-- Python first creates staged_<table>: every staged row of each source table and of each fact's retractions
+-- (staged_<fact>_retracted), read from their Parquet files.
 -- Then these views give each table the name and the rows the warehouse shows, so the KPIs' DuckDB twins
 -- (kpi_sql/*.duckdb.sql) read the same relations as the ClickHouse queries.
 
@@ -17,9 +18,17 @@ SELECT * EXCLUDE (row_hash, version, is_deleted, _rank) FROM (
     FROM staged_campaign
 ) WHERE _rank = 1 AND is_deleted = 0;
 
-CREATE VIEW impressions AS SELECT * FROM staged_impressions;
+-- Facts: every version staged, less the versions later runs retracted (updated or deleted in the source). A
+-- multiset difference: a row changed and changed back has two staged versions and one retraction of it.
+CREATE VIEW impressions AS
+SELECT id, campaign_id, created_at FROM staged_impressions
+EXCEPT ALL
+SELECT id, campaign_id, created_at FROM staged_impressions_retracted;
 
-CREATE VIEW clicks AS SELECT * FROM staged_clicks;
+CREATE VIEW clicks AS
+SELECT id, campaign_id, created_at FROM staged_clicks
+EXCEPT ALL
+SELECT id, campaign_id, created_at FROM staged_clicks_retracted;
 
 -- live_*: as in ClickHouse, a campaign only while its advertiser is live.
 CREATE VIEW live_advertiser AS SELECT id, name FROM advertiser;

@@ -1,0 +1,258 @@
+"""Change capture from the source's WAL: the publication, one logical replication slot per warehouse, and reading it.
+
+Everything goes over an ordinary connection through SQL functions (no replication protocol): the slot is peeked
+(`pg_logical_slot_peek_binary_changes`) and only advanced once what was read is safely in the warehouse, so a
+run that fails reads the same transactions again. The `pgoutput` plugin ships with Postgres; the publication
+limits it to the tables and operations capture needs (updates, deletes and truncates: inserts are found by id).
+A slot keeps the WAL it has not been advanced past: `slot_info` says how much, and whether the server gave up.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from pipeline.errors import SourceError, first_line
+from pipeline.source.pgoutput import DecodedTransaction, decode_transactions
+
+log = logging.getLogger(__name__)
+
+PUBLICATION = "adpipe"
+"""The publication every slot of adpipe decodes through: the captured tables, their updates, deletes, truncates."""
+
+_PUBLISH = "update, delete, truncate"
+_MAX_NAME = 63  # NAMEDATALEN - 1: Postgres' longest identifier, slot names included
+
+
+def slot_name(warehouse_database: str) -> str:
+    """The slot of the warehouse database fed from this source: one per warehouse, as each advances on its own.
+
+    Slot names may hold only lower-case letters, digits and underscores, so every other character becomes `_`.
+    """
+    return ("adpipe_" + re.sub(r"[^a-z0-9_]", "_", warehouse_database.lower()))[:_MAX_NAME]
+
+
+def lsn_value(lsn: str) -> int:
+    """A `pg_lsn` text (`16/B374D848`) as a number, for comparing positions."""
+    high, low = lsn.split("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+def format_lsn(value: int) -> str:
+    """A position as `pg_lsn` text (`16/B374D848`): the inverse of `lsn_value`."""
+    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
+
+
+@dataclass(frozen=True)
+class SlotInfo:
+    """A replication slot as `pg_replication_slots` shows it."""
+
+    name: str
+    confirmed_flush_lsn: str | None
+    """Where the slot was advanced to: peeking returns the transactions that end after it."""
+    wal_status: str | None
+    """reserved or extended: the WAL it needs is kept; unreserved: about to be removed; lost: removed, the slot
+    can no longer be read and must be created again (with a full sync, as changes were missed)."""
+    retained_bytes: int | None
+    """WAL kept for the slot, from its restart LSN to the current one; None when it has no restart LSN (lost)."""
+
+
+def _where(conn: psycopg.Connection) -> str:
+    """The connection's server as a URL without a password, for SourceError."""
+    info = conn.info
+    return f"postgresql://{info.user}@{info.host}:{info.port}/{info.dbname}"
+
+
+@contextmanager
+def _refusals(conn: psycopg.Connection, doing: str, grant: str) -> Iterator[None]:
+    """Turn the server refusing `doing` for want of a privilege or setting into one SourceError line saying
+    what to grant (`grant`); any other failure is left as it is."""
+    try:
+        yield
+    except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ObjectNotInPrerequisiteState) as exc:
+        raise SourceError(f"cannot {doing}: {first_line(exc)}; {grant}", url=_where(conn)) from None
+    except psycopg.errors.ObjectInUse as exc:
+        raise SourceError(f"cannot {doing}: {first_line(exc)}", url=_where(conn), transient=True) from None
+
+
+def _role_sql(role: str) -> str:
+    """The role's name as SQL to paste into a command: bare when that reads back as the same name."""
+    return role if re.fullmatch(r"[a-z_][a-z0-9_]*", role) else '"' + role.replace('"', '""') + '"'
+
+
+def _role_grant(conn: psycopg.Connection) -> str:
+    role = _role_sql(conn.info.user)
+    return f"it needs wal_level = logical and a role with REPLICATION (ALTER ROLE {role} REPLICATION)"
+
+
+def unsupported_reason(conn: psycopg.Connection) -> str | None:
+    """None when this server and role can capture changes; else one line saying why not and what to change."""
+    with conn.transaction():
+        row = conn.execute(
+            "SELECT current_setting('wal_level'), current_setting('max_replication_slots')::int, r.rolname,"
+            " r.rolsuper, r.rolreplication FROM pg_roles AS r WHERE r.rolname = current_user"
+        ).fetchone()
+    assert row is not None, "current_user is not in pg_roles"
+    return _reason(*row)
+
+
+def _reason(wal_level: str, max_slots: int, role: str, superuser: bool, replication: bool) -> str | None:
+    reasons = []
+    if wal_level != "logical":
+        reasons.append(
+            f"wal_level is {wal_level}, not logical: run ALTER SYSTEM SET wal_level = logical and restart Postgres"
+        )
+    if max_slots == 0:
+        reasons.append("max_replication_slots is 0: run ALTER SYSTEM SET max_replication_slots = 10 and restart")
+    if not (superuser or replication):
+        reasons.append(f"role {role} lacks the REPLICATION attribute: run ALTER ROLE {_role_sql(role)} REPLICATION")
+    return "change capture is not possible: " + "; ".join(reasons) if reasons else None
+
+
+def _table(name: str) -> tuple[str, str]:
+    """A table name as the decoder reports it (`impressions`, `other.t`) as (schema, table)."""
+    schema, _, table = name.rpartition(".")
+    return schema or "public", table
+
+
+def ensure_publication(conn: psycopg.Connection, tables: Sequence[str]) -> None:
+    """Make the publication `adpipe` publish exactly `tables`' updates, deletes and truncates.
+
+    It must exist before a slot is created: decoding looks the publication up as the catalogs were at each
+    change, so changes written before it existed cannot be decoded through it. Creating it needs CREATE on the
+    database and ownership of every table; an advisory lock keeps two first runs from racing to create it.
+    """
+    wanted = [_table(name) for name in tables]
+    grant = "the role must own the tables and have CREATE on the database (or own the publication)"
+    with _refusals(conn, f"create or alter the publication {PUBLICATION}", grant), conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('adpipe.publication'))")
+        row = conn.execute(
+            "SELECT pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_publication WHERE pubname = %s",
+            (PUBLICATION,),
+        ).fetchone()
+        names = sql.SQL(", ").join(sql.Identifier(schema, table) for schema, table in wanted)
+        publication = sql.Identifier(PUBLICATION)
+        if row is None:
+            log.info("creating publication %s for %s", PUBLICATION, ", ".join(tables))
+            conn.execute(
+                sql.SQL("CREATE PUBLICATION {} FOR TABLE {} WITH (publish = {})").format(
+                    publication, names, sql.Literal(_PUBLISH)
+                )
+            )
+            return
+        if row != (False, True, True, True):
+            log.info("setting publication %s to publish %s", PUBLICATION, _PUBLISH)
+            conn.execute(sql.SQL("ALTER PUBLICATION {} SET (publish = {})").format(publication, sql.Literal(_PUBLISH)))
+        published = conn.execute(
+            "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", (PUBLICATION,)
+        ).fetchall()
+        if set(published) != set(wanted):
+            log.info("setting publication %s to tables %s", PUBLICATION, ", ".join(tables))
+            conn.execute(sql.SQL("ALTER PUBLICATION {} SET TABLE {}").format(publication, names))
+
+
+def create_slot(conn: psycopg.Connection, slot: str, wait_seconds: float) -> bool:
+    """Create the logical slot `slot` (pgoutput) in this database; False if that took over `wait_seconds`.
+
+    Creating a slot waits for every transaction that had written when it started to end: one left open holds
+    it up indefinitely. lock_timeout would bound each of those waits, not their sum (measured: with 1.5 s and
+    four transactions ending a second apart it gave up after 4.5 s), so statement_timeout bounds the whole call.
+    A slot given up on is not left behind. `conn` must not be in a transaction that has written.
+    """
+    timeout_ms = max(1, round(wait_seconds * 1000))
+    try:
+        with _refusals(conn, f"create the replication slot {slot}", _role_grant(conn)), conn.transaction():
+            conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(timeout_ms)))
+            conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
+    except psycopg.errors.QueryCanceled:
+        log.warning(
+            "gave up creating replication slot %s after waiting %.1f s for transactions open on the source to end;"
+            " it is tried again on the next run",
+            slot,
+            wait_seconds,
+        )
+        return False
+    log.info("created replication slot %s", slot)
+    return True
+
+
+def slot_info(conn: psycopg.Connection, slot: str) -> SlotInfo | None:
+    """The slot named `slot` (in any database of the server), or None when there is none."""
+    with conn.transaction():
+        row = conn.execute(
+            "SELECT slot_name::text, confirmed_flush_lsn::text, wal_status,"
+            " pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()"
+            " ELSE pg_current_wal_lsn() END, restart_lsn)::bigint"
+            " FROM pg_replication_slots WHERE slot_name = %s",
+            (slot,),
+        ).fetchone()
+    return None if row is None else SlotInfo(*row)
+
+
+_PEEK = sql.SQL(
+    "SELECT data FROM pg_logical_slot_peek_binary_changes({}, NULL, NULL,"
+    " 'proto_version', '1', 'publication_names', {})"
+)
+_FETCH = 1000
+
+
+def peek_transactions(conn: psycopg.Connection, slot: str) -> Iterator[DecodedTransaction]:
+    """The transactions committed past the slot's confirmed position, oldest first, without consuming them.
+
+    The server decodes them into a tuplestore (spilled to disk past work_mem); a server-side cursor brings them
+    over `_FETCH` messages at a time. This runs in a transaction of its own, ended when the iterator is
+    exhausted or closed; on a connection already in one (a REPEATABLE READ read of the snapshot, say) it runs in
+    a savepoint of it, and that transaction stays open with its snapshot. Do not use `conn` for anything else
+    until the iterator is done.
+    """
+    query = _PEEK.format(sql.Literal(slot), sql.Literal(PUBLICATION))
+    with (
+        _refusals(conn, f"read the replication slot {slot}", _role_grant(conn)),
+        conn.transaction(),
+        conn.cursor(name="adpipe_peek", binary=True) as cursor,
+    ):
+        # Postgres 18 decodes through a publication that is missing as if it published nothing, with no error.
+        if conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (PUBLICATION,)).fetchone() is None:
+            raise SourceError(
+                f"cannot read the replication slot {slot}: the publication {PUBLICATION} is missing, so its changes"
+                " cannot be decoded; drop the slot and start capture again with a full sync",
+                url=_where(conn),
+            )
+        cursor.itersize = _FETCH
+        cursor.execute(query)
+        yield from decode_transactions(data for (data,) in cursor)
+
+
+def advance_slot(conn: psycopg.Connection, slot: str, lsn: int) -> None:
+    """Move the slot's confirmed position up to `lsn` (a transaction's `end_lsn`), releasing the WAL before it.
+
+    Postgres refuses to move a slot back, and a position at or below the confirmed one is already done: those
+    are no-ops. A server that crashes can bring the slot back to where it was at its last checkpoint, so
+    transactions already advanced past may be read again.
+    """
+    with _refusals(conn, f"advance the replication slot {slot}", _role_grant(conn)), conn.transaction():
+        row = conn.execute(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+        ).fetchone()
+        if row is None:
+            raise SourceError(f"cannot advance the replication slot {slot}: there is none", url=_where(conn))
+        if row[0] is not None and lsn <= lsn_value(row[0]):
+            return
+        conn.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (slot, format_lsn(lsn)))
+
+
+def drop_slot(conn: psycopg.Connection, slot: str) -> bool:
+    """Drop the slot, letting the server remove the WAL it kept; False if there was none."""
+    with _refusals(conn, f"drop the replication slot {slot}", _role_grant(conn)), conn.transaction():
+        dropped = conn.execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+        ).fetchall()
+    if dropped:
+        log.info("dropped replication slot %s", slot)
+    return bool(dropped)

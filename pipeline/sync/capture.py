@@ -1,0 +1,219 @@
+"""Change capture in a run: which facts were updated or deleted since the last run, from the logical slot.
+
+The slot (`pipeline.source.capture`) streams, in commit order, every transaction that updated, deleted or truncated
+a source table. A run reads it after taking its snapshot and uses it as a signal only: the ids it names are read
+again inside the snapshot (`pipeline.sync.fact_changes`). Re-reading is idempotent, so ids from transactions the
+snapshot does not see yet do no harm (their rows read as the snapshot has them).
+
+The slot advances, after the run's state is committed, to the end of the last transaction of the longest run of
+transactions, from the start of the stream, that the snapshot sees: everything up to there is in the warehouse.
+A transaction the snapshot does not see, and all after it, is read again by the next run. Until the advance, a
+crash only means the same changes are read, and applied as no-ops, again.
+
+The slot is trusted only when it existed before a full run's snapshot (then nothing committed after that
+snapshot can be missing from it); the state names it from then on (`SyncState.capture_slot`). A slot that is
+gone or lost stops incremental runs: changes may be missing, and only a full run can make up for them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import psycopg
+
+from pipeline.catalog import FACTS, SOURCE_TABLES
+from pipeline.config import Settings, mask_url
+from pipeline.errors import SourceError, SyncRefusedError
+from pipeline.source import capture as slots
+from pipeline.source.pgoutput import DecodedTransaction
+from pipeline.source.postgres import connect, postgres_url
+from pipeline.sync.extract import Snapshot
+from pipeline.sync.state import SyncState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What the slot says changed, as of a run's snapshot."""
+
+    changed: MappingProxyType[str, frozenset[int]] = field(default_factory=lambda: MappingProxyType({}))
+    """Fact table → ids updated (before and after an id change) or deleted."""
+    truncated: frozenset[str] = frozenset()
+    """Fact tables truncated by a transaction the snapshot sees."""
+    advance_to: int | None = None
+    """The end LSN the slot may advance to once the run is committed; None: nothing to advance over."""
+    transactions: int = 0
+
+
+@dataclass
+class RunCapture:
+    """Change capture for one run: the slot it reads (None: off, and `off_reason` says why)."""
+
+    slot: str | None
+    off_reason: str | None
+    trusted: bool
+    """Whether the slot holds every change since the committed state (see the module docstring)."""
+    conn: psycopg.Connection | None = None
+
+    def read(self, snapshot: Snapshot) -> Changes | None:
+        """The changes as of `snapshot`, or None when capture is off (the fallback checks apply)."""
+        if self.slot is None or self.conn is None:
+            return None
+        return collect(slots.peek_transactions(self.conn, self.slot), snapshot.text)
+
+
+@contextmanager
+def run_capture(settings: Settings, state: SyncState, full: bool) -> Iterator[RunCapture]:
+    """Open change capture for a run, before its snapshot is taken: a full run creates the slot if missing."""
+    if not settings.change_capture:
+        capture = RunCapture(None, "ADPIPE_CHANGE_CAPTURE is off", trusted=False)
+        _warn_off(capture, state)
+        yield capture
+        return
+    conn = connect(settings, ensure_schema=False)
+    conn.autocommit = True
+    try:
+        capture = _arm(conn, settings, state) if full else _check(conn, settings, state)
+        capture.conn = conn if capture.slot else None
+        _warn_off(capture, state)
+        yield capture
+    finally:
+        conn.close()
+
+
+def _arm(conn: psycopg.Connection, settings: Settings, state: SyncState) -> RunCapture:
+    """A full run: the publication and a healthy slot, created now (before the snapshot) if need be."""
+    if reason := slots.unsupported_reason(conn):
+        return RunCapture(None, reason, trusted=False)
+    slot = slots.slot_name(settings.clickhouse_database)
+    slots.ensure_publication(conn, SOURCE_TABLES)
+    info = slots.slot_info(conn, slot)
+    if info is not None and info.wal_status == "lost":
+        log.warning("replication slot %s lost the WAL it needed; creating it again", slot)
+        slots.drop_slot(conn, slot)
+        info = None
+    if info is None and not slots.create_slot(conn, slot, settings.capture_wait_seconds):
+        return RunCapture(
+            None,
+            f"creating replication slot {slot} waited {settings.capture_wait_seconds:g} s for transactions already"
+            " running to end (ADPIPE_CAPTURE_WAIT_SECONDS); the next full sync tries again",
+            trusted=False,
+        )
+    return RunCapture(slot, None, trusted=True)
+
+
+def _check(conn: psycopg.Connection, settings: Settings, state: SyncState) -> RunCapture:
+    """An incremental run: the slot the committed state follows must still be there, with its WAL."""
+    if state.capture_slot is None:
+        reason = slots.unsupported_reason(conn) or "it starts with the next full sync (`adpipe sync --mode full`)"
+        return RunCapture(None, reason, trusted=False)
+    info = slots.slot_info(conn, state.capture_slot)
+    if info is None or info.wal_status == "lost":
+        what = "was dropped" if info is None else "lost WAL it had not delivered yet (max_slot_wal_keep_size)"
+        raise SyncRefusedError(
+            f"replication slot {state.capture_slot} {what}: fact updates and deletes since the last sync cannot be"
+            " read; run `adpipe sync --mode full` to reload and start change capture again"
+        )
+    return RunCapture(state.capture_slot, None, trusted=True)
+
+
+def _warn_off(capture: RunCapture, state: SyncState) -> None:
+    if capture.slot is not None:
+        return
+    log.warning(
+        "change capture is off (%s): fact updates are not seen, and deleted facts are found by comparing counts",
+        (capture.off_reason or "").removeprefix("change capture is not possible: "),
+    )
+    if state.capture_slot is not None and capture.off_reason == "ADPIPE_CHANGE_CAPTURE is off":
+        log.warning(
+            "replication slot %s still holds WAL for this warehouse: `adpipe capture drop` removes it",
+            state.capture_slot,
+        )
+
+
+def collect(transactions: Iterator[DecodedTransaction], snapshot_text: str) -> Changes:
+    """Fold the decoded stream into the ids to read again and the LSN the slot may advance to."""
+    xmin, xmax, running = parse_snapshot(snapshot_text)
+    changed: dict[str, set[int]] = {table: set() for table in FACTS}
+    truncated: set[str] = set()
+    advance_to: int | None = None
+    seen_all = True
+    count = 0
+    for transaction in transactions:
+        count += 1
+        for table, ids in transaction.changed.items():
+            if table in changed:
+                changed[table].update(ids)
+        seen_all = seen_all and visible(transaction.xid, xmin, xmax, running)
+        if seen_all:
+            advance_to = transaction.end_lsn
+            truncated.update(table for table in transaction.truncated if table in FACTS)
+    frozen = MappingProxyType({table: frozenset(ids) for table, ids in changed.items()})
+    return Changes(frozen, frozenset(truncated), advance_to, count)
+
+
+def parse_snapshot(text: str) -> tuple[int, int, frozenset[int]]:
+    """`xmin:xmax:xip,…` (pg_current_snapshot) as numbers."""
+    xmin, xmax, running = text.split(":")
+    return int(xmin), int(xmax), frozenset(int(x) for x in running.split(",") if x)
+
+
+def visible(xid: int, xmin: int, xmax: int, running: frozenset[int]) -> bool:
+    """Whether a committed transaction with 32-bit id `xid` is visible in the snapshot (xmin, xmax, xip are 64-bit).
+
+    The 64-bit id is the one within 2^31 of xmax, the rule Postgres itself uses to widen a 32-bit id.
+    """
+    offset = (xid - xmax) % 2**32
+    full = xmax + (offset - 2**32 if offset >= 2**31 else offset)
+    return full < xmin or (full < xmax and full not in running)
+
+
+def advance(settings: Settings, slot: str | None, lsn: int | None) -> None:
+    """Move the slot past what a committed run applied. A failure is only logged: the run is committed, and the
+    next run reads the same changes again (as no-ops)."""
+    if slot is None or lsn is None:
+        return
+    try:
+        with connect(settings, ensure_schema=False) as conn:
+            conn.autocommit = True
+            slots.advance_slot(conn, slot, lsn)
+    except Exception as exc:
+        log.warning("could not advance replication slot %s to %s: %s", slot, slots.format_lsn(lsn), exc)
+
+
+def start_capture(settings: Settings) -> tuple[str, bool]:
+    """`adpipe init`: the publication and the slot, created where missing. Returns (slot, whether it was created).
+
+    A slot created here is trusted from the next full sync on (a first sync is one): changes made between an earlier
+    sync and now are in no slot. Raises SourceError when the server or the role cannot (the line says what to set).
+    """
+    slot = slots.slot_name(settings.clickhouse_database)
+    with connect(settings) as conn:
+        conn.autocommit = True
+        if reason := slots.unsupported_reason(conn):
+            raise SourceError(reason, url=mask_url(postgres_url(settings)))
+        slots.ensure_publication(conn, SOURCE_TABLES)
+        if slots.slot_info(conn, slot) is not None:
+            return slot, False
+        if not slots.create_slot(conn, slot, settings.capture_wait_seconds):
+            raise SourceError(
+                f"creating replication slot {slot} waited {settings.capture_wait_seconds:g} s for transactions"
+                " already running to end (ADPIPE_CAPTURE_WAIT_SECONDS): run `adpipe init` again when they have",
+                url=mask_url(postgres_url(settings)),
+                transient=True,
+            )
+        return slot, True
+
+
+def drop_capture(settings: Settings) -> str | None:
+    """`adpipe capture drop`: remove this warehouse's slot, so a retired pipeline holds no WAL. The slot's name,
+    or None if there was none. Incremental syncs refuse afterwards, until a full sync starts capture again."""
+    slot = slots.slot_name(settings.clickhouse_database)
+    with connect(settings, ensure_schema=False) as conn:
+        conn.autocommit = True
+        return slot if slots.drop_slot(conn, slot) else None
