@@ -48,7 +48,8 @@ class SourceError(ServerError):
 
 class ChangeCaptureError(AdpipeError):
     """The changes read from the source's replication slot are not what the `pgoutput` protocol says they are
-    (cut short, an unknown message, a change to a table without an `id`): the slot is left where it was."""
+    (cut short, an unknown message, a change to a table without an `id`). Peeking consumed nothing: the slot
+    still holds them."""
 
 
 class WarehouseError(ServerError):

@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import signal
+import subprocess
+import sys
+from types import MappingProxyType
 
 import psycopg
 import pytest
@@ -21,6 +26,8 @@ from pipeline.errors import SyncRefusedError
 from pipeline.options import Mode, OnReset
 from pipeline.source.capture import slot_info, slot_name
 from pipeline.source.generate import Generator
+from pipeline.source.pgoutput import DecodedTransaction
+from pipeline.sync.capture import Changes, collect, visible
 from pipeline.sync.run import SyncOptions, replay, sync
 from pipeline.sync.runlog import SyncResult
 from pipeline.sync.state import load_state
@@ -300,9 +307,8 @@ def test_without_capture_deleted_facts_stop_the_sync_in_one_line(
     result = run_cli("sync")
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines() == [
-        "error: the source was reset (5 impressions rows synced earlier are no longer in the source, and change"
-        " capture is off to say which); run `adpipe sync --mode full`, or pass --on-reset full to do so"
-        " automatically"
+        "error: 5 impressions rows synced earlier are no longer in the source, and change capture is off to say"
+        " which: run `adpipe sync --repair` to find and remove them, or `adpipe sync --mode full`"
     ]
     incremental(off, on_reset=OnReset.FULL)
     assert_equals_source(off, pg)
@@ -322,3 +328,89 @@ def test_without_capture_rows_deleted_alongside_late_rows_are_still_counted(
     pg.execute("DELETE FROM clicks WHERE id = 1")  # one row gone, one late row arrived below the high-water mark
     with pytest.raises(SyncRefusedError, match=r"1 clicks rows synced earlier are no longer in the source"):
         incremental(off)
+
+
+@pytest.mark.warehouses("http")  # the killed sync is a process of its own; the double lets this one share its engine
+@pytest.mark.parametrize("point", ["retracted", "loaded", "committed"])
+def test_a_sync_killed_between_its_load_and_the_slot_advance_converges(
+    settings: Settings, pg: psycopg.Connection, point: str
+) -> None:
+    seed(pg)
+    full(settings)
+    slot = slot_name(settings.clickhouse_database)
+    pg.execute("UPDATE clicks SET campaign_id = 3 WHERE id = 1")
+    pg.execute("DELETE FROM impressions WHERE id IN (2, 4)")
+    pg.execute("UPDATE impressions SET created_at = '2026-10-01 00:00:00' WHERE id = 5")
+    before = slot_info(pg, slot)
+    killed = subprocess.run(
+        [sys.executable, "-m", "pipeline", "sync"],
+        env={**os.environ, "ADPIPE_TEST_KILL_AT": point},
+        capture_output=True,
+        text=True,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert slot_info(pg, slot).confirmed_flush_lsn == before.confirmed_flush_lsn  # not advanced
+    incremental(settings)  # loads (or finds loaded) the killed run, then runs its own
+    assert_equals_source(settings, pg)
+    assert slot_info(pg, slot).confirmed_flush_lsn != before.confirmed_flush_lsn
+    again = incremental(settings)
+    assert (again.tables["impressions"].retracted, again.tables["clicks"].retracted) == (0, 0)
+    assert_equals_source(settings, pg)
+
+
+def transaction(xid: int, end: int, **changed: frozenset[int]) -> DecodedTransaction:
+    return DecodedTransaction(xid, end - 8, end, dict(changed), frozenset())
+
+
+def test_the_slot_advances_over_the_transactions_the_snapshot_sees_and_stops_at_the_first_it_does_not() -> None:
+    # Snapshot 100:105:102 — ids below 100 ended; 102 was running; 105 and above had not ended.
+    stream = [
+        transaction(99, 1_000, clicks=frozenset({1})),
+        transaction(101, 2_000, impressions=frozenset({7})),
+        transaction(102, 3_000, impressions=frozenset({8})),  # committed after the snapshot
+        transaction(103, 4_000, clicks=frozenset({2})),  # seen, but after one that is not
+        DecodedTransaction(104, 4_992, 5_000, {}, frozenset({"clicks"})),
+    ]
+    changes = collect(iter(stream), "100:105:102")
+    assert changes.advance_to == 2_000
+    assert changes.truncated == frozenset()  # the truncation lies past the first transaction not seen
+    assert dict(changes.changed) == {"impressions": {7, 8}, "clicks": {1, 2}}  # every id is read again
+    assert changes.transactions == 5
+    assert collect(iter(stream[-1:]), "100:105:").truncated == {"clicks"}
+    nothing = Changes(MappingProxyType({"impressions": frozenset(), "clicks": frozenset()}))
+    assert collect(iter([]), "100:105:") == nothing
+
+
+def test_a_32_bit_transaction_id_is_widened_next_to_the_snapshot() -> None:
+    epoch = 3 << 32
+    xmin, xmax = epoch - 10, epoch + 5  # the snapshot straddles a wraparound of the 32-bit counter
+    assert visible(2**32 - 20, xmin, xmax, frozenset())  # before xmin, in the previous epoch
+    assert visible(2, xmin, xmax, frozenset())  # between xmin and xmax, in this epoch
+    assert not visible(2, xmin, xmax, frozenset({epoch + 2}))  # running when the snapshot was taken
+    assert not visible(6, xmin, xmax, frozenset())  # at or past xmax: after the snapshot
+    assert not visible(5, xmin, xmax, frozenset())
+
+
+def test_without_capture_repair_finds_updates_and_deletes_bucket_by_bucket(
+    settings: Settings, pg: psycopg.Connection, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    off = without_capture(settings, monkeypatch)
+    seed(pg)
+    pg.execute(  # ids 6-25004: buckets of 10,000 ids are 0-9999, 10000-19999, 20000-
+        "INSERT INTO impressions (campaign_id, created_at)"
+        " SELECT 1 + n % 3, timestamp '2026-11-10' + n * interval '1 second' FROM generate_series(1, 24999) AS n"
+    )
+    full(off)
+    pg.execute("UPDATE impressions SET campaign_id = 3 WHERE id = 12345")  # bucket 1
+    pg.execute("UPDATE clicks SET created_at = '2026-11-25 00:00:00' WHERE id = 2")
+    with caplog.at_level(logging.WARNING):
+        incremental(off)  # an update in place: the counts cannot see it
+    assert "fact updates are not seen" in caplog.text
+    assert facts_ch(settings, "impressions") != facts_pg(pg, "impressions")
+    pg.execute("DELETE FROM impressions WHERE id = 20001")  # bucket 2
+    result = incremental(off, repair=True)
+    assert (result.tables["impressions"].retracted, result.tables["clicks"].retracted) == (2, 1)
+    assert (result.tables["impressions"].loaded, result.tables["clicks"].loaded) == (1, 1)
+    assert_equals_source(off, pg)
+    again = incremental(off, repair=True)
+    assert (again.tables["impressions"].retracted, again.tables["clicks"].retracted) == (0, 0)

@@ -334,7 +334,7 @@ def test_stats_quarantine_comes_from_the_committed_state(settings: Settings, pg:
     assert table_rows(ok("stats"))["advertiser"][-1] == "1"
     state_file = settings.home / STATE_FILE
     state = json.loads(state_file.read_text())
-    assert (state["format"], state["quarantined"]) == (1, {"advertiser": 1})
+    assert (state["format"], state["quarantined"]) == (2, {"advertiser": 1})
     del state["format"], state["quarantined"]
     state_file.write_text(json.dumps(state))
     assert table_rows(ok("stats"))["advertiser"][-1] == "1"  # from the staged part

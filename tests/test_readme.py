@@ -408,7 +408,7 @@ def test_documented_sync_runs_query_shows_each_run_and_its_outcome(settings: Set
     rows = clickhouse.connect(settings).query(query).named_results()
     failed, full = list(rows)
     assert (failed["mode"], failed["status"], failed["rows_loaded"]) == ("incremental", "failed", 0)
-    assert "the source was reset (impressions max id 10 is below the last synced id 800)" in failed["error"]
+    assert "the source was reset (clicks, impressions truncated)" in failed["error"]
     # 2 advertisers + 2 × 2 campaigns + 4 × 200 impressions + 4 × 20 clicks, nothing quarantined.
     assert (full["mode"], full["status"], full["rows_loaded"], full["quarantined"]) == ("full", "success", 886, 0)
     assert full["error"] is None

@@ -51,6 +51,8 @@ EVERY_NODE_PATH = "'/clickhouse/tables/{uuid}/all', '{shard}-{replica}'"
 EXPECTED_LOCAL_ENGINES = {
     "impressions_local": f"ReplicatedMergeTree({SHARD_PATH})",
     "clicks_local": f"ReplicatedMergeTree({SHARD_PATH})",
+    "impressions_retracted_local": f"ReplicatedMergeTree({SHARD_PATH})",
+    "clicks_retracted_local": f"ReplicatedMergeTree({SHARD_PATH})",
     "campaign_daily_local": f"ReplicatedSummingMergeTree({SHARD_PATH}, (impressions, clicks))",
     "campaign_hourly_local": f"ReplicatedSummingMergeTree({SHARD_PATH}, (impressions, clicks))",
     "advertiser": f"ReplicatedReplacingMergeTree({EVERY_NODE_PATH}, version, is_deleted)",
@@ -62,6 +64,8 @@ EXPECTED_LOCAL_ENGINES = {
 EXPECTED_DISTRIBUTED = {
     "impressions": "impressions_local",
     "clicks": "clicks_local",
+    "impressions_retracted": "impressions_retracted_local",
+    "clicks_retracted": "clicks_retracted_local",
     "campaign_daily": "campaign_daily_local",
     "campaign_hourly": "campaign_hourly_local",
 }
@@ -70,6 +74,11 @@ EXPECTED_VIEWS = {  # materialized view: (reads, writes) — both on the shard t
     "clicks_daily_mv": ("clicks_local", "campaign_daily_local"),
     "impressions_hourly_mv": ("impressions_local", "campaign_hourly_local"),
     "clicks_hourly_mv": ("clicks_local", "campaign_hourly_local"),
+    # Retractions subtract on the shard that holds the retracted version (same sharding key).
+    "impressions_retracted_daily_mv": ("impressions_retracted_local", "campaign_daily_local"),
+    "clicks_retracted_daily_mv": ("clicks_retracted_local", "campaign_daily_local"),
+    "impressions_retracted_hourly_mv": ("impressions_retracted_local", "campaign_hourly_local"),
+    "clicks_retracted_hourly_mv": ("clicks_retracted_local", "campaign_hourly_local"),
 }
 KPI_READS = {"campaign_daily", "campaign_hourly", "live_campaign", "live_advertiser"}
 """Every table or view some kpi_sql/*.sql reads (read off the files by hand)."""
@@ -163,8 +172,8 @@ def test_every_rendered_statement_runs_on_a_cluster_of_one_node(
     settings: Settings, cluster_ddl: list[str], tmp_path: Path
 ) -> None:
     db = settings.clickhouse_database
-    # 1 database + 9 stored tables + 4 Distributed tables + 4 materialized views + 4 views.
-    assert len(cluster_ddl) == 22
+    # 1 database + 11 stored tables + 6 Distributed tables + 8 materialized views + 4 views.
+    assert len(cluster_ddl) == 30
     assert cluster_ddl[0] == f"CREATE DATABASE IF NOT EXISTS {db} ON CLUSTER {CLUSTER}"
     assert all(f" ON CLUSTER {CLUSTER}" in statement for statement in cluster_ddl)
 
@@ -309,7 +318,7 @@ def test_init_cluster_print_writes_the_ddl_and_executes_nothing(settings: Settin
     result = run_cli("init", "--cluster", CLUSTER, "--print")
     assert result.exit_code == 0, result.stderr
     printed = [s for s in result.stdout.split(";\n\n") if s.strip()]
-    assert len(printed) == 22
+    assert len(printed) == 30
     client = clickhouse.connect(settings)
     assert [formatted(client, s) for s in printed] == cluster_ddl
     assert client.command("SELECT count() FROM system.tables WHERE database = currentDatabase()") == 0
@@ -340,10 +349,10 @@ def test_full_load_renders_shadow_exchange_and_drop_on_cluster(settings: Setting
     drop_shadow = f"DROP DATABASE IF EXISTS {shadow} ON CLUSTER {CLUSTER} SYNC"
 
     # A shadow a failed load left is dropped, then the whole warehouse is created again under the shadow's name:
-    # the same 20 statements, each naming the shadow and never the live database.
+    # the same 30 statements, each naming the shadow and never the live database.
     assert created_shadow[0] == drop_shadow
     assert created_shadow[1] == f"CREATE DATABASE IF NOT EXISTS {shadow} ON CLUSTER {CLUSTER}"
-    assert len(created_shadow) == 1 + 22
+    assert len(created_shadow) == 1 + 30
     assert [re.sub(rf"\b{shadow}\b", db, s) for s in created_shadow[1:]] == cluster_ddl
     assert not any(re.search(rf"\b{db}\b", s) for s in created_shadow)
     assert all(f" ON CLUSTER {CLUSTER}" in s for s in created_shadow)
@@ -364,6 +373,8 @@ def test_full_load_renders_shadow_exchange_and_drop_on_cluster(settings: Setting
             "campaign",
             "impressions_local",
             "clicks_local",
+            "impressions_retracted_local",
+            "clicks_retracted_local",
             "campaign_daily_local",
             "campaign_hourly_local",
             "quarantine",

@@ -54,4 +54,4 @@ def test_the_state_file_round_trips_with_its_format_and_quarantine_counts(tmp_pa
     save_state(tmp_path, state)
     assert load_state(tmp_path) == state
     written = json.loads((tmp_path / STATE_FILE).read_text())
-    assert (written["format"], written["quarantined"]) == (1, {"clicks": 1})
+    assert (written["format"], written["quarantined"]) == (2, {"clicks": 1})

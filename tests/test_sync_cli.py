@@ -9,6 +9,7 @@ import psycopg
 import pytest
 
 from pipeline.config import Settings
+from pipeline.source.capture import slot_name
 from pipeline.sync.stage import list_runs
 from pipeline.warehouse import client as clickhouse
 from tests.conftest import run_cli
@@ -25,11 +26,17 @@ WAREHOUSE_SCHEMA = [
     ("clicks", "MergeTree"),
     ("clicks_daily_mv", "MaterializedView"),
     ("clicks_hourly_mv", "MaterializedView"),
+    ("clicks_retracted", "MergeTree"),
+    ("clicks_retracted_daily_mv", "MaterializedView"),
+    ("clicks_retracted_hourly_mv", "MaterializedView"),
     ("current_advertiser", "View"),
     ("current_campaign", "View"),
     ("impressions", "MergeTree"),
     ("impressions_daily_mv", "MaterializedView"),
     ("impressions_hourly_mv", "MaterializedView"),
+    ("impressions_retracted", "MergeTree"),
+    ("impressions_retracted_daily_mv", "MaterializedView"),
+    ("impressions_retracted_hourly_mv", "MaterializedView"),
     ("live_advertiser", "View"),
     ("live_campaign", "View"),
     ("quarantine", "ReplacingMergeTree"),
@@ -59,6 +66,9 @@ def test_init_is_idempotent(settings: Settings, pg: psycopg.Connection) -> None:
     result = run_cli("init")
     assert result.exit_code == 0, result.stderr
     assert f"database {settings.clickhouse_database}" in result.stdout
+    slot = slot_name(settings.clickhouse_database)
+    assert f"Change capture: replication slot {slot} is in place." in " ".join(result.stdout.split())
+    assert pg.execute("SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone() == (1,)
 
     client = clickhouse.connect(settings)
     listed = "SELECT name, engine FROM system.tables WHERE database = currentDatabase() ORDER BY name"
@@ -87,6 +97,7 @@ def test_sync_json_summary_and_status(settings: Settings, pg: psycopg.Connection
         "extracted": 5,
         "loaded": 4,
         "quarantined": 1,
+        "retracted": 0,
         "min_id": 1,
         "max_id": 4,
     }
@@ -100,6 +111,12 @@ def test_sync_json_summary_and_status(settings: Settings, pg: psycopg.Connection
     assert [c.strip() for c in lines["impressions"].split("│")[2:8]] == ["5", "5", "4", "4", "0", "1"]
     assert [c.strip() for c in lines["clicks"].split("│")[2:8]] == ["3", "3", "2", "2", "1", "0"]
     assert f"Last successful run: {summary['run_id']}" in status.stdout
+    capture_line = re.search(
+        r"Change capture: replication slot (\S+), ([\d.,]+) MiB of WAL retained \((\w+)\)\.",
+        " ".join(status.stdout.split()),
+    )
+    assert capture_line is not None, status.stdout
+    assert capture_line[1] == slot_name(settings.clickhouse_database) and capture_line[3] == "reserved"
 
 
 UNREACHABLE = [("ADPIPE_POSTGRES_URL", "Postgres"), ("ADPIPE_POSTGRES_REPLICA_URL", "the Postgres replica")]

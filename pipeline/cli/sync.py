@@ -94,6 +94,10 @@ def sync(
         OnReset, typer.Option(help="When the source was reset: stop, or run a full sync.")
     ] = OnReset.STOP,
     keep: Annotated[int | None, typer.Option(help="After success, prune staged runs to the newest N.")] = None,
+    repair: Annotated[
+        bool,
+        typer.Option(help="Compare every synced fact with the source by id bucket; reload the buckets that differ."),
+    ] = False,
     verify: Annotated[bool, typer.Option("--verify", help="Reconcile the KPIs with DuckDB after loading.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")] = False,
 ) -> None:
@@ -110,7 +114,9 @@ def sync(
                 tasks[what] = progress.add_task(what, total=total)
             progress.update(tasks[what], completed=done, total=total)
 
-        options = SyncOptions(mode, engine, chunk_rows, partitions, on_reset, keep=keep, progress=advance)
+        options = SyncOptions(
+            mode, engine, chunk_rows, partitions, on_reset, keep=keep, repair=repair, progress=advance
+        )
         result = run_sync(settings, options)
     if as_json:
         console.print_json(json.dumps(result.to_json()))

@@ -1,10 +1,11 @@
 """Change capture from the source's WAL: the publication, one logical replication slot per warehouse, and reading it.
 
-Everything goes over an ordinary connection through SQL functions (no replication protocol): the slot is peeked
-(`pg_logical_slot_peek_binary_changes`) and only advanced once what was read is safely in the warehouse, so a
-run that fails reads the same transactions again. The `pgoutput` plugin ships with Postgres; the publication
-limits it to the tables and operations capture needs (updates, deletes and truncates: inserts are found by id).
-A slot keeps the WAL it has not been advanced past: `slot_info` says how much, and whether the server gave up.
+Everything goes over an ordinary connection through SQL functions (no replication protocol). The slot is peeked
+(`pg_logical_slot_peek_binary_changes`), which consumes nothing, and advanced separately: advanced only once what
+was read is safely in the warehouse, a run that fails reads the same transactions again. The `pgoutput` plugin
+ships with Postgres; the publication limits it to the tables and operations capture needs (updates, deletes and
+truncates: inserts are found by id). A slot keeps the WAL it has not been advanced past: `slot_info` says how
+much, and whether the server gave up keeping it.
 """
 
 from __future__ import annotations
@@ -71,14 +72,33 @@ def _where(conn: psycopg.Connection) -> str:
 
 @contextmanager
 def _refusals(conn: psycopg.Connection, doing: str, grant: str) -> Iterator[None]:
-    """Turn the server refusing `doing` for want of a privilege or setting into one SourceError line saying
-    what to grant (`grant`); any other failure is left as it is."""
+    """Turn the server refusing `doing` into one SourceError line: for want of a privilege, saying what to grant
+    (`grant`); for want of a setting, saying which. Other failures (bugs, a broken connection) are left as they are.
+    """
     try:
         yield
-    except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ObjectNotInPrerequisiteState) as exc:
+    except psycopg.errors.InsufficientPrivilege as exc:
         raise SourceError(f"cannot {doing}: {first_line(exc)}; {grant}", url=_where(conn)) from None
+    except psycopg.errors.ObjectNotInPrerequisiteState as exc:
+        # wal_level below logical, a slot of another database, a slot the server invalidated (its detail says why)
+        reason = _reason_or_none(conn) or _with_detail(exc)
+        raise SourceError(f"cannot {doing}: {reason}", url=_where(conn)) from None
+    except psycopg.errors.UndefinedObject as exc:
+        raise SourceError(f"cannot {doing}: {first_line(exc)}", url=_where(conn)) from None
     except psycopg.errors.ObjectInUse as exc:
         raise SourceError(f"cannot {doing}: {first_line(exc)}", url=_where(conn), transient=True) from None
+
+
+def _with_detail(exc: psycopg.Error) -> str:
+    detail = exc.diag.message_detail
+    return f"{first_line(exc)} ({first_line(Exception(detail))})" if detail else first_line(exc)
+
+
+def _reason_or_none(conn: psycopg.Connection) -> str | None:
+    try:
+        return unsupported_reason(conn)
+    except psycopg.Error:
+        return None
 
 
 def _role_sql(role: str) -> str:
@@ -87,8 +107,7 @@ def _role_sql(role: str) -> str:
 
 
 def _role_grant(conn: psycopg.Connection) -> str:
-    role = _role_sql(conn.info.user)
-    return f"it needs wal_level = logical and a role with REPLICATION (ALTER ROLE {role} REPLICATION)"
+    return f"the role needs the REPLICATION attribute: run ALTER ROLE {_role_sql(conn.info.user)} REPLICATION"
 
 
 def unsupported_reason(conn: psycopg.Connection) -> str | None:
@@ -163,8 +182,10 @@ def create_slot(conn: psycopg.Connection, slot: str, wait_seconds: float) -> boo
     Creating a slot waits for every transaction that had written when it started to end: one left open holds
     it up indefinitely. lock_timeout would bound each of those waits, not their sum (measured: with 1.5 s and
     four transactions ending a second apart it gave up after 4.5 s), so statement_timeout bounds the whole call.
-    A slot given up on is not left behind. `conn` must not be in a transaction that has written.
+    A slot given up on is not left behind. `conn` must be outside any transaction: the timeout is set for
+    the transaction this opens, and must end with it.
     """
+    assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE, "create_slot inside a transaction"
     timeout_ms = max(1, round(wait_seconds * 1000))
     try:
         with _refusals(conn, f"create the replication slot {slot}", _role_grant(conn)), conn.transaction():
@@ -195,9 +216,9 @@ def slot_info(conn: psycopg.Connection, slot: str) -> SlotInfo | None:
     return None if row is None else SlotInfo(*row)
 
 
-_PEEK = sql.SQL(
-    "SELECT data FROM pg_logical_slot_peek_binary_changes({}, NULL, NULL,"
-    " 'proto_version', '1', 'publication_names', {})"
+_PEEK = (
+    "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, NULL, NULL,"
+    " 'proto_version', '1', 'publication_names', %s)"
 )
 _FETCH = 1000
 
@@ -211,30 +232,36 @@ def peek_transactions(conn: psycopg.Connection, slot: str) -> Iterator[DecodedTr
     a savepoint of it, and that transaction stays open with its snapshot. Do not use `conn` for anything else
     until the iterator is done.
     """
-    query = _PEEK.format(sql.Literal(slot), sql.Literal(PUBLICATION))
     with (
         _refusals(conn, f"read the replication slot {slot}", _role_grant(conn)),
         conn.transaction(),
         conn.cursor(name="adpipe_peek", binary=True) as cursor,
     ):
-        # Postgres 18 decodes through a publication that is missing as if it published nothing, with no error.
-        if conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (PUBLICATION,)).fetchone() is None:
+        cursor.itersize = _FETCH
+        cursor.execute(_PEEK, (slot, PUBLICATION))
+        found = False
+        for transaction in decode_transactions(data for (data,) in cursor):
+            found = True
+            yield transaction
+        # Postgres 18 decodes through a missing publication as through one publishing nothing, without an error.
+        if not found and not _published(conn):
             raise SourceError(
-                f"cannot read the replication slot {slot}: the publication {PUBLICATION} is missing, so its changes"
-                " cannot be decoded; drop the slot and start capture again with a full sync",
+                f"cannot read the replication slot {slot}: the publication {PUBLICATION} is missing, so no change"
+                " is decoded; drop the slot and start change capture again, with a full sync",
                 url=_where(conn),
             )
-        cursor.itersize = _FETCH
-        cursor.execute(query)
-        yield from decode_transactions(data for (data,) in cursor)
+
+
+def _published(conn: psycopg.Connection) -> bool:
+    return conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (PUBLICATION,)).fetchone() is not None
 
 
 def advance_slot(conn: psycopg.Connection, slot: str, lsn: int) -> None:
     """Move the slot's confirmed position up to `lsn` (a transaction's `end_lsn`), releasing the WAL before it.
 
     Postgres refuses to move a slot back, and a position at or below the confirmed one is already done: those
-    are no-ops. A server that crashes can bring the slot back to where it was at its last checkpoint, so
-    transactions already advanced past may be read again.
+    are no-ops. The server writes a slot's position to disk at checkpoints, so after a crash it may be back at
+    an earlier one and return transactions already advanced past: a reader must take them again without harm.
     """
     with _refusals(conn, f"advance the replication slot {slot}", _role_grant(conn)), conn.transaction():
         row = conn.execute(

@@ -125,12 +125,12 @@ def postgres_url(settings: Settings) -> str:
     return EmbeddedPostgres(settings.embedded_postgres_dir).url()
 
 
-def connect(settings: Settings, *, ensure_schema: bool = True) -> psycopg.Connection:
-    """Open a connection, turning connection failures into one clear line.
+def connect(settings: Settings, *, ensure_schema: bool = True, what: str = "Postgres") -> psycopg.Connection:
+    """Open a connection, turning connection failures into one clear line that calls the server `what`.
 
     With `ensure_schema`, the source schema is created first on a Postgres that lacks it.
     """
-    conn = _open(postgres_url(settings), "Postgres")
+    conn = _open(postgres_url(settings), what)
     if ensure_schema:
         apply_source_schema(conn)
     return conn

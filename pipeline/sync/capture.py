@@ -30,7 +30,7 @@ from pipeline.config import Settings, mask_url
 from pipeline.errors import SourceError, SyncRefusedError
 from pipeline.source import capture as slots
 from pipeline.source.pgoutput import DecodedTransaction
-from pipeline.source.postgres import connect, postgres_url
+from pipeline.source.postgres import connect, connect_replica, postgres_url
 from pipeline.sync.extract import Snapshot
 from pipeline.sync.state import SyncState
 
@@ -75,7 +75,11 @@ def run_capture(settings: Settings, state: SyncState, full: bool) -> Iterator[Ru
         _warn_off(capture, state)
         yield capture
         return
-    conn = connect(settings, ensure_schema=False)
+    if settings.postgres_replica_url:
+        # The run reads the replica, and the slot is on the primary: the replica's problems are reported first, as
+        # they were before the slot existed (a standby without the source schema says what to do).
+        connect_replica(settings).close()
+    conn = _connect_primary(settings)
     conn.autocommit = True
     try:
         capture = _arm(conn, settings, state) if full else _check(conn, settings, state)
@@ -84,6 +88,26 @@ def run_capture(settings: Settings, state: SyncState, full: bool) -> Iterator[Ru
         yield capture
     finally:
         conn.close()
+
+
+def _connect_primary(settings: Settings) -> psycopg.Connection:
+    """The slot's server: the one the sync reads, or with a replica, its primary (which must then be reachable)."""
+    if not settings.postgres_replica_url:
+        return connect(settings, ensure_schema=False)
+    why = (
+        "a sync from a standby still takes one transaction id per run on the primary (ADPIPE_POSTGRES_URL),"
+        " and reads the change-capture slot there"
+    )
+    try:
+        conn = connect(settings, ensure_schema=False, what="the primary Postgres")
+    except SourceError as exc:
+        raise SourceError(f"{exc}; {why}", url=exc.url, transient=exc.transient) from None
+    if conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+        conn.close()
+        url = mask_url(postgres_url(settings))
+        raise SourceError(f"the primary Postgres at {url} is in recovery (a standby): {why}", url=url)
+    conn.rollback()
+    return conn
 
 
 def _arm(conn: psycopg.Connection, settings: Settings, state: SyncState) -> RunCapture:

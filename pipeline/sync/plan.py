@@ -30,10 +30,12 @@ def plan_mode(
     mode: Mode,
     on_reset: OnReset,
     changes: Changes | None,
+    repair: bool = False,
 ) -> Mode:
     """The mode this run runs in: an incremental run becomes full, or is refused, when the source was reset.
 
-    `changes` is what change capture saw; None when it is off, and then facts are counted instead.
+    `changes` is what change capture saw; None when it is off, and then facts are counted instead (unless this is a
+    repair run, which compares them all).
     """
     if mode is Mode.FULL:
         return mode
@@ -44,7 +46,14 @@ def plan_mode(
         # reset; a replaced source database has no slot, which the capture check refused already.
         reason = f"{', '.join(sorted(changes.truncated))} truncated" if changes.truncated else None
     else:
-        reason = reset_reason(reader, state) or vanished_reason(reader, client, state)
+        reason = reset_reason(reader, state)
+        if reason is None and not repair and (vanished := vanished_reason(reader, client, state)):
+            if on_reset is OnReset.STOP:
+                raise SyncRefusedError(
+                    f"{vanished}: run `adpipe sync --repair` to find and remove them, or `adpipe sync --mode full`"
+                )
+            log.warning("%s: running a full sync", vanished)
+            return Mode.FULL
     if reason:
         if on_reset is OnReset.STOP:
             raise SyncRefusedError(

@@ -41,6 +41,7 @@ from pipeline.sync.fact_changes import fact_changes
 from pipeline.sync.gaps import new_gaps, open_gaps
 from pipeline.sync.load import create_shadow, delete_retracted, drop_shadow, load_part, swap_in
 from pipeline.sync.plan import plan_mode
+from pipeline.sync.repair import bucket_ids, differing_buckets
 from pipeline.sync.runlog import SyncResult, TableSummary, close_interrupted_runs, record, record_recovered
 from pipeline.sync.stage import (
     Run,
@@ -74,6 +75,9 @@ class SyncOptions:
     on_reset: OnReset = OnReset.STOP
     keep: int | None = None
     """After a successful run, prune the staged runs to the newest `keep` (never those still needed)."""
+    repair: bool = False
+    """Compare every fact synced before with the source, bucket by bucket, and stage what differs
+    (`pipeline.sync.repair`): for sources without change capture."""
     progress: Progress | None = None
 
 
@@ -192,7 +196,7 @@ def _run(client: Client, settings: Settings, options: SyncOptions, mode: Mode, s
             capture = stack.enter_context(run_capture(settings, state, full=mode is Mode.FULL))
             reader = stack.enter_context(SourceReader(settings, options.engine, options.partitions))
             changes = capture.read(reader.snapshot)
-            planned_mode = plan_mode(reader, client, state, mode, options.on_reset, changes)
+            planned_mode = plan_mode(reader, client, state, mode, options.on_reset, changes, options.repair)
             reader_open = stack.pop_all()  # from here on, _stage_and_load closes the reader and the capture
     except BaseException as exc:
         # A refused run is on record too, under the mode it was asked for (`sync_runs`, docs: Watching the sync).
@@ -361,7 +365,12 @@ def _extract_all(
         previous = FactState() if full else state.facts.get(table, FactState())
         facts[table] = _sync_fact(reader, pipeline, options, table, previous, quarantine, result)
         if not full:
-            changed |= _apply_fact_changes(client, source, pipeline, table, previous, quarantine, resolved, result)
+            ids = source.changes.changed.get(table, frozenset())
+            if options.repair:
+                with _stopwatch(pipeline.timings, "repair"):
+                    differing = differing_buckets(reader, client, table, previous.high_water)
+                    ids = ids | bucket_ids(reader, client, table, differing)
+            changed |= _apply_fact_changes(client, source, pipeline, table, ids, previous, quarantine, resolved, result)
     pipeline.write("quarantine", quarantine_arrow(quarantine, version))
     pipeline.write("quarantine", quarantine_arrow(resolved, version, resolved=True))
     dimension_version = version if full or changed else state.dimension_version
@@ -373,16 +382,17 @@ def _apply_fact_changes(
     source: _RunSource,
     pipeline: _Pipeline,
     table: str,
+    changed: frozenset[int],
     previous: FactState,
     quarantine: list[pl.DataFrame],
     resolved: list[pl.DataFrame],
     result: SyncResult,
 ) -> bool:
-    """Stage what change capture says changed among the rows synced before; returns whether anything had.
+    """Stage what changed among the `changed` ids of rows synced before; returns whether anything had.
 
     Ids above the high-water mark or in its gaps are left out: `_sync_fact` reads those rows anyway.
     """
-    ids = _already_synced(source.changes.changed.get(table, frozenset()), previous)
+    ids = _already_synced(changed, previous)
     if not ids:
         return False
     with _stopwatch(pipeline.timings, "fact_changes"):

@@ -1,0 +1,156 @@
+"""Change capture: an incremental sync of fact updates and deletes, side by side with the full reload it replaces.
+
+    uv run python bench/bench_capture.py [--impressions 10000000] [--updates 10000] [--deletes 10000] [--rounds 3]
+
+Once: 500 campaigns and `--impressions` impressions in the embedded Postgres of --home (kept for reruns), then
+`adpipe sync --mode full`. Each round then, in the source: `--updates` impressions moved to another campaign and a
+day later, and `--deletes` impressions deleted, in one transaction. Then, measured:
+  decode   the slot read and decoded alone (pg_logical_slot_peek_binary_changes + our pgoutput decoder)
+  adpipe   `adpipe sync --json` in a subprocess: process wall, the sync's own time and its stages
+  full     `adpipe sync --mode full` in a subprocess: what a user without change capture would run instead
+and last, `adpipe reconcile` must pass (every KPI and row count against Postgres and the snapshots).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--impressions", type=int, default=10_000_000)
+    parser.add_argument("--updates", type=int, default=10_000)
+    parser.add_argument("--deletes", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--home", type=Path, default=Path("/tmp/adpipe-bench-capture"))
+    args = parser.parse_args()
+    os.environ["ADPIPE_HOME"] = str(args.home)
+    os.environ["ADPIPE_STAGING_DIR"] = str(args.home / "staging")
+    for name in ("ADPIPE_POSTGRES_URL", "ADPIPE_CLICKHOUSE_URL", "ADPIPE_CHANGE_CAPTURE"):
+        os.environ.pop(name, None)
+    from pipeline.config import load_settings
+    from pipeline.source.postgres import connect
+
+    settings = load_settings()
+    with connect(settings) as pg:
+        pg.autocommit = True
+        _ensure_data(pg, args.impressions)
+        if not (args.home / "last_synced_ids.json").exists():
+            print("first full sync …", flush=True)
+            _adpipe("sync", "--mode", "full")
+        rows: list[dict] = []
+        for round_number in range(1, args.rounds + 1):
+            _change(pg, args.updates, args.deletes, seed=round_number)
+            decoded, decode_seconds = _decode(pg, settings)
+            wall, result = _timed_sync("sync", "--json")
+            full_wall, _ = _timed_sync("sync", "--mode", "full", "--json")
+            rows.append(
+                {
+                    "decoded": decoded,
+                    "decode_s": decode_seconds,
+                    "wall_s": wall,
+                    "sync_s": result["timings_s"]["total"],
+                    "fact_changes_s": result["timings_s"].get("fact_changes", 0.0),
+                    "retracted": sum(t.get("retracted", 0) for t in result["tables"].values()),
+                    "full_wall_s": full_wall,
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    reconciled = subprocess.run([sys.executable, "-m", "pipeline", "reconcile"], capture_output=True, text=True)
+    _report(args, rows, reconciled.returncode == 0)
+
+
+def _ensure_data(pg: object, impressions: int) -> None:
+    """500 campaigns and `impressions` impressions over November 2026, written by SQL (fast), once."""
+    have = pg.execute("SELECT count(*) FROM impressions").fetchone()[0]
+    if have >= impressions:
+        return
+    print(f"writing {impressions:,} impressions …", flush=True)
+    pg.execute("TRUNCATE clicks, impressions, campaign, advertiser RESTART IDENTITY")
+    pg.execute("INSERT INTO advertiser (name) SELECT 'advertiser ' || n FROM generate_series(1, 50) AS n")
+    pg.execute(
+        "INSERT INTO campaign (name, bid, budget, start_date, end_date, advertiser_id)"
+        " SELECT 'campaign ' || n, 1.00, 1000.00, '2026-11-01', '2026-11-30', 1 + n % 50"
+        " FROM generate_series(1, 500) AS n"
+    )
+    pg.execute(
+        "INSERT INTO impressions (campaign_id, created_at)"
+        " SELECT 1 + n %% 500, timestamp '2026-11-01' + n * interval '0.25 second'"
+        " FROM generate_series(1, %s) AS n",
+        (impressions,),
+    )
+    pg.execute("VACUUM ANALYZE impressions")
+
+
+def _change(pg: object, updates: int, deletes: int, seed: int) -> None:
+    """One transaction: `updates` random impressions to another campaign, a day later; `deletes` others deleted."""
+    high = pg.execute("SELECT max(id) FROM impressions").fetchone()[0]
+    with pg.transaction():
+        pg.execute("SELECT setseed(%s)", (1 / (seed + 1),))
+        pg.execute(
+            "UPDATE impressions SET campaign_id = 1 + (campaign_id + 7) %% 500,"
+            " created_at = created_at + interval '1 day'"
+            " WHERE id IN (SELECT 1 + floor(random() * %s)::bigint FROM generate_series(1, %s))",
+            (high, updates),
+        )
+        pg.execute(
+            "DELETE FROM impressions WHERE id IN (SELECT 1 + floor(random() * %s)::bigint FROM generate_series(1, %s))",
+            (high, deletes),
+        )
+
+
+def _decode(pg: object, settings: object) -> tuple[int, float]:
+    from pipeline.source.capture import peek_transactions, slot_name
+
+    began = time.perf_counter()
+    changes = sum(
+        len(ids)
+        for transaction in peek_transactions(pg, slot_name(settings.clickhouse_database))
+        for ids in transaction.changed.values()
+    )
+    return changes, time.perf_counter() - began
+
+
+def _timed_sync(*args: str) -> tuple[float, dict]:
+    began = time.perf_counter()
+    done = _adpipe(*args)
+    return time.perf_counter() - began, json.loads(done.stdout)
+
+
+def _adpipe(*args: str) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"adpipe {' '.join(args)} failed: {done.stderr.strip()}")
+    return done
+
+
+def _report(args: argparse.Namespace, rows: list[dict], reconciled: bool) -> None:
+    def median(key: str) -> float:
+        return statistics.median(row[key] for row in rows)
+
+    decoded = median("decoded")
+    print(f"\n{args.impressions:,} impressions; per round {args.updates:,} updates + {args.deletes:,} deletes")
+    print(f"{'':34}{'median':>10}{'min':>10}{'max':>10}")
+    for label, key in (
+        ("slot read + decode (s)", "decode_s"),
+        ("adpipe sync, process wall (s)", "wall_s"),
+        ("adpipe sync, its own time (s)", "sync_s"),
+        ("  of which fact changes (s)", "fact_changes_s"),
+        ("full re-sync, process wall (s)", "full_wall_s"),
+    ):
+        values = [row[key] for row in rows]
+        print(f"{label:34}{median(key):>10.2f}{min(values):>10.2f}{max(values):>10.2f}")
+    print(f"changed ids decoded per second: {decoded / median('decode_s'):,.0f}")
+    print(f"incremental / full re-sync (process wall): {median('wall_s') / median('full_wall_s'):.2f}×")
+    print(f"reconcile afterwards: {'passed' if reconciled else 'FAILED'}")
+
+
+if __name__ == "__main__":
+    main()
