@@ -15,13 +15,14 @@ import signal
 import subprocess
 import sys
 from types import MappingProxyType
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 
 from pipeline.analytics.kpi import Filters, get_kpi, run_clickhouse
 from pipeline.analytics.reconcile import reconcile
-from pipeline.config import Settings
+from pipeline.config import Settings, load_settings
 from pipeline.errors import SyncRefusedError
 from pipeline.options import Mode, OnReset
 from pipeline.source.capture import slot_info, slot_name
@@ -414,3 +415,41 @@ def test_without_capture_repair_finds_updates_and_deletes_bucket_by_bucket(
     assert_equals_source(off, pg)
     again = incremental(off, repair=True)
     assert (again.tables["impressions"].retracted, again.tables["clicks"].retracted) == (0, 0)
+
+
+def test_a_role_without_replication_syncs_without_capture_and_says_what_to_grant(
+    settings: Settings, pg: psycopg.Connection, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    seed(pg)
+    role = f"adpipe_r_{settings.clickhouse_database[2:]}"
+    pg.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'reader-only'")
+    pg.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public, referral TO {role}")
+    pg.execute(f"GRANT USAGE ON SCHEMA referral TO {role}")
+    try:
+        url = urlsplit(settings.postgres_url)
+        netloc = f"{role}:reader-only@{url.hostname}:{url.port}"
+        monkeypatch.setenv("ADPIPE_POSTGRES_URL", urlunsplit(url._replace(netloc=netloc)))
+        as_reader = load_settings()
+        with caplog.at_level(logging.WARNING):
+            full(as_reader)
+        assert f"role {role} lacks the REPLICATION attribute: run ALTER ROLE {role} REPLICATION" in caplog.text
+        assert load_state(settings.home).capture_slot is None
+        pg.execute("DELETE FROM clicks WHERE id = 1")
+        result = run_cli("sync")
+        assert result.exit_code == 1
+        assert result.stderr.startswith("error: 1 clicks rows synced earlier are no longer in the source")
+        assert "reader-only" not in result.stderr + caplog.text
+    finally:
+        pg.execute(f"DROP OWNED BY {role}")
+        pg.execute(f"DROP ROLE {role}")
+
+
+def test_status_warns_when_the_slot_retains_more_wal_than_the_threshold(
+    settings: Settings, pg: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed(pg)
+    full(settings)
+    monkeypatch.setenv("ADPIPE_CAPTURE_LAG_WARNING_BYTES", "0")
+    status = run_cli("status")
+    assert status.exit_code == 0, status.stderr
+    assert "Above ADPIPE_CAPTURE_LAG_WARNING_BYTES: is the sync running?" in " ".join(status.stdout.split())

@@ -23,16 +23,17 @@ _PRIME = 2_147_483_629
 _A, _B = 1_000_003, 999_983
 
 
-def _row_checksum(campaign: str, micros: str) -> str:
+def _row_checksum(row_id: str, campaign: str, micros: str) -> str:
     """The per-row checksum as SQL both engines evaluate to the same integer (operands are non-negative, 64-bit)."""
-    return f"((id % {_PRIME}) * {_A} % {_PRIME} + {campaign} * {_B} % {_PRIME} + {micros} % {_PRIME}) % {_PRIME}"
+    return f"(({row_id} % {_PRIME}) * {_A} % {_PRIME} + {campaign} * {_B} % {_PRIME} + {micros} % {_PRIME}) % {_PRIME}"
 
 
-# Doubled `%`: psycopg's placeholder marker, in a query with bound values.
-_POSTGRES_CHECKSUM = _row_checksum("campaign_id::bigint", "(extract(epoch FROM created_at) * 1000000)::bigint").replace(
-    "%", "%%"
-)
-_CLICKHOUSE_CHECKSUM = _row_checksum("toUInt64(campaign_id)", "toUnixTimestamp64Micro(created_at)")
+# 64-bit operands on both sides (the source's ids and campaign ids are 32-bit integers); a doubled `%` in Postgres,
+# where it marks psycopg's placeholders in a query with bound values.
+_POSTGRES_CHECKSUM = _row_checksum(
+    "id::bigint", "campaign_id::bigint", "(extract(epoch FROM created_at) * 1000000)::bigint"
+).replace("%", "%%")
+_CLICKHOUSE_CHECKSUM = _row_checksum("id", "toUInt64(campaign_id)", "toUnixTimestamp64Micro(created_at)")
 
 
 def differing_buckets(reader: SourceReader, client: Client, table: str, upto: int) -> list[tuple[int, int]]:
