@@ -34,6 +34,7 @@ from pipeline.sync.runlog import SyncResult
 from pipeline.sync.state import load_state
 from pipeline.warehouse import client as clickhouse
 from tests.conftest import run_cli
+from tests.test_sync import seed_hand_built
 
 pytestmark = pytest.mark.warehouses
 
@@ -51,25 +52,13 @@ def ch(settings: Settings, sql: str) -> list[tuple]:
 
 
 def seed(pg: psycopg.Connection) -> None:
-    """Advertisers 1, 2; campaigns 1, 2 (advertiser 1) and 3 (advertiser 2).
+    """`seed_hand_built`, and one more impression and click. Advertisers 1, 2; campaigns 1, 2 (advertiser 1) and 3
+    (advertiser 2).
     Impressions 1-4 (campaign 1: 1, 2, 3; campaign 2: 4) and 5 (campaign 3); clicks 1, 2 (campaign 1), 3 (campaign 2).
     """
-    pg.execute("INSERT INTO advertiser (name, updated_at) VALUES ('Acme', now()), ('Globex', now())")
-    pg.execute(
-        "INSERT INTO campaign (name, bid, budget, start_date, end_date, advertiser_id) VALUES "
-        "('Spring', 1.50, 100.00, '2026-11-01', '2026-11-30', 1), "
-        "('Summer', 2.00, 200.00, '2026-11-01', '2026-11-30', 1), "
-        "('Autumn', 0.75, 50.00, '2026-11-01', '2026-11-30', 2)"
-    )
-    pg.execute(
-        "INSERT INTO impressions (campaign_id, created_at) VALUES "
-        "(1, '2026-11-20 10:00:00'), (1, '2026-11-20 23:59:59.999999'), (1, '2026-11-21 00:00:00'), "
-        "(2, '2026-11-21 08:30:00'), (3, '2026-11-22 12:00:00')"
-    )
-    pg.execute(
-        "INSERT INTO clicks (campaign_id, created_at) VALUES "
-        "(1, '2026-11-20 10:00:30'), (1, '2026-11-21 00:01:00'), (2, '2026-11-21 08:31:00')"
-    )
+    seed_hand_built(pg)
+    pg.execute("INSERT INTO impressions (campaign_id, created_at) VALUES (3, '2026-11-22 12:00:00')")
+    pg.execute("INSERT INTO clicks (campaign_id, created_at) VALUES (2, '2026-11-21 08:31:00')")
 
 
 def facts_pg(pg: psycopg.Connection, table: str) -> list[tuple]:

@@ -59,12 +59,6 @@ class Snapshot:
     """The WAL position the snapshot is as of (at least): replayed up to, on a standby; written up to, on a primary."""
 
 
-def lsn_value(lsn: str) -> int:
-    """A `pg_lsn` text (`16/B374D848`) as a number, for comparing positions."""
-    high, low = lsn.split("/")
-    return (int(high, 16) << 32) | int(low, 16)
-
-
 # The snapshot is taken when this first statement starts, so the position read during it is at or past the
 # snapshot's. On a primary it is the WAL write position, an end of a record like the replay position a standby
 # reports (the insert position can sit past a page header no replay position ever equals). pg_current_wal_lsn()

@@ -23,9 +23,12 @@ from pipeline.catalog import SOURCE_COLUMNS
 from pipeline.sync.clean import UTC_MICROS, clean_facts
 from pipeline.warehouse.client import quote_identifier
 
-_BATCH = 10_000
-"""Ids per warehouse query. They are written into the query text (sent in the request body), not bound: an HTTP
-server receives bound parameters in the URL, which has a size limit; the text stays under max_query_size (256 KiB)."""
+_BATCH = 200_000
+"""Ids per warehouse query, each a scan of the fact table's id column (ids are last in its sort key). They are
+written into the query text, sent in the request body, not bound: an HTTP server receives bound parameters in the
+URL, which has a size limit. The query's own max_query_size makes room for them."""
+
+_QUERY_SETTINGS = {"max_query_size": 4 * 1024 * 1024}
 
 FACT_SCHEMA = {"id": pl.UInt64, "campaign_id": pl.UInt32, "created_at": UTC_MICROS}
 
@@ -63,7 +66,8 @@ def _held_versions(client: Client, table: str, ids: list[int]) -> pl.DataFrame:
     frames = [pl.DataFrame(schema=FACT_SCHEMA)]
     for batch in itertools.batched(sorted(ids), _BATCH):
         arrow = client.query_arrow(
-            f"SELECT id, campaign_id, created_at FROM {quote_identifier(table)} WHERE id IN ({_id_list(batch)})"
+            f"SELECT id, campaign_id, created_at FROM {quote_identifier(table)} WHERE id IN ({_id_list(batch)})",
+            settings=_QUERY_SETTINGS,
         )
         frames.append(pl.from_arrow(arrow).cast(FACT_SCHEMA))
     return pl.concat(frames)
@@ -77,6 +81,7 @@ def _recorded_quarantine(client: Client, table: str, ids: list[int]) -> pl.DataF
             "SELECT table_name, source_id, reason, row FROM quarantine FINAL"
             f" WHERE table_name = {{table:String}} AND source_id IN ({_id_list(batch)})",
             parameters={"table": table},
+            settings=_QUERY_SETTINGS,
         )
         frames.append(pl.from_arrow(arrow).cast(schema))
     return pl.concat(frames)

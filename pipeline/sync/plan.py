@@ -15,8 +15,9 @@ from pipeline.catalog import FACTS
 from pipeline.config import mask_url
 from pipeline.errors import SyncRefusedError
 from pipeline.options import Mode, OnReset
+from pipeline.source.capture import lsn_value
 from pipeline.sync.capture import Changes
-from pipeline.sync.extract import SourceReader, lsn_value
+from pipeline.sync.extract import SourceReader
 from pipeline.sync.state import SyncState
 from pipeline.warehouse.quarantine import accounted_rows
 

@@ -31,12 +31,12 @@ from pipeline.killpoints import kill_point
 from pipeline.locks import exclusive_lock
 from pipeline.options import DEFAULT_CHUNK_ROWS, Engine, Mode, OnReset
 from pipeline.prefetch import prefetch
-from pipeline.source.capture import format_lsn
+from pipeline.source.capture import format_lsn, lsn_value
 from pipeline.storage import open_store
 from pipeline.sync.capture import Changes, advance, run_capture
 from pipeline.sync.changes import dimension_changes, full_load_rows
 from pipeline.sync.clean import Cleaned, clean_advertisers, clean_campaigns, clean_facts, quarantine_arrow
-from pipeline.sync.extract import SourceReader, lsn_value
+from pipeline.sync.extract import SourceReader
 from pipeline.sync.fact_changes import fact_changes
 from pipeline.sync.gaps import new_gaps, open_gaps
 from pipeline.sync.load import create_shadow, delete_retracted, drop_shadow, load_part, swap_in
