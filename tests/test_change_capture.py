@@ -442,3 +442,35 @@ def test_status_warns_when_the_slot_retains_more_wal_than_the_threshold(
     status = run_cli("status")
     assert status.exit_code == 0, status.stderr
     assert "Above ADPIPE_CAPTURE_LAG_WARNING_BYTES: is the sync running?" in " ".join(status.stdout.split())
+
+
+@pytest.mark.warehouses("chdb")
+def test_a_slot_that_lost_its_wal_stops_incremental_syncs_until_a_full_one(
+    settings: Settings, pg: psycopg.Connection
+) -> None:
+    seed(pg)
+    full(settings)
+    slot = slot_name(settings.clickhouse_database)
+    pg.execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
+    pg.execute("SELECT pg_reload_conf()")
+    try:
+        pg.execute("UPDATE clicks SET campaign_id = 3 WHERE id = 1")  # a change the slot can no longer deliver
+        for _ in range(3):  # past the limit: the checkpoint removes WAL the slot still needs
+            pg.execute("SELECT pg_switch_wal()")
+            pg.execute("CREATE TEMP TABLE filler AS SELECT repeat('x', 1000) AS t FROM generate_series(1, 20000)")
+            pg.execute("DROP TABLE filler")
+        pg.execute("CHECKPOINT")
+        assert slot_info(pg, slot).wal_status == "lost"
+    finally:
+        pg.execute("ALTER SYSTEM RESET max_slot_wal_keep_size")
+        pg.execute("SELECT pg_reload_conf()")
+    result = run_cli("sync")
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: replication slot {slot} lost WAL it had not delivered yet (max_slot_wal_keep_size): fact updates"
+        " and deletes since the last sync cannot be read; run `adpipe sync --mode full` to reload and start change"
+        " capture again"
+    ]
+    full(settings)
+    assert slot_info(pg, slot).wal_status in {"reserved", "extended"}
+    assert_equals_source(settings, pg)
