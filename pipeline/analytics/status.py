@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipeline.analytics.kpi import warehouse_client
 from pipeline.catalog import SOURCE_TABLES, live_rows
@@ -60,6 +60,9 @@ class TableStatus:
     clickhouse_rows: int
     clickhouse_max_id: int | None
     quarantined: int
+    rows_synced: int
+    """Rows loaded into this table by every successful or recovered run in `sync_runs`: a counter that only grows
+    (a full run counts every row it reloads)."""
 
     @property
     def behind(self) -> int:
@@ -83,18 +86,47 @@ class CaptureStatus:
         return self.retained_bytes is not None and self.retained_bytes > self.warning_bytes
 
 
+RUN_DURATION_BUCKETS: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
+"""Upper bounds, in seconds, of the run-duration histogram's buckets; a last bucket, +Inf, holds every run."""
+
+
+@dataclass(frozen=True)
+class RunDurations:
+    """A histogram of the wall durations of the successful runs in `sync_runs`, Prometheus style.
+
+    `counts[i]` is the number of runs that took at most `buckets[i]` seconds (cumulative); the last count, one more
+    than there are bounds, is the +Inf bucket and equals `count`. `sum` is their total duration in seconds.
+    """
+
+    buckets: tuple[float, ...]
+    counts: tuple[int, ...]
+    sum: float
+    count: int
+
+
 @dataclass(frozen=True)
 class WarehouseStatus:
     tables: list[TableStatus]
     last_run_id: str | None
     last_success_at: datetime | None
+    """When the last committed run recorded its success (None: no successful run on record)."""
     capture: CaptureStatus
+    last_snapshot_at: datetime | None
+    """When the last committed run started: the warehouse holds the source as of about then (None: no run)."""
+    run_durations: RunDurations
 
     @property
     def age_seconds(self) -> float | None:
         if self.last_success_at is None:
             return None
         return (datetime.now(UTC) - self.last_success_at).total_seconds()
+
+    @property
+    def lag_seconds(self) -> float | None:
+        """How far the warehouse trails the source in time: now minus `last_snapshot_at`."""
+        if self.last_snapshot_at is None:
+            return None
+        return (datetime.now(UTC) - self.last_snapshot_at).total_seconds()
 
 
 def format_age(seconds: float) -> str:
@@ -108,13 +140,22 @@ def warehouse_status(settings: Settings, client: Client | None = None) -> Wareho
     """The source against the warehouse, per table. A read: it creates nothing (`warehouse_client`)."""
     client = client or warehouse_client(settings)
     quarantined = quarantine_counts(client)
+    synced = rows_synced(client)
     tables = []
     with connect_postgres(settings) as conn:
         for table in SOURCE_TABLES:
             pg_rows, pg_max = conn.execute(f"SELECT count(*), max(id) FROM {table}").fetchone()
             ch_rows, ch_max = client.query(f"SELECT count(), max(id) FROM {live_rows(table)}").result_rows[0]
             tables.append(
-                TableStatus(table, pg_rows, pg_max, ch_rows, ch_max if ch_rows else None, quarantined.get(table, 0))
+                TableStatus(
+                    table,
+                    pg_rows,
+                    pg_max,
+                    ch_rows,
+                    ch_max if ch_rows else None,
+                    quarantined.get(table, 0),
+                    synced.get(table, 0),
+                )
             )
         state = load_state(settings.home)
         info = slot_info(conn, state.capture_slot) if state.capture_slot else None
@@ -125,14 +166,89 @@ def warehouse_status(settings: Settings, client: Client | None = None) -> Wareho
         info.retained_bytes if info else None,
         settings.capture_lag_warning_bytes,
     )
-    finished = None
+    started = finished = None
     if state.last_run_id:
+        # GROUP BY: no row at all when the run is not on record (min() of no rows would be 1970, not NULL).
         rows = client.query(
-            "SELECT max(finished_at) FROM sync_runs FINAL"
-            " WHERE run_id = {run:String} AND status IN ('success', 'recovered')",
+            "SELECT min(started_at), maxIf(finished_at, status IN ('success', 'recovered'))"
+            " FROM sync_runs FINAL WHERE run_id = {run:String} GROUP BY run_id",
             parameters={"run": state.last_run_id},
         ).result_rows
-        if rows and rows[0][0]:
+        if rows:
             # clickhouse-connect returns naive datetimes for UTC columns.
-            finished = rows[0][0].replace(tzinfo=UTC)
-    return WarehouseStatus(tables, state.last_run_id, finished, capture)
+            started = rows[0][0].replace(tzinfo=UTC)
+            finished = rows[0][1].replace(tzinfo=UTC) if rows[0][1] else None
+    return WarehouseStatus(tables, state.last_run_id, finished, capture, started, run_durations(client))
+
+
+def rows_synced(client: Client) -> dict[str, int]:
+    """Per table, the rows loaded by every successful or recovered run on record in `sync_runs`."""
+    rows = client.query(
+        "SELECT table_name, sum(rows_loaded) FROM sync_runs FINAL"
+        " WHERE status IN ('success', 'recovered') GROUP BY table_name"
+    ).result_rows
+    return {table: int(loaded) for table, loaded in rows}
+
+
+def run_durations(client: Client, buckets: tuple[float, ...] = RUN_DURATION_BUCKETS) -> RunDurations:
+    """The histogram of successful runs' wall durations, counted in ClickHouse in one query.
+
+    A run's duration is its last `finished_at` minus its first `started_at` over its rows (one per table), in
+    microseconds (the columns are DateTime64(6)). Recovered runs are left out: their start is when the run that
+    staged them began, before the crash, so their span is not a run's duration.
+    """
+    counts = ", ".join(f"countIf(seconds <= {bound!r})" for bound in buckets)
+    row = client.query(
+        f"SELECT {counts}, count(), sum(seconds) FROM ("
+        " SELECT run_id, dateDiff('microsecond', min(started_at), max(finished_at)) / 1e6 AS seconds"
+        " FROM sync_runs FINAL WHERE status = 'success' AND finished_at IS NOT NULL GROUP BY run_id)"
+    ).result_rows[0]
+    count = int(row[-2])
+    return RunDurations(tuple(buckets), (*(int(n) for n in row[:-2]), count), float(row[-1] or 0.0), count)
+
+
+def status_document(report: WarehouseStatus) -> dict[str, Any]:
+    """`status --json`: the report in plain JSON types, datetimes in ISO 8601 UTC (`2026-11-20T12:00:00.000000Z`)."""
+    durations = report.run_durations
+    lag = report.lag_seconds
+    return {
+        "tables": [
+            {
+                "table": t.table,
+                "postgres_rows": t.postgres_rows,
+                "postgres_max_id": t.postgres_max_id,
+                "clickhouse_rows": t.clickhouse_rows,
+                "clickhouse_max_id": t.clickhouse_max_id,
+                "behind": t.behind,
+                "quarantined": t.quarantined,
+                "rows_synced": t.rows_synced,
+            }
+            for t in report.tables
+        ],
+        "last_run_id": report.last_run_id,
+        "last_success_at": _iso(report.last_success_at),
+        "last_snapshot_at": _iso(report.last_snapshot_at),
+        "lag_seconds": None if lag is None else round(lag, 3),
+        "capture": {
+            "slot": report.capture.slot,
+            "present": report.capture.present,
+            "wal_status": report.capture.wal_status,
+            "retained_bytes": report.capture.retained_bytes,
+            "warning_bytes": report.capture.warning_bytes,
+            "lagging": report.capture.lagging,
+        },
+        "run_duration_seconds": {
+            "buckets": [
+                *({"le": bound, "count": n} for bound, n in zip(durations.buckets, durations.counts, strict=False)),
+                {"le": "+Inf", "count": durations.counts[-1]},
+            ],
+            "sum": round(durations.sum, 6),
+            "count": durations.count,
+        },
+    }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")

@@ -154,11 +154,18 @@ def print_sync_result(result: SyncResult) -> None:
 
 
 @app.command()
-def status() -> None:
+def status(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the figures as one JSON document (docs/operations.md).")
+    ] = False,
+) -> None:
     """Per table: Postgres vs ClickHouse rows and max id, rows behind, quarantined, and the last successful run."""
-    from pipeline.analytics.status import format_age, warehouse_status
+    from pipeline.analytics.status import format_age, status_document, warehouse_status
 
     report = warehouse_status(current_settings())
+    if as_json:
+        console.print_json(json.dumps(status_document(report)))
+        return
     table = Table(title="Postgres → ClickHouse")
     for column in (
         "Table",
