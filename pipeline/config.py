@@ -44,6 +44,9 @@ class Settings:
     running to end (Postgres needs them finished to start decoding); past it, the run goes on without capture."""
     capture_lag_warning_bytes: int = 1 << 30
     """`ADPIPE_CAPTURE_LAG_WARNING_BYTES`: `status` warns when the slot retains more WAL than this."""
+    engine_wait_seconds: float = 60.0
+    """`ADPIPE_ENGINE_WAIT_SECONDS`: while `sync --follow` runs, how long another command waits for it to hand over
+    the embedded ClickHouse (docs/follow.md); without a follower, a busy engine fails at once."""
 
     def for_reading(self) -> Settings:
         """These settings with the reader URL as the warehouse URL (the same database)."""
@@ -78,6 +81,7 @@ def load_settings() -> Settings:
         change_capture=_boolean("ADPIPE_CHANGE_CAPTURE", default=True),
         capture_wait_seconds=_number("ADPIPE_CAPTURE_WAIT_SECONDS", 30.0, minimum=0),
         capture_lag_warning_bytes=_whole("ADPIPE_CAPTURE_LAG_WARNING_BYTES", 1 << 30, minimum=0),
+        engine_wait_seconds=_number("ADPIPE_ENGINE_WAIT_SECONDS", 60.0, minimum=0),
     )
 
 

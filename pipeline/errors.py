@@ -70,7 +70,15 @@ class StagingError(AdpipeError):
 
 class SyncRefusedError(AdpipeError):
     """The sync stopped before changing anything, because going on would make the warehouse wrong
-    (the source was reset, the replica is behind the last run)."""
+    (the source was reset, the replica is behind the last run).
+
+    `transient`: the condition may clear by itself (a replica catching up), as opposed to one that needs a person
+    (a reset source, a lost slot).
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 def describe_failure(exc: BaseException) -> str | None:
@@ -85,6 +93,20 @@ def describe_failure(exc: BaseException) -> str | None:
     if psycopg is not None and isinstance(exc, psycopg.OperationalError):
         return f"Postgres connection failed: {first_line(exc)}"
     return None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether the same sync may succeed later unchanged, so a follower retries it: a server that was unreachable or
+    overloaded, a busy lock, staging storage that failed, a connection that broke, a replica still catching up.
+    Every other expected failure (bad settings, a reset source, a lost slot) needs a person."""
+    if isinstance(exc, ServerError | SyncRefusedError):
+        return exc.transient
+    if isinstance(exc, BusyError | StagingError):
+        return True
+    if isinstance(exc, AdpipeError):
+        return False
+    psycopg = sys.modules.get("psycopg")
+    return psycopg is not None and isinstance(exc, psycopg.OperationalError)
 
 
 def first_line(exc: BaseException, limit: int = 300) -> str:

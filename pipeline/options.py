@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 
 DEFAULT_CHUNK_ROWS = 1_000_000
@@ -31,3 +32,15 @@ class LoadMode(StrEnum):
 
     BATCH = "batch"
     STREAM = "stream"
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h)?")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from `500ms`, `5s`, `2m`, `1h` or a plain number of seconds; ValueError otherwise."""
+    match = _DURATION.fullmatch(text.strip().lower())
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration: use e.g. 500ms, 5s, 2m or 1h")
+    return float(match[1]) * _UNIT_SECONDS[match[2] or "s"]

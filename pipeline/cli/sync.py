@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from pipeline.cli.app import app, console, current_settings, err_console, progress_bars
-from pipeline.errors import AdpipeError
+from pipeline.errors import AdpipeError, ConfigError, describe_failure
 from pipeline.options import DEFAULT_CHUNK_ROWS, Engine, Mode, OnReset
 
 if TYPE_CHECKING:
-    from pipeline.analytics.status import CaptureStatus
+    from pipeline.analytics.metrics import FollowerMetrics
+    from pipeline.analytics.status import CaptureStatus, WarehouseStatus
     from pipeline.config import Settings
+    from pipeline.sync.follow import Tick
+    from pipeline.sync.run import SyncOptions
     from pipeline.sync.runlog import SyncResult
+
+log = logging.getLogger(__name__)
 
 snapshots_app = typer.Typer(help="Inspect, verify and prune the staged Parquet runs.", no_args_is_help=True)
 app.add_typer(snapshots_app, name="snapshots")
@@ -100,12 +111,28 @@ def sync(
     ] = False,
     verify: Annotated[bool, typer.Option("--verify", help="Reconcile the KPIs with DuckDB after loading.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", help="Keep syncing, every --interval, until SIGINT or SIGTERM.")
+    ] = False,
+    interval: Annotated[str, typer.Option(help="With --follow: time between runs, e.g. 500ms, 5s, 1m.")] = "5s",
+    metrics_port: Annotated[
+        int | None, typer.Option(help="With --follow: serve Prometheus metrics on this port (/metrics).")
+    ] = None,
+    metrics_address: Annotated[str, typer.Option(help="With --metrics-port: the address to listen on.")] = "127.0.0.1",
 ) -> None:
     """Copy Postgres into ClickHouse through a staged Parquet snapshot, exactly once."""
     from pipeline.sync.run import SyncOptions
     from pipeline.sync.run import sync as run_sync
 
     settings = current_settings()
+    if follow:
+        if verify:
+            raise ConfigError("--verify runs once, after one sync: run `adpipe reconcile` beside the follower instead")
+        options = SyncOptions(mode, engine, chunk_rows, partitions, on_reset, keep=keep, repair=repair)
+        _follow(settings, options, _interval(interval), metrics_port, metrics_address, as_json)
+        return
+    if metrics_port is not None:
+        raise ConfigError("--metrics-port serves the metrics of a follower: add --follow")
     with progress_bars() as progress:
         tasks: dict[str, int] = {}
 
@@ -124,6 +151,106 @@ def sync(
         print_sync_result(result)
     if verify:
         _verify(settings)
+
+
+def _interval(text: str) -> float:
+    from pipeline.options import parse_duration
+
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise ConfigError(f"--interval: {exc}") from None
+    if seconds <= 0:
+        raise ConfigError(f"--interval must be more than 0, got {text}")
+    return seconds
+
+
+def _follow(
+    settings: Settings, options: SyncOptions, interval: float, port: int | None, address: str, as_json: bool
+) -> None:
+    """Sync until a signal; one line per run. With `port`, gather `status` figures after each run and serve them."""
+    from pipeline.sync.follow import follow
+
+    metrics = _serve_metrics(port, address) if port is not None else None
+    started = False
+
+    def report(tick: Tick) -> None:
+        nonlocal started
+        if not (started or as_json):  # after the first run: a follower that cannot start says only why
+            console.print(f"Following the source every {interval:g} s; Ctrl-C or SIGTERM stops after the current run.")
+        started = True
+        if as_json:
+            typer.echo(json.dumps(_tick_json(tick)))
+        elif tick.result is not None:
+            console.print(_tick_line(tick), highlight=False)
+        if tick.error is not None:
+            err_console.print(
+                f"[yellow]run failed ({tick.failures} in a row): {tick.error}; retrying in {tick.retry_in:g} s[/]",
+                highlight=False,
+                soft_wrap=True,
+            )
+        if metrics is not None:
+            metrics.update(succeeded=tick.result is not None, status=_gather_status(settings, tick))
+
+    stop = threading.Event()
+    with _stop_on_signals(stop):
+        follow(settings, options, interval, stop, report)
+    console.print("Stopped after the current run.")
+
+
+def _serve_metrics(port: int, address: str) -> FollowerMetrics:
+    from pipeline.analytics.metrics import FollowerMetrics, serve_metrics
+
+    metrics = FollowerMetrics()
+    serve_metrics(metrics, port, address)
+    console.print(f"Metrics at http://{address}:{port}/metrics")
+    return metrics
+
+
+def _gather_status(settings: Settings, tick: Tick) -> WarehouseStatus | None:
+    """The `status` figures right after a successful run (the engine is still open then); None if they fail."""
+    from pipeline.analytics.status import warehouse_status
+    from pipeline.warehouse import client as clickhouse
+
+    if tick.result is None:
+        return None
+    try:
+        return warehouse_status(settings, clickhouse.connect(settings))
+    except Exception as exc:
+        log.warning("metrics not refreshed: %s", describe_failure(exc) or repr(exc))
+        return None
+
+
+def _tick_line(tick: Tick) -> str:
+    result = tick.result
+    assert result is not None
+    changed = [f"{name} +{t.loaded:,}" for name, t in result.tables.items() if t.loaded or t.quarantined]
+    changed += [f"{name} -{t.retracted:,}" for name, t in result.tables.items() if t.retracted]
+    return f"{result.run_id}: {', '.join(changed) or 'no changes'} ({tick.seconds:.2f} s)"
+
+
+def _tick_json(tick: Tick) -> dict[str, object]:
+    run = tick.result.to_json() if tick.result is not None else None
+    return {"run": run, "seconds": round(tick.seconds, 3), "error": tick.error, "retry_in": tick.retry_in}
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGINT and SIGTERM set `stop`; a second one interrupts at once (exit 130)."""
+
+    def handler(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        # Not through rich or logging: their locks may be held by the code this signal interrupted.
+        os.write(2, f"{signal.Signals(signum).name}: stopping after the current run (again to interrupt)\n".encode())
+
+    previous = {number: signal.signal(number, handler) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler_before in previous.items():
+            signal.signal(number, handler_before)
 
 
 def _verify(settings: Settings) -> None:

@@ -115,5 +115,6 @@ def _refuse_replica_behind(reader: SourceReader, state: SyncState) -> None:
         f" {reader.snapshot.lsn}, behind the last sync, which read it as of {state.source_lsn}:"
         " wait for the replica to catch up and run the sync again"
         " (or unset ADPIPE_POSTGRES_REPLICA_URL to read the primary; after replacing the source database,"
-        " run `adpipe sync --mode full`)"
+        " run `adpipe sync --mode full`)",
+        transient=True,
     )

@@ -83,37 +83,50 @@ class SyncOptions:
 
 def sync(settings: Settings, options: SyncOptions) -> SyncResult:
     """Run one sync. Only one runs at a time per ADPIPE_HOME; a second one fails at once."""
+    check_options(options)
+    with sync_lock(settings):
+        return sync_locked(settings, options)
+
+
+def check_options(options: SyncOptions) -> None:
     if options.chunk_rows < 1:
         raise AdpipeError(f"--chunk-rows must be 1 or more, got {options.chunk_rows}")
     if options.keep is not None and options.keep < 1:
         raise AdpipeError(f"--keep must be 1 or more, got {options.keep}")
-    with _sync_lock(settings):
-        open_store(settings.staging_dir)  # an unreachable S3 staging fails here, before the warehouse is touched
-        began = time.perf_counter()
-        client = clickhouse.connect(settings)
-        opened = time.perf_counter()
+
+
+def sync_locked(settings: Settings, options: SyncOptions, *, schema_ready: bool = False) -> SyncResult:
+    """One sync, by a caller that holds `sync_lock` (`sync`, and the follower for its whole life).
+
+    `schema_ready`: this process already applied the schema to this warehouse, so the run skips it.
+    """
+    open_store(settings.staging_dir)  # an unreachable S3 staging fails here, before the warehouse is touched
+    began = time.perf_counter()
+    client = clickhouse.connect(settings)
+    opened = time.perf_counter()
+    if not schema_ready:
         apply_schema(client)
-        ready = time.perf_counter()
-        recovered = recover_pending_runs(client, settings)
-        state = load_state(settings.home)
-        interrupted = close_interrupted_runs(client, set(recovered), state.last_run_id)
-        mode = options.mode
-        if mode is Mode.INCREMENTAL and state.last_run_id is None:
-            log.warning("no previous sync: running a full sync")
-            mode = Mode.FULL
-        result = _run(client, settings, options, mode, state)
-        result.timings = {"warehouse_open": opened - began, "schema": ready - opened, **result.timings}
-        result.recovered, result.interrupted = recovered, interrupted
-        if options.keep is not None:
-            result.pruned = prune_runs(settings, options.keep)
-        return result
+    ready = time.perf_counter()
+    recovered = recover_pending_runs(client, settings)
+    state = load_state(settings.home)
+    interrupted = close_interrupted_runs(client, set(recovered), state.last_run_id)
+    mode = options.mode
+    if mode is Mode.INCREMENTAL and state.last_run_id is None:
+        log.warning("no previous sync: running a full sync")
+        mode = Mode.FULL
+    result = _run(client, settings, options, mode, state)
+    result.timings = {"warehouse_open": opened - began, "schema": ready - opened, **result.timings}
+    result.recovered, result.interrupted = recovered, interrupted
+    if options.keep is not None:
+        result.pruned = prune_runs(settings, options.keep)
+    return result
 
 
 def recover_pending_runs(client: Client, settings: Settings) -> list[str]:
     """Load and commit runs that were published but not committed (the previous sync died mid-load)."""
     remove_interrupted(settings.staging_dir)
     last = load_state(settings.home).last_run_id
-    pending = [run for run in list_runs(settings.staging_dir) if last is None or run.run_id > last]
+    pending = list_runs(settings.staging_dir, after=last)
     for run in pending:
         log.warning("loading run %s, staged but not committed by an earlier sync", run.run_id)
         load_run(client, run)
@@ -123,20 +136,20 @@ def recover_pending_runs(client: Client, settings: Settings) -> list[str]:
     return [run.run_id for run in pending]
 
 
-def _sync_lock(settings: Settings) -> AbstractContextManager[None]:
+def sync_lock(settings: Settings) -> AbstractContextManager[None]:
     """The one lock of an ADPIPE_HOME's sync, replay and prune: they change the staged runs and the state."""
     return exclusive_lock(settings.home / "sync.lock", "sync")
 
 
 def prune(settings: Settings, keep: int) -> list[str]:
     """`prune_runs` under the sync lock, so no sync publishes or loads a run while runs are deleted."""
-    with _sync_lock(settings):
+    with sync_lock(settings):
         return prune_runs(settings, keep)
 
 
 def replay(settings: Settings, progress: Progress | None = None) -> list[str]:
     """Rebuild the warehouse from the staged runs alone (no Postgres): the latest full run, then the rest."""
-    with _sync_lock(settings):
+    with sync_lock(settings):
         runs = list_runs(settings.staging_dir)
         chosen = state_runs(runs, runs[-1].run_id if runs else None)
         if not chosen:

@@ -147,13 +147,14 @@ class RunWriter:
             self.store.delete_tree(self.tmp_dir)
 
 
-def list_runs(staging_dir: StagingDir) -> list[Run]:
-    """Every committed run (one with a manifest), oldest first. Interrupted runs are not runs."""
+def list_runs(staging_dir: StagingDir, *, after: str | None = None) -> list[Run]:
+    """Every committed run (one with a manifest), oldest first, or only those staged after run id `after` (run ids
+    sort by time): a caller that needs only the newest reads no older manifest. Interrupted runs are not runs."""
     store = open_store(staging_dir)
     runs = []
     for name in store.subdirectories(store.root):
         manifest_path = store.root / name / MANIFEST
-        if name.startswith(TMP_PREFIX) or not store.is_file(manifest_path):
+        if name.startswith(TMP_PREFIX) or (after is not None and name <= after) or not store.is_file(manifest_path):
             continue
         runs.append(Run(name, store.root / name, json.loads(store.read_bytes(manifest_path)), store))
     return runs

@@ -3,6 +3,8 @@
 chDB runs ClickHouse inside this process and allows one data directory per process, and one
 process per data directory. We hold a file lock beside the data for as long as the client is
 open, so a second adpipe process gets a clear "busy" message instead of an engine error.
+A long-running holder (`sync --follow`) lends the engine instead (`lend_engine`): other commands
+then wait for it, and it hands the engine over between runs.
 
 A server client gets timeouts, TLS options and compression from `Settings.clickhouse_server`, and
 retries transient failures with exponential backoff. Every request's failure becomes a
@@ -21,7 +23,8 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from enum import Enum
 from functools import wraps
 from pathlib import Path
@@ -34,8 +37,8 @@ from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError,
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, ProtocolError, ReadTimeoutError, SSLError
 
 from pipeline.config import ClickHouseServerOptions, Settings, mask_url
-from pipeline.errors import MissingDatabaseError, WarehouseError, first_line
-from pipeline.locks import acquire_lock
+from pipeline.errors import BusyError, MissingDatabaseError, WarehouseError, first_line
+from pipeline.locks import acquire_lock, exclusive_lock, is_locked, shared_lock
 
 log = logging.getLogger(__name__)
 
@@ -129,10 +132,45 @@ def close_all() -> None:
             os.close(lock_fd)
 
 
-def _lock_embedded(settings: Settings) -> int:
+def _engine_file(settings: Settings, suffix: str) -> Path:
+    """A lock file beside the embedded engine's data: `.lock` (its holder), `.lender` (held by a process that hands
+    the engine over on request), `.wanted` (shared by the processes waiting for it)."""
     path = Path(settings.clickhouse_url.removeprefix("chdb://"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return acquire_lock(path.parent / f"{path.name}.lock", f"embedded ClickHouse at {path}")
+    return path.parent / f"{path.name}{suffix}"
+
+
+def _lock_embedded(settings: Settings) -> int:
+    what = f"embedded ClickHouse at {settings.clickhouse_url.removeprefix('chdb://')}"
+    try:
+        return acquire_lock(_engine_file(settings, ".lock"), what)
+    except BusyError:
+        if not is_locked(_engine_file(settings, ".lender")):
+            raise
+    log.info("the embedded ClickHouse is lent by a follower: waiting for it to hand it over")
+    with shared_lock(_engine_file(settings, ".wanted")):
+        return acquire_lock(_engine_file(settings, ".lock"), what, wait_seconds=settings.engine_wait_seconds)
+
+
+@contextmanager
+def lend_engine(settings: Settings) -> Iterator[Callable[[], bool]]:
+    """For a long-running process: while the block runs, other processes that find the embedded engine busy wait
+    for it (up to `engine_wait_seconds`) instead of failing at once. Yields `hand_over()`, to call between pieces
+    of work: it closes the engine when someone waits for it, and says whether it did; the next `connect` takes it
+    back, waiting its turn. A server needs none of this: the block runs unchanged.
+    """
+    if not settings.clickhouse_is_embedded:
+        yield lambda: False
+        return
+    with exclusive_lock(_engine_file(settings, ".lender"), "sync --follow"):
+        yield lambda: _hand_over(settings)
+
+
+def _hand_over(settings: Settings) -> bool:
+    if settings.clickhouse_url not in _open or not is_locked(_engine_file(settings, ".wanted")):
+        return False
+    log.info("handing the embedded ClickHouse over to a waiting process")
+    close_all()
+    return True
 
 
 def _open_client(settings: Settings) -> Client:

@@ -1,0 +1,258 @@
+"""`adpipe sync --follow`: a real follower process over the embedded Postgres and chDB, driven from outside.
+
+Counts are the hand-built seed's (tests.test_sync.seed_hand_built: 2 advertisers, 3 campaigns, 4 impressions, 2
+clicks) plus the rows each test inserts itself.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from pipeline.config import Settings
+from pipeline.options import parse_duration
+from pipeline.sync.follow import MAX_BACKOFF_SECONDS, backoff
+from tests.conftest import run_cli
+from tests.harness import wait_until
+from tests.test_sync import seed_hand_built
+
+
+@pytest.fixture
+def env(settings: Settings, tmp_path: Path) -> dict[str, str]:
+    """The test's environment, with an engine of its own: the follower and the readers are other processes."""
+    return {**os.environ, "ADPIPE_CLICKHOUSE_URL": f"chdb://{tmp_path / 'followed-clickhouse'}"}
+
+
+def adpipe(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], env=env, capture_output=True, text=True)
+
+
+class Follower:
+    def __init__(self, process: subprocess.Popen[str], out: Path, port: int | None) -> None:
+        self.process, self.out, self.port = process, out, port
+
+    def lines(self) -> list[str]:
+        return self.out.read_text().splitlines()
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """Every sample of /metrics, by name and labels."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+    def stop(self) -> tuple[int, str]:
+        self.process.send_signal(signal.SIGTERM)
+        _, stderr = self.process.communicate(timeout=60)
+        return self.process.returncode, stderr
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def following(env: dict[str, str], tmp_path: Path, *args: str, metrics: bool = False) -> Iterator[Follower]:
+    """A follower in the background; killed at the end if the test did not stop it."""
+    out = tmp_path / f"follower-{time.monotonic_ns()}.out"
+    port = free_port() if metrics else None
+    extra = ["--metrics-port", str(port)] if port else []
+    with out.open("w") as stdout:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", "sync", "--follow", *args, *extra],
+            env=env,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    follower = Follower(process, out, port)
+    try:
+        yield follower
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+def runs_seen(follower: Follower, count: int) -> list[str]:
+    """Wait for `count` run lines of the follower (each names its run id)."""
+
+    def enough() -> list[str] | None:
+        assert follower.process.poll() is None, f"follower exited: {follower.process.communicate()[1]}"
+        runs = [line for line in follower.lines() if line.startswith("2") and "Z-" in line]
+        return runs if len(runs) >= count else None
+
+    return wait_until(enough, 60, f"{count} follower runs")
+
+
+def ch_rows(env: dict[str, str], table: str) -> int:
+    """Rows of `table` in the warehouse, read by `adpipe status` from another process."""
+    done = adpipe(env, "status")
+    assert done.returncode == 0, done.stderr
+    row = next(line for line in done.stdout.splitlines() if f" {table} " in line)
+    return int(row.split("│")[4].replace(",", ""))
+
+
+def test_follower_syncs_new_rows_reads_work_beside_it_and_sigterm_exits_0(
+    settings: Settings, pg: psycopg.Connection, env: dict[str, str], tmp_path: Path
+) -> None:
+    seed_hand_built(pg)
+    with following(env, tmp_path, "--interval", "300ms", metrics=True) as follower:
+        assert "-full: advertiser +2, campaign +3, impressions +4, clicks +2" in runs_seen(follower, 1)[0]
+        pg.execute("INSERT INTO impressions (campaign_id, created_at) SELECT 3, now() FROM generate_series(1, 5)")
+        pg.execute("UPDATE clicks SET campaign_id = 2 WHERE id = 2")  # change capture: re-attributed
+
+        def synced() -> dict | None:
+            samples = follower.metrics()
+            return samples if samples.get(("adpipe_warehouse_rows", (("table", "impressions"),))) == 9 else None
+
+        samples = wait_until(synced, 60, "the 5 new impressions in the follower's metrics")
+        assert samples[("adpipe_source_rows", (("table", "impressions"),))] == 9
+        assert samples[("adpipe_lag_rows", (("table", "impressions"),))] == 0
+        assert samples[("adpipe_warehouse_rows", (("table", "clicks"),))] == 2
+        assert samples[("adpipe_follow_runs_total", (("result", "failed"),))] == 0
+        assert samples[("adpipe_follow_runs_total", (("result", "success"),))] >= 2
+        assert samples[("adpipe_run_duration_seconds_count", ())] >= 2
+        assert ("adpipe_slot_wal_retained_bytes", ()) in samples
+
+        # Reads from other processes while it follows: the follower hands the embedded engine over between runs.
+        assert ch_rows(env, "impressions") == 9
+        ctr = adpipe(env, "kpi", "campaign_ctr", "--format", "csv")
+        assert ctr.returncode == 0, ctr.stderr
+        per_campaign = {line.split(",")[0]: line.split(",")[2:4] for line in ctr.stdout.splitlines()[1:]}
+        assert per_campaign == {"1": ["3", "1"], "2": ["1", "1"], "3": ["5", "0"]}
+        chstats = adpipe(env, "chstats")
+        assert chstats.returncode == 0, chstats.stderr
+        runs_before = len(runs_seen(follower, 1))
+        runs_seen(follower, runs_before + 1)  # and it went on syncing after each read
+
+        code, stderr = follower.stop()
+    assert code == 0, stderr
+    assert "SIGTERM: stopping after the current run" in stderr
+    assert follower.lines()[-1] == "Stopped after the current run."
+
+
+def test_one_follower_per_home_and_no_one_shot_sync_beside_it(
+    settings: Settings, pg: psycopg.Connection, env: dict[str, str], tmp_path: Path
+) -> None:
+    seed_hand_built(pg)
+    with following(env, tmp_path, "--interval", "1s") as follower:
+        runs_seen(follower, 1)
+        for args in (["sync", "--follow"], ["sync"]):
+            busy = adpipe(env, *args)
+            assert busy.returncode == 1
+            assert busy.stderr.startswith("error: sync is busy: another adpipe process")
+            assert len(busy.stderr.strip().splitlines()) == 1
+            assert "Following" not in busy.stdout
+        assert follower.stop()[0] == 0
+
+
+def test_a_truncated_source_stops_the_follower_with_its_line(
+    settings: Settings, pg: psycopg.Connection, env: dict[str, str], tmp_path: Path
+) -> None:
+    seed_hand_built(pg)
+    with following(env, tmp_path, "--interval", "300ms") as follower:
+        runs_seen(follower, 1)
+        pg.execute("TRUNCATE clicks")
+        follower.process.wait(timeout=60)
+        stderr = follower.process.communicate()[1]
+    assert follower.process.returncode == 1
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == (
+        "error: the source was reset (clicks truncated); run `adpipe sync --mode full`, "
+        "or pass --on-reset full to do so automatically"
+    )
+
+
+def test_a_failed_run_is_reported_and_retried(
+    settings: Settings, pg: psycopg.Connection, env: dict[str, str], tmp_path: Path
+) -> None:
+    """A reader keeps the engine longer than the follower waits for it: the follower's next run fails as busy,
+    is reported with its retry, and the run after the reader left succeeds with the rows inserted meanwhile."""
+    seed_hand_built(pg)
+    follower_env = {**env, "ADPIPE_ENGINE_WAIT_SECONDS": "0.2"}
+    with following(follower_env, tmp_path, "--interval", "200ms", metrics=True) as follower:
+        runs_seen(follower, 1)
+        holder = subprocess.Popen(
+            [sys.executable, "-c", _HOLD_ENGINE, settings.clickhouse_database],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+        pg.execute("INSERT INTO clicks (campaign_id, created_at) VALUES (3, now())")
+
+        def failed_once() -> bool:
+            return follower.metrics().get(("adpipe_follow_runs_total", (("result", "failed"),)), 0) >= 1
+
+        wait_until(failed_once, 60, "a failed run in the follower's metrics")
+        holder.communicate(input=None, timeout=60)
+
+        def recovered() -> dict | None:
+            samples = follower.metrics()
+            done = samples.get(("adpipe_warehouse_rows", (("table", "clicks"),))) == 3
+            return samples if done and samples[("adpipe_follow_consecutive_failures", ())] == 0 else None
+
+        wait_until(recovered, 60, "the click synced after the reader left")
+        code, stderr = follower.stop()
+    assert code == 0
+    assert "run failed (1 in a row): embedded ClickHouse at" in stderr
+    assert "is busy" in stderr and "retrying in 1 s" in stderr
+
+
+_HOLD_ENGINE = """
+import sys, time
+from pipeline.config import load_settings
+from pipeline.warehouse import client
+client.connect(load_settings())
+print("holding", flush=True)
+time.sleep(2.5)
+"""
+
+
+def test_interval_and_metrics_options_fail_in_one_line(settings: Settings) -> None:
+    for args, message in (
+        (["--follow", "--interval", "soon"], "error: --interval: 'soon' is not a duration"),
+        (["--follow", "--interval", "0s"], "error: --interval must be more than 0, got 0s"),
+        (["--metrics-port", "9108"], "error: --metrics-port serves the metrics of a follower: add --follow"),
+        (["--follow", "--verify"], "error: --verify runs once"),
+    ):
+        result = run_cli("sync", *args)
+        assert result.exit_code == 1
+        assert result.stderr.startswith(message), result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("5s", 5.0), ("500ms", 0.5), ("2m", 120.0), ("1h", 3600.0), ("1.5", 1.5), (" 3 S", 3.0)]
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "s", "-1s", "5 seconds", "1d"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(ValueError, match="is not a duration"):
+        parse_duration(text)
+
+
+def test_backoff_doubles_from_the_interval_and_is_capped() -> None:
+    assert [backoff(5, failures) for failures in (1, 2, 3)] == [5, 10, 20]
+    assert backoff(0.2, 1) == 1  # never busier than once a second while failing
+    assert backoff(5, 50) == MAX_BACKOFF_SECONDS
