@@ -68,7 +68,9 @@ def _init_capture(settings: Settings) -> None:
     try:
         slot, created = start_capture(settings)
     except AdpipeError as exc:
-        err_console.print(f"[yellow]warning: {exc}; syncs fall back to counting facts[/]")
+        err_console.print(
+            f"[yellow]warning: {exc}; syncs fall back to counting facts[/]", soft_wrap=True, highlight=False
+        )
         return
     console.print(f"Change capture: replication slot [bold]{slot}[/] {'created' if created else 'is in place'}.")
 

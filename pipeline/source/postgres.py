@@ -26,10 +26,14 @@ class EmbeddedPostgres:
     It listens on 127.0.0.1 (TCP, so every client — psycopg, ConnectorX, ADBC, ClickHouse's
     `postgresql()` — reaches it the same way) on a free port chosen at start. It is left
     running after a command so the next one does not pay the start again; `stop()` ends it.
+
+    `wal_level` is logical so that fact updates and deletes are captured from the WAL (pipeline.source.capture);
+    a test starts one with `replica` to run the sync's fallback without capture.
     """
 
-    def __init__(self, pgdata: Path) -> None:
+    def __init__(self, pgdata: Path, wal_level: str = "logical") -> None:
         self.pgdata = pgdata
+        self.wal_level = wal_level
 
     def running_port(self) -> int | None:
         """The port of the live server on this data directory, or None."""
@@ -75,8 +79,9 @@ class EmbeddedPostgres:
         """Start on `port`: False when another process holds the port, an AdpipeError on any other failure."""
         log_file = self.pgdata / "log"
         logged = log_file.stat().st_size if log_file.exists() else 0
-        # wal_level=logical: fact updates and deletes are captured from the WAL (pipeline.source.capture).
-        options = f"-h 127.0.0.1 -p {port} -k '' -c TimeZone=UTC -c wal_level=logical -c max_replication_slots=64"
+        options = (
+            f"-h 127.0.0.1 -p {port} -k '' -c TimeZone=UTC -c wal_level={self.wal_level} -c max_replication_slots=64"
+        )
         try:
             self._pg_ctl("-w", "-o", options, "-l", str(log_file), "start")
         except subprocess.SubprocessError as exc:
