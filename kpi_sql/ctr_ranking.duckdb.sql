@@ -24,7 +24,7 @@ WITH
         FROM delivery
     )
 SELECT
-    (row_number() OVER (ORDER BY centre - margin DESC, campaign_id))::UBIGINT AS rank,
+    (row_number() OVER (ORDER BY round(centre - margin, 12) DESC, campaign_id))::UBIGINT AS rank,
     campaign_id, campaign_name, impressions, clicks, ctr,
     centre - margin AS wilson_low,
     centre + margin AS wilson_high

@@ -2,7 +2,9 @@
 -- Definition: campaigns with at least min_impressions impressions (default 100), ranked by the
 --   lower bound of the Wilson score 95% interval (z = 1.96) of their CTR, so a 1-of-1 campaign does
 --   not outrank a 500-of-10,000 one. wilson_low/high bound the true CTR with 95% confidence.
--- Grain: one row per qualifying live campaign, ordered by rank (ties by campaign_id).
+-- Grain: one row per qualifying live campaign, ordered by rank (ties by campaign_id). The bound is
+--   compared to 12 decimals: every campaign without clicks has a bound of 0 up to float rounding, and the
+--   rounding differs between engines (DuckDB recomputes this KPI to reconcile), so they tie.
 -- Columns: rank, campaign_id, campaign_name, impressions, clicks, ctr, wilson_low, wilson_high.
 -- Edge cases: campaigns under the threshold are left out (their CTR is too uncertain to rank).
 -- Parameters (all optional): from_date, to_date, advertiser_id, campaign_id, min_impressions.
@@ -32,7 +34,7 @@ WITH
         FROM delivery
     )
 SELECT
-    toUInt64(row_number() OVER (ORDER BY centre - margin DESC, campaign_id)) AS rank,
+    toUInt64(row_number() OVER (ORDER BY round(centre - margin, 12) DESC, campaign_id)) AS rank,
     campaign_id, campaign_name, impressions, clicks, ctr,
     centre - margin AS wilson_low,
     centre + margin AS wilson_high

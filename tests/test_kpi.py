@@ -327,3 +327,25 @@ def test_clickhouse_and_duckdb_agree_on_a_million_impressions(settings: Settings
     checks = {c.name: c.detail for c in report.checks}
     assert checks["rows impressions"].startswith("Postgres 1,000,000 = ClickHouse 1,000,000")
     assert checks["kpi campaign_ctr"] == "100 rows equal"
+
+
+def test_campaigns_without_clicks_tie_in_ctr_ranking_on_both_engines(
+    settings: Settings, pg: psycopg.Connection
+) -> None:
+    """Without clicks, a campaign's Wilson lower bound is 0, computed as a difference of two equal terms: float
+    rounding leaves a different crumb per impression count, and per engine. They must tie, ranked by campaign_id,
+    in ClickHouse and in DuckDB's recomputation alike (seen: campaign 84 before 20 in DuckDB only)."""
+    pg.execute("INSERT INTO advertiser (name) VALUES ('Acme')")
+    pg.execute(
+        "INSERT INTO campaign (name, bid, budget, start_date, end_date, advertiser_id)"
+        " SELECT 'c' || n, 1.00, 100.00, '2026-11-01', '2026-11-30', 1 FROM generate_series(1, 60) AS n"
+    )
+    pg.execute(  # campaign n: 100 + 37 n impressions, none clicked
+        "INSERT INTO impressions (campaign_id, created_at)"
+        " SELECT c, '2026-11-20 10:00:00' FROM generate_series(1, 60) AS c, generate_series(1, 100 + 37 * c)"
+    )
+    sync(settings, SyncOptions(mode=Mode.FULL))
+    ranked = compute(settings, "ctr_ranking", Filters()).rows()
+    assert [row[1] for row in ranked] == list(range(1, 61))
+    report = reconcile(settings)
+    assert {c.name: c.ok for c in report.checks}["kpi ctr_ranking"], [c for c in report.checks if not c.ok]

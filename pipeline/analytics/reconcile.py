@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from clickhouse_connect.driver.client import Client
 
 from pipeline.analytics.kpi import Filters, list_kpis, run_clickhouse, run_duckdb, warehouse_client
-from pipeline.catalog import DIMENSIONS, RETRACTED, SOURCE_COLUMNS, SOURCE_TABLES, live_rows
+from pipeline.catalog import DIMENSIONS, FACTS, RETRACTED, SOURCE_COLUMNS, SOURCE_TABLES, live_rows
 from pipeline.config import Settings
 from pipeline.errors import AdpipeError
 from pipeline.source.postgres import connect as connect_postgres
@@ -59,10 +59,14 @@ def snapshot_connection(settings: Settings) -> duckdb.DuckDBPyConnection:
     con.execute("SET TimeZone = 'UTC'")
     for table in SOURCE_TABLES:
         paths = [str(p) for p in files.get(table, [])]
-        if not paths:
+        if paths:
+            source = _parquet_source(con, store, table, paths, union_by_name=table in DIMENSIONS)
+            con.execute(f"CREATE VIEW staged_{table} AS SELECT * FROM {source}")
+        elif table in FACTS:
+            # A fact table that was empty at the full run (and has had no row since) stages no file.
+            con.execute(f"CREATE VIEW staged_{table} AS {_EMPTY_FACTS}")
+        else:
             raise AdpipeError(f"the committed snapshot has no {table} files; run `adpipe sync --mode full`")
-        source = _parquet_source(con, store, table, paths, union_by_name=table in DIMENSIONS)
-        con.execute(f"CREATE VIEW staged_{table} AS SELECT * FROM {source}")
     for fact, retracted in RETRACTED.items():
         # Only runs that saw a fact change have retractions: none at all is an empty relation of the fact's shape.
         paths = [str(p) for p in files.get(retracted, [])]
@@ -73,6 +77,10 @@ def snapshot_connection(settings: Settings) -> duckdb.DuckDBPyConnection:
     for statement in statements(sql_text("schemas", "duckdb", "snapshot_views.sql")):
         con.execute(statement)
     return con
+
+
+_EMPTY_FACTS = "SELECT NULL::UBIGINT AS id, NULL::UINTEGER AS campaign_id, NULL::TIMESTAMPTZ AS created_at WHERE false"
+"""No fact rows, in the types `clean_facts` stages them with."""
 
 
 def _parquet_source(

@@ -69,10 +69,39 @@ def _global_options(
 ) -> None:
     _settings.set([])
     level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
-    handler = RichHandler(console=err_console)
+    handler = _log_handler()
     if verbose == 0:
         handler.addFilter(_quiet_drivers)
-    logging.basicConfig(level=level, format="%(message)s", handlers=[handler])
+    logging.basicConfig(level=level, handlers=[handler])
+
+
+def _log_handler() -> logging.Handler:
+    """Rich's columns on a terminal; elsewhere (CI, a service's journal, a pipe) one unwrapped line per record,
+    `warning: …` like the `error: …` lines, so a log reader or a grep sees each message whole."""
+    if err_console.is_terminal:
+        handler: logging.Handler = RichHandler(console=err_console)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = _StderrHandler()
+        handler.setFormatter(_LineFormatter())
+    return handler
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is at the time, as `err_console` does (a test runner swaps it per command)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
+class _LineFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {super().format(record)}"
 
 
 def _quiet_drivers(record: logging.LogRecord) -> bool:
