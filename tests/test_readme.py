@@ -68,6 +68,8 @@ NOT_EXECUTED: dict[str, str] = {
     "ADPIPE_TEST_CLICKHOUSE_URL=": "the suite against a real ClickHouse server (the compose stack, needs Docker); "
     "the same tests run here on the embedded engine and through the HTTP double",
     "docker compose": "needs a Docker engine, which the CI machine does not have",
+    "uv run adpipe sync --follow": "runs until a signal; tests/test_follow.py runs followers in subprocesses and "
+    "stops them",
     "export ADPIPE_POSTGRES_URL=": "points adpipe at the compose Postgres (needs Docker); "
     "the adpipe commands after it run here against the embedded default",
     "export ADPIPE_CLICKHOUSE_URL=": "points adpipe at the compose ClickHouse (needs Docker); "

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from pipeline.config import Settings
-from pipeline.errors import describe_failure, is_transient
+from pipeline.errors import BusyError, describe_failure, is_transient
 from pipeline.options import Mode
 from pipeline.sync.run import SyncOptions, check_options, sync_lock, sync_locked
 from pipeline.sync.runlog import SyncResult
@@ -86,7 +86,9 @@ def _failed(exc: Exception, interval: float, failures: int, seconds: float, repo
     if message is None:  # a bug: keep the traceback in the log, and the loop alive
         log.error("sync run failed unexpectedly", exc_info=exc)
         message = f"unexpected {type(exc).__name__}: {exc}"
-    delay = backoff(interval, failures)
+    # Busy: another process holds the engine or the lock for a while (a notebook's kernel), and backing off further
+    # would only delay the run after it lets go.
+    delay = backoff(interval, 1 if isinstance(exc, BusyError) else failures)
     report(Tick(None, seconds, message, failures, delay))
     return delay
 
