@@ -56,8 +56,8 @@ class Follower:
             for sample in family.samples
         }
 
-    def stop(self) -> tuple[int, str]:
-        self.process.send_signal(signal.SIGTERM)
+    def stop(self, signal_number: int = signal.SIGTERM) -> tuple[int, str]:
+        self.process.send_signal(signal_number)
         _, stderr = self.process.communicate(timeout=60)
         return self.process.returncode, stderr
 
@@ -161,7 +161,10 @@ def test_one_follower_per_home_and_no_one_shot_sync_beside_it(
             assert busy.stderr.startswith("error: sync is busy: another adpipe process")
             assert len(busy.stderr.strip().splitlines()) == 1
             assert "Following" not in busy.stdout
-        assert follower.stop()[0] == 0
+        code, stderr = follower.stop(signal.SIGINT)  # Ctrl-C: the same as SIGTERM
+    assert code == 0, stderr
+    assert "SIGINT: stopping after the current run" in stderr
+    assert follower.lines()[-1] == "Stopped after the current run."
 
 
 def test_a_truncated_source_stops_the_follower_with_its_line(

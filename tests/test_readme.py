@@ -19,7 +19,9 @@ How each command is treated:
   its own ADPIPE_HOME and staging directory, the embedded Postgres started on demand, as with no
   configuration, and a ClickHouse database of its own in the session's chDB engine (one data
   directory per process). It must exit 0, unless the line ends with the comment
-  `# exits N: message`: then it must exit N and print `message` on stderr.
+  `# exits N: message`: then it must exit N and print `message` on stderr. A line whose comment
+  starts `# runs until SIGTERM` (`sync --follow`) runs in a subprocess instead (the engine handed to
+  it), is sent SIGTERM once it has synced, and must then exit 0.
 - Anything else must start with a prefix listed in NOT_EXECUTED, with the reason it is not run here.
   A command that is neither fails `test_every_documented_command_is_executed_or_listed`.
 - A `sql` block is a ClickHouse query: it runs against the warehouse at its place in that order
@@ -35,6 +37,10 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import signal
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +56,7 @@ from pipeline.source.postgres import EmbeddedPostgres
 from pipeline.sync.run import SyncOptions, sync
 from pipeline.warehouse import client as clickhouse
 from tests.conftest import run_cli
+from tests.harness import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -68,8 +75,6 @@ NOT_EXECUTED: dict[str, str] = {
     "ADPIPE_TEST_CLICKHOUSE_URL=": "the suite against a real ClickHouse server (the compose stack, needs Docker); "
     "the same tests run here on the embedded engine and through the HTTP double",
     "docker compose": "needs a Docker engine, which the CI machine does not have",
-    "uv run adpipe sync --follow": "runs until a signal; tests/test_follow.py runs followers in subprocesses and "
-    "stops them",
     "export ADPIPE_POSTGRES_URL=": "points adpipe at the compose Postgres (needs Docker); "
     "the adpipe commands after it run here against the embedded default",
     "export ADPIPE_CLICKHOUSE_URL=": "points adpipe at the compose ClickHouse (needs Docker); "
@@ -105,6 +110,8 @@ class Command:
     env: dict[str, str] = field(default_factory=dict)
     expected_exit: int = 0
     expected_stderr: str | None = None
+    until_signal: bool = False
+    """Runs until it gets SIGTERM (`# runs until SIGTERM`)."""
     problem: str | None = None
     page: str = "README.md"
 
@@ -198,6 +205,7 @@ def parse_command(line_number: int, line: str, page: str = "README.md") -> Comma
         env,
         int(expected.group(1)) if expected else 0,
         expected.group(2) if expected else None,
+        until_signal=comment.startswith("runs until SIGTERM"),
         page=page,
     )
 
@@ -388,6 +396,9 @@ def test_documented_commands_run_in_order(embedded: Settings, monkeypatch: pytes
         with monkeypatch.context() as scoped:
             for name, value in step.env.items():
                 scoped.setenv(name, os.path.expandvars(value))
+            if step.until_signal:
+                run_until_signal(step)
+                continue
             try:
                 result = run_cli(*step.args)
             except Exception as exc:  # a bug: keep its traceback, and say which page and line hit it
@@ -397,6 +408,26 @@ def test_documented_commands_run_in_order(embedded: Settings, monkeypatch: pytes
         assert result.exit_code == step.expected_exit, where
         if step.expected_stderr is not None:
             assert step.expected_stderr in " ".join(result.stderr.split()), where
+
+
+def run_until_signal(step: Command) -> None:
+    """Run a documented long-running command (a follower) as the user would, then stop it as systemd would."""
+    clickhouse.close_all()  # the embedded engine serves one process: the follower's, until it stops
+    out = Path(tempfile.mkstemp(suffix=".out")[1])
+    with out.open("w") as stdout:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", *step.args], stdout=stdout, stderr=subprocess.PIPE, text=True
+        )
+    try:
+        wait_until(lambda: "Following the source" in out.read_text() or process.poll() is not None, 120, step.text)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    where = f"{step.where}: {step.text}\nstdout:\n{out.read_text()}\nstderr:\n{stderr}"
+    assert process.returncode == 0, where
+    assert out.read_text().splitlines()[-1] == "Stopped after the current run.", where
 
 
 def test_documented_sync_runs_query_shows_each_run_and_its_outcome(settings: Settings, pg: psycopg.Connection) -> None:
@@ -437,6 +468,10 @@ def test_documented_sync_runs_query_shows_each_run_and_its_outcome(settings: Set
         (
             "uv run adpipe sync  # exits 1: the source was reset",
             Command(1, "uv run adpipe sync", ("sync",), expected_exit=1, expected_stderr="the source was reset"),
+        ),
+        (
+            "uv run adpipe sync --follow  # runs until SIGTERM (or Ctrl-C)",
+            Command(1, "uv run adpipe sync --follow", ("sync", "--follow"), until_signal=True),
         ),
         ("docker compose up -d  # start", Command(1, "docker compose up -d")),
         (
