@@ -149,6 +149,29 @@ def test_follower_syncs_new_rows_reads_work_beside_it_and_sigterm_exits_0(
     assert follower.lines()[-1] == "Stopped after the current run."
 
 
+def test_the_follower_keeps_its_postgres_connections_between_runs(
+    settings: Settings, pg: psycopg.Connection, env: dict[str, str], tmp_path: Path
+) -> None:
+    """After its first runs, every Postgres backend the follower uses was already there: none is opened per run."""
+
+    def backends() -> set[int]:
+        rows = pg.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchall()
+        return {pid for (pid,) in rows}
+
+    seed_hand_built(pg)
+    with following(env, tmp_path, "--interval", "200ms") as follower:
+        runs = len(runs_seen(follower, 3))
+        before = wait_until(backends, 30, "the follower's connections")
+        pg.execute("INSERT INTO impressions (campaign_id, created_at) VALUES (1, now())")  # work for the next runs
+        runs_seen(follower, runs + 5)
+        after = backends()
+        assert follower.stop()[0] == 0
+    assert after and after <= before, (before, after)
+    assert backends() == set(), "a stopped follower leaves no connection behind"
+
+
 def test_one_follower_per_home_and_no_one_shot_sync_beside_it(
     settings: Settings, pg: psycopg.Connection, env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -259,3 +282,44 @@ def test_backoff_doubles_from_the_interval_and_is_capped() -> None:
     assert [backoff(5, failures) for failures in (1, 2, 3)] == [5, 10, 20]
     assert backoff(0.2, 1) == 1  # never busier than once a second while failing
     assert backoff(5, 50) == MAX_BACKOFF_SECONDS
+
+
+def test_a_kept_connection_the_server_dropped_is_replaced_not_handed_out(
+    settings: Settings, pg: psycopg.Connection
+) -> None:
+    from pipeline.source.postgres import close_adbc, connect, keep_connections, open_adbc, postgres_url
+
+    def adbc_pid(conn: object) -> int:
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            return cursor.fetchone()[0]
+
+    url = postgres_url(settings)
+    with keep_connections():
+        with connect(settings) as first:
+            kept_pid = first.info.backend_pid
+        with connect(settings) as again:
+            assert again.info.backend_pid == kept_pid  # kept
+        adbc = open_adbc(url)
+        adbc_kept = adbc_pid(adbc)
+        close_adbc(url, adbc)
+        pg.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", ([kept_pid, adbc_kept],))
+        wait_until(
+            lambda: (
+                not pg.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", ([kept_pid, adbc_kept],)
+                ).fetchone()[0]
+            ),
+            10,
+            "the terminated backends to go",
+        )
+        with connect(settings) as replaced:
+            assert replaced.execute("SELECT 1").fetchone() == (1,)
+            assert replaced.info.backend_pid != kept_pid
+        adbc = open_adbc(url)
+        assert adbc_pid(adbc) != adbc_kept
+        close_adbc(url, adbc)
+    left = pg.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    ).fetchone()[0]
+    assert left == 0, "the end of keep_connections closes every kept connection"

@@ -5,7 +5,11 @@ from __future__ import annotations
 import logging
 import socket
 import subprocess
+import threading
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -181,15 +185,139 @@ def next_transaction_id(url: str, what: str) -> int:
             ) from None
 
 
-def _open(url: str, what: str) -> psycopg.Connection:
-    """Connect to `url`. A failure is a SourceError, transient unless the server answered no (bad password, say)."""
+class _Connection(psycopg.Connection):
+    """A psycopg connection that, closed while `keep_connections` is active, stays open for the next `_open`."""
+
+    url: str = ""
+
+    def close(self) -> None:
+        if not _kept.take_back_psycopg(self):
+            super().close()
+
+
+@dataclass
+class _KeptConnections:
+    """Idle connections by URL, kept between the runs of a long-running process. Process-wide, like the
+    warehouse client: the run's reader threads open and close connections too."""
+
+    active: bool = False
+    psycopg: dict[str, list[_Connection]] = field(default_factory=dict)
+    adbc: dict[str, list[Any]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def take_back_psycopg(self, conn: _Connection) -> bool:
+        if not self.active or conn.closed or conn.broken:
+            return False
+        try:
+            conn.rollback()
+            conn.autocommit = False  # as psycopg hands out a new one
+        except psycopg.Error:
+            return False
+        with self.lock:
+            self.psycopg.setdefault(conn.url, []).append(conn)
+        return True
+
+    def checkout[T](self, pool: dict[str, list[T]], url: str, alive: Callable[[T], bool]) -> T | None:
+        """An idle connection to `url` that still answers (the server may have restarted meanwhile), or None."""
+        while True:
+            with self.lock:
+                idle = pool.get(url)
+                conn = idle.pop() if self.active and idle else None
+            if conn is None or alive(conn):
+                return conn
+
+    def close_all(self) -> None:
+        with self.lock:
+            self.active = False
+            idle = [conn for conns in self.psycopg.values() for conn in conns]
+            idle_adbc = [conn for conns in self.adbc.values() for conn in conns]
+            self.psycopg.clear()
+            self.adbc.clear()
+        for conn in idle:
+            psycopg.Connection.close(conn)
+        for conn in idle_adbc:
+            conn.close()
+
+
+_kept = _KeptConnections()
+
+
+@contextmanager
+def keep_connections() -> Iterator[None]:
+    """For a long-running process (`sync --follow`): connections closed inside the block stay open, idle, and the
+    next connect to the same URL gets one back instead of a new one; at the end of the block they all close.
+
+    A kept connection is handed out only after a round trip shows it still answers, so a restarted server costs a
+    new connection, not a failed run.
+    """
+    _kept.active = True
     try:
-        return psycopg.connect(url, connect_timeout=10)
+        yield
+    finally:
+        _kept.close_all()
+
+
+def open_adbc(url: str) -> Any:
+    """An ADBC connection to `url` in autocommit mode: a kept one (`keep_connections`), or a new one."""
+    kept = _kept.checkout(_kept.adbc, url, _adbc_alive)
+    if kept is not None:
+        return kept
+    import adbc_driver_postgresql.dbapi as adbc
+
+    return adbc.connect(url, autocommit=True)
+
+
+def close_adbc(url: str, conn: Any) -> None:
+    """Close an ADBC connection from `open_adbc`, or keep it, its transaction ended, while `keep_connections`."""
+    if _kept.active:
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute("ROLLBACK")
+        except Exception:  # the driver's own error types: a connection that cannot end its transaction is not kept
+            log.debug("closing an ADBC connection that could not roll back", exc_info=True)
+        else:
+            with _kept.lock:
+                _kept.adbc.setdefault(url, []).append(conn)
+            return
+    conn.close()
+
+
+def _adbc_alive(conn: Any) -> bool:
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchall()
+    except Exception:
+        conn.close()
+        return False
+    return True
+
+
+def _psycopg_alive(conn: _Connection) -> bool:
+    try:
+        conn.execute("SELECT 1")
+        conn.rollback()
+    except psycopg.Error:
+        psycopg.Connection.close(conn)
+        return False
+    return True
+
+
+def _open(url: str, what: str) -> psycopg.Connection:
+    """Connect to `url` (or take back a kept connection). A failure is a SourceError, transient unless the server
+    answered no (bad password, say)."""
+    kept = _kept.checkout(_kept.psycopg, url, _psycopg_alive)
+    if kept is not None:
+        return kept
+    try:
+        conn = _Connection.connect(url, connect_timeout=10)
     except psycopg.OperationalError as exc:
         masked = mask_url(url)
         raise SourceError(
             f"cannot reach {what} at {masked}: {first_line(exc)}", url=masked, transient=_transient(exc)
         ) from None
+    conn.url = url
+    return conn
 
 
 def _transient(exc: psycopg.OperationalError) -> bool:

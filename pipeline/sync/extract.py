@@ -36,7 +36,14 @@ from pipeline.catalog import SOURCE_COLUMNS
 from pipeline.config import Settings, mask_url
 from pipeline.errors import SourceError
 from pipeline.options import Engine
-from pipeline.source.postgres import connect, connect_replica, next_transaction_id, postgres_url
+from pipeline.source.postgres import (
+    close_adbc,
+    connect,
+    connect_replica,
+    next_transaction_id,
+    open_adbc,
+    postgres_url,
+)
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +127,7 @@ class SourceReader:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         for conn in self._adbc:
-            conn.close()
+            close_adbc(self.url, conn)
         if self._pool is not None:
             self._pool.shutdown()
         ended: psycopg.Error | None = None
@@ -246,9 +253,7 @@ class SourceReader:
         return pa.concat_tables(self._pool.map(_fetch_adbc, self._adbc, queries))
 
     def _open_adbc(self) -> Any:
-        import adbc_driver_postgresql.dbapi as adbc
-
-        conn = adbc.connect(self.url, autocommit=True)
+        conn = open_adbc(self.url)
         with conn.cursor() as cursor:
             cursor.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             cursor.execute(f"SET TRANSACTION SNAPSHOT '{self.snapshot.exported_id}'")

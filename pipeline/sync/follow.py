@@ -1,10 +1,10 @@
 """`adpipe sync --follow`: incremental syncs, with change capture, one after another in one process.
 
 The follower holds the sync lock for its whole life (a second follower, or a one-shot sync, fails at once with
-"sync is busy") and keeps the warehouse client open between runs. It lends the embedded engine
-(`client.lend_engine`): a command from another shell that needs it waits, and the follower hands it over between
-runs, taking it back for the next one. Each run is a complete sync: staged, loaded, committed, slot advanced;
-stopping between runs loses nothing, and a run killed half way is recovered by the next as always.
+"sync is busy") and keeps the warehouse client and its Postgres connections open between runs. It lends the
+embedded engine (`client.lend_engine`): a command from another shell that needs it waits, and the follower hands
+it over between runs, taking it back for the next one. Each run is a complete sync: staged, loaded, committed,
+slot advanced; stopping between runs loses nothing, and a run killed half way is recovered by the next as always.
 
 A run that fails for a reason that may pass (`errors.is_transient`: a server unreachable, a busy lock, a replica
 behind) is reported and retried after a backoff that doubles from the interval; one that needs a person (a reset
@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from pipeline.config import Settings
 from pipeline.errors import BusyError, describe_failure, is_transient
 from pipeline.options import Mode
+from pipeline.source.postgres import keep_connections
 from pipeline.sync.run import SyncOptions, check_options, sync_lock, sync_locked
 from pipeline.sync.runlog import SyncResult
 from pipeline.warehouse import client as clickhouse
@@ -60,7 +61,7 @@ def follow(settings: Settings, options: SyncOptions, interval: float, stop: thre
     Raises the error of a run that failed for a reason that will not pass by itself.
     """
     check_options(options)
-    with sync_lock(settings), clickhouse.lend_engine(settings) as hand_over:
+    with sync_lock(settings), keep_connections(), clickhouse.lend_engine(settings) as hand_over:
         schema_ready, failures = False, 0
         while not stop.is_set():
             began = time.monotonic()
