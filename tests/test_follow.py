@@ -7,6 +7,7 @@ clicks) plus the rows each test inserts itself.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -19,10 +20,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.config import Settings
 from pipeline.options import parse_duration
+from pipeline.source.capture import slot_name
 from pipeline.sync.follow import MAX_BACKOFF_SECONDS, backoff
 from tests.conftest import run_cli
 from tests.harness import wait_until
@@ -131,6 +134,8 @@ def test_follower_syncs_new_rows_reads_work_beside_it_and_sigterm_exits_0(
         assert samples[("adpipe_follow_runs_total", (("result", "success"),))] >= 2
         assert samples[("adpipe_run_duration_seconds_count", ())] >= 2
         assert ("adpipe_slot_wal_retained_bytes", ()) in samples
+        served = {name for name, _ in samples}
+        assert documented_metrics() <= served | {"up"}, documented_metrics() - served
 
         # Reads from other processes while it follows: the follower hands the embedded engine over between runs.
         assert ch_rows(env, "impressions") == 9
@@ -207,6 +212,32 @@ def test_a_truncated_source_stops_the_follower_with_its_line(
     )
 
 
+def test_a_dropped_slot_stops_the_follower_with_its_line(
+    settings: Settings, pg: psycopg.Connection, env: dict[str, str], tmp_path: Path
+) -> None:
+    seed_hand_built(pg)
+    with following(env, tmp_path, "--interval", "300ms") as follower:
+        runs_seen(follower, 2)  # the second run reads the slot the first (full) one created
+        slot = slot_name(settings.clickhouse_database)
+
+        def dropped() -> bool:
+            try:
+                pg.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+            except psycopg.errors.ObjectInUse:  # a run is reading it right now
+                return False
+            return True
+
+        wait_until(dropped, 30, f"slot {slot} dropped")
+        follower.process.wait(timeout=60)
+        stderr = follower.process.communicate()[1]
+    assert follower.process.returncode == 1
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == (
+        f"error: replication slot {slot} was dropped: fact updates and deletes since the last sync cannot be read;"
+        " run `adpipe sync --mode full` to reload and start change capture again"
+    )
+
+
 def test_a_failed_run_is_reported_and_retried(
     settings: Settings, pg: psycopg.Connection, env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -251,6 +282,15 @@ client.connect(load_settings())
 print("holding", flush=True)
 time.sleep(2.5)
 """
+
+
+def documented_metrics() -> set[str]:
+    """Every metric docs/follow.md names (its table and its alert rules), as the samples a scrape gives."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "follow.md").read_text()
+    names = set(re.findall(r"\b(adpipe_[a-z_]+|up)\b", text))
+    assert "adpipe_run_duration_seconds" in names and "adpipe_lag_seconds" in names
+    # A histogram is served as its _bucket, _count and _sum samples.
+    return {f"{name}_count" if name == "adpipe_run_duration_seconds" else name for name in names}
 
 
 def test_interval_and_metrics_options_fail_in_one_line(settings: Settings) -> None:
@@ -323,3 +363,21 @@ def test_a_kept_connection_the_server_dropped_is_replaced_not_handed_out(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
     ).fetchone()[0]
     assert left == 0, "the end of keep_connections closes every kept connection"
+
+
+def test_compose_runs_the_follower_against_the_stack() -> None:
+    """On paper only here (no Docker engine): the service's command, what it waits for, where it listens."""
+    compose = yaml.safe_load((Path(__file__).resolve().parents[1] / "docker-compose.yml").read_text())
+    follower = compose["services"]["follower"]
+    assert follower["profiles"] == ["follow"]
+    command = follower["command"]
+    assert command[command.index("adpipe") :] == [
+        "adpipe", "sync", "--follow", "--interval", "5s", "--metrics-port", "9108", "--metrics-address", "0.0.0.0"
+    ]  # fmt: skip
+    assert follower["depends_on"] == {
+        "flyway": {"condition": "service_completed_successfully"},
+        "clickhouse": {"condition": "service_healthy"},
+    }
+    assert follower["ports"] == ["127.0.0.1:${ADPIPE_METRICS_PORT:-9108}:9108"]  # published to this host only
+    assert follower["environment"]["ADPIPE_CLICKHOUSE_URL"].startswith("http://adpipe_writer:")  # not `default`
+    assert follower["stop_grace_period"] == "10m"  # SIGTERM, then time to finish the current run
