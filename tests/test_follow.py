@@ -27,6 +27,7 @@ from pipeline.config import Settings
 from pipeline.options import parse_duration
 from pipeline.source.capture import slot_name
 from pipeline.sync.follow import MAX_BACKOFF_SECONDS, backoff
+from pipeline.sync.stage import list_runs
 from tests.conftest import run_cli
 from tests.harness import wait_until
 from tests.test_sync import seed_hand_built
@@ -175,6 +176,23 @@ def test_the_follower_keeps_its_postgres_connections_between_runs(
         assert follower.stop()[0] == 0
     assert after and after <= before, (before, after)
     assert backends() == set(), "a stopped follower leaves no connection behind"
+
+
+def test_with_keep_the_idle_runs_of_a_follower_do_not_pile_up(
+    settings: Settings, pg: psycopg.Connection, env: dict[str, str], tmp_path: Path
+) -> None:
+    seed_hand_built(pg)
+    with following(env, tmp_path, "--interval", "200ms", "--keep", "2") as follower:
+        runs_seen(follower, 2)
+        pg.execute("INSERT INTO impressions (campaign_id, created_at) VALUES (1, now())")
+        seen = runs_seen(follower, 12)
+        assert follower.stop()[0] == 0
+    staged = [run.run_id for run in list_runs(settings.staging_dir)]
+    with_data = [line.split(":")[0] for line in seen if "no changes" not in line]
+    assert len(with_data) == 2  # the full run, and the run with the new impression
+    # Those two, and of the idle runs only the newest two (--keep 2), the last one being the state's.
+    assert set(with_data) <= set(staged) and len(staged) <= 4, staged
+    assert staged[-1] == follower.lines()[-2].split(":")[0]
 
 
 def test_one_follower_per_home_and_no_one_shot_sync_beside_it(
@@ -372,7 +390,8 @@ def test_compose_runs_the_follower_against_the_stack() -> None:
     assert follower["profiles"] == ["follow"]
     command = follower["command"]
     assert command[command.index("adpipe") :] == [
-        "adpipe", "sync", "--follow", "--interval", "5s", "--metrics-port", "9108", "--metrics-address", "0.0.0.0"
+        "adpipe", "sync", "--follow", "--interval", "5s", "--keep", "100",
+        "--metrics-port", "9108", "--metrics-address", "0.0.0.0",
     ]  # fmt: skip
     assert follower["depends_on"] == {
         "flyway": {"condition": "service_completed_successfully"},

@@ -13,7 +13,7 @@ from pipeline.source.capture import slot_name
 from pipeline.sync.stage import list_runs
 from pipeline.warehouse import client as clickhouse
 from tests.conftest import run_cli
-from tests.test_sync import seed_hand_built
+from tests.test_sync import per_campaign_ch, seed_hand_built
 
 pytestmark = pytest.mark.warehouses  # each test that uses `settings` runs on chdb, http and server
 
@@ -144,13 +144,22 @@ def test_invalid_chunk_rows_is_refused(settings: Settings) -> None:
 
 def test_prune_keeps_what_the_warehouse_needs(settings: Settings, pg: psycopg.Connection) -> None:
     seed_hand_built(pg)
-    for mode in ("full", "incremental", "full", "incremental", "incremental"):
+    for mode in ("full", "incremental", "full", "incremental"):
         assert run_cli("sync", "--mode", mode).exit_code == 0
+    pg.execute("INSERT INTO clicks (campaign_id, created_at) VALUES (2, '2026-11-21 09:00:00')")
+    for _ in range(3):  # one run with the new click, then two that stage nothing, like a follower's idle runs
+        assert run_cli("sync").exit_code == 0
+    runs = list_runs(settings.staging_dir)
     result = run_cli("snapshots", "prune", "--keep", "1")
     assert result.exit_code == 0, result.stderr
-    assert "Removed 2 staged runs." in result.stdout  # the first full and its incremental; the rest rebuild the state
-    runs = [line.split("│")[1].strip() for line in run_cli("snapshots", "list").stdout.splitlines() if "│" in line]
-    assert [run.split("-")[1] for run in runs] == ["full", "incremental", "incremental"]
+    # The first full and its incremental, and the second full's runs that staged nothing, but the last (the state's).
+    assert "Removed 4 staged runs." in result.stdout
+    kept = [run.run_id for run in list_runs(settings.staging_dir)]
+    assert kept == [runs[2].run_id, runs[4].run_id, runs[6].run_id]
+    assert [run.split("-")[1] for run in kept] == ["full", "incremental", "incremental"]
+    assert run_cli("replay").exit_code == 0  # what is left rebuilds the warehouse
+    assert run_cli("reconcile").exit_code == 0
+    assert per_campaign_ch(settings, "clicks") == {1: 2, 2: 1}
 
 
 def test_sync_keep_zero_is_refused_before_anything_runs(settings: Settings, pg: psycopg.Connection) -> None:

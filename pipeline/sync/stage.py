@@ -262,13 +262,15 @@ def verify_staging(staging_dir: StagingDir) -> Verification:
 def prune_runs(settings: Settings, keep: int) -> list[str]:
     """Delete all but the newest `keep` runs, never touching the runs the warehouse state is built from.
 
-    Those (the latest committed full run and everything after it) are what `replay` needs.
+    Those (the latest committed full run and everything after it) are what `replay` needs, except the incremental
+    runs that staged no part: nothing changed in them (a follower stages one per interval), and replay without
+    them ends at the same warehouse; the last committed run always stays, as the state file names it.
     """
     if keep < 1:
         raise AdpipeError(f"--keep must be 1 or more, got {keep}")
     runs = list_runs(settings.staging_dir)
     last_committed = load_state(settings.home).last_run_id
-    protected = {run.run_id for run in state_runs(runs, last_committed)}
+    protected = {run.run_id for run in state_runs(runs, last_committed) if not _empty(run)} | {last_committed}
     # Runs staged but not yet loaded are still needed by the next sync.
     protected |= {run.run_id for run in runs if last_committed is None or run.run_id > last_committed}
     removed = []
@@ -277,6 +279,11 @@ def prune_runs(settings: Settings, keep: int) -> list[str]:
             run.store.delete_tree(run.directory)
             removed.append(run.run_id)
     return removed
+
+
+def _empty(run: Run) -> bool:
+    """An incremental run that staged nothing: the source had not changed since the run before."""
+    return run.mode != "full" and not any(run.parts(table) for table in run.manifest["tables"])
 
 
 def _encodings(data: pa.Table) -> dict[str, str]:
