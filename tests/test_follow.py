@@ -6,6 +6,7 @@ clicks) plus the rows each test inserts itself.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -64,6 +65,21 @@ class Follower:
         self.process.send_signal(signal_number)
         _, stderr = self.process.communicate(timeout=60)
         return self.process.returncode, stderr
+
+    def stops_cleanly(self, signal_number: int = signal.SIGTERM) -> None:
+        """The signal ends it after its current run, with exit 0 and its last line."""
+        code, stderr = self.stop(signal_number)
+        assert code == 0, stderr
+        assert f"{signal.Signals(signal_number).name}: stopping after the current run" in stderr
+        assert self.lines()[-1] == "Stopped after the current run."
+
+    def fatal_line(self) -> str:
+        """Wait for it to exit on its own: it must exit 1, without a traceback; returns its last stderr line."""
+        self.process.wait(timeout=60)
+        stderr = self.process.communicate()[1]
+        assert self.process.returncode == 1, stderr
+        assert "Traceback" not in stderr
+        return stderr.strip().splitlines()[-1]
 
 
 def free_port() -> int:
@@ -148,11 +164,7 @@ def test_follower_syncs_new_rows_reads_work_beside_it_and_sigterm_exits_0(
         assert chstats.returncode == 0, chstats.stderr
         runs_before = len(runs_seen(follower, 1))
         runs_seen(follower, runs_before + 1)  # and it went on syncing after each read
-
-        code, stderr = follower.stop()
-    assert code == 0, stderr
-    assert "SIGTERM: stopping after the current run" in stderr
-    assert follower.lines()[-1] == "Stopped after the current run."
+        follower.stops_cleanly()
 
 
 def test_the_follower_keeps_its_postgres_connections_between_runs(
@@ -195,6 +207,28 @@ def test_with_keep_the_idle_runs_of_a_follower_do_not_pile_up(
     assert staged[-1] == follower.lines()[-2].split(":")[0]
 
 
+def test_json_lines_and_each_warning_once(
+    settings: Settings, pg: psycopg.Connection, env: dict[str, str], tmp_path: Path
+) -> None:
+    """With --json, stdout holds one JSON object per run and nothing else; a warning every run would repeat
+    (change capture off) is printed once."""
+    seed_hand_built(pg)
+    with following({**env, "ADPIPE_CHANGE_CAPTURE": "false"}, tmp_path, "--interval", "200ms", "--json") as follower:
+
+        def runs() -> list[dict] | None:
+            lines = follower.out.read_text().split("\n")[:-1]  # whole lines only: the last may be half written
+            return [json.loads(line) for line in lines] if len(lines) >= 4 else None
+
+        first = wait_until(runs, 60, "4 runs")[0]
+        _, stderr = follower.stop()
+    assert follower.process.returncode == 0, stderr
+    assert first["run"]["mode"] == "full" and first["run"]["tables"]["impressions"]["loaded"] == 4
+    assert first["error"] is None
+    assert all(json.loads(line)["run"]["run_id"].endswith("-incremental") for line in follower.lines()[1:])
+    assert stderr.count("change capture is off (ADPIPE_CHANGE_CAPTURE is off)") == 1, stderr
+    assert stderr.strip().splitlines()[-1] == "Stopped after the current run."
+
+
 def test_one_follower_per_home_and_no_one_shot_sync_beside_it(
     settings: Settings, pg: psycopg.Connection, env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -207,10 +241,7 @@ def test_one_follower_per_home_and_no_one_shot_sync_beside_it(
             assert busy.stderr.startswith("error: sync is busy: another adpipe process")
             assert len(busy.stderr.strip().splitlines()) == 1
             assert "Following" not in busy.stdout
-        code, stderr = follower.stop(signal.SIGINT)  # Ctrl-C: the same as SIGTERM
-    assert code == 0, stderr
-    assert "SIGINT: stopping after the current run" in stderr
-    assert follower.lines()[-1] == "Stopped after the current run."
+        follower.stops_cleanly(signal.SIGINT)  # Ctrl-C: the same as SIGTERM
 
 
 def test_a_truncated_source_stops_the_follower_with_its_line(
@@ -220,14 +251,10 @@ def test_a_truncated_source_stops_the_follower_with_its_line(
     with following(env, tmp_path, "--interval", "300ms") as follower:
         runs_seen(follower, 1)
         pg.execute("TRUNCATE clicks")
-        follower.process.wait(timeout=60)
-        stderr = follower.process.communicate()[1]
-    assert follower.process.returncode == 1
-    assert "Traceback" not in stderr
-    assert stderr.strip().splitlines()[-1] == (
-        "error: the source was reset (clicks truncated); run `adpipe sync --mode full`, "
-        "or pass --on-reset full to do so automatically"
-    )
+        assert follower.fatal_line() == (
+            "error: the source was reset (clicks truncated); run `adpipe sync --mode full`, "
+            "or pass --on-reset full to do so automatically"
+        )
 
 
 def test_a_dropped_slot_stops_the_follower_with_its_line(
@@ -246,14 +273,10 @@ def test_a_dropped_slot_stops_the_follower_with_its_line(
             return True
 
         wait_until(dropped, 30, f"slot {slot} dropped")
-        follower.process.wait(timeout=60)
-        stderr = follower.process.communicate()[1]
-    assert follower.process.returncode == 1
-    assert "Traceback" not in stderr
-    assert stderr.strip().splitlines()[-1] == (
-        f"error: replication slot {slot} was dropped: fact updates and deletes since the last sync cannot be read;"
-        " run `adpipe sync --mode full` to reload and start change capture again"
-    )
+        assert follower.fatal_line() == (
+            f"error: replication slot {slot} was dropped: fact updates and deletes since the last sync cannot be read;"
+            " run `adpipe sync --mode full` to reload and start change capture again"
+        )
 
 
 def test_a_failed_run_is_reported_and_retried(

@@ -197,7 +197,7 @@ def _follow(
     stop = threading.Event()
     with _stop_on_signals(stop):
         follow(settings, options, interval, stop, report)
-    console.print("Stopped after the current run.")
+    (err_console if as_json else console).print("Stopped after the current run.")  # stdout stays JSON lines
 
 
 def _serve_metrics(port: int, address: str) -> FollowerMetrics:

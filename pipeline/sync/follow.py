@@ -16,7 +16,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from pipeline.config import Settings
@@ -61,7 +62,12 @@ def follow(settings: Settings, options: SyncOptions, interval: float, stop: thre
     Raises the error of a run that failed for a reason that will not pass by itself.
     """
     check_options(options)
-    with sync_lock(settings), keep_connections(), clickhouse.lend_engine(settings) as hand_over:
+    with (
+        sync_lock(settings),
+        keep_connections(),
+        clickhouse.lend_engine(settings) as hand_over,
+        _warnings_once(),
+    ):
         schema_ready, failures = False, 0
         while not stop.is_set():
             began = time.monotonic()
@@ -77,6 +83,38 @@ def follow(settings: Settings, options: SyncOptions, interval: float, stop: thre
                 report(Tick(result, elapsed))
                 wait = interval - elapsed
             _idle(stop, wait, hand_over)
+
+
+class _FirstOfEach(logging.Filter):
+    """Lets each distinct warning through once: a condition every run reports (change capture off, say) is said
+    when the follower first meets it, not every interval. Errors always pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[tuple[str, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            return True
+        key = (record.name, record.getMessage())
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
+@contextmanager
+def _warnings_once() -> Iterator[None]:
+    """`_FirstOfEach` on the handlers that print: a logger's own filters do not see its children's records."""
+    handlers = list(logging.getLogger().handlers)
+    once = _FirstOfEach()
+    for handler in handlers:
+        handler.addFilter(once)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(once)
 
 
 def _failed(exc: Exception, interval: float, failures: int, seconds: float, report: Report) -> float:
