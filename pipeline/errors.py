@@ -65,7 +65,15 @@ class MissingDatabaseError(WarehouseError):
 
 
 class StagingError(AdpipeError):
-    """The staging directory or bucket cannot be read or written, or a staged run is not what its manifest says."""
+    """The staging directory or bucket cannot be read or written, or a staged run is not what its manifest says.
+
+    `transient`: storage that failed or could not be reached, which may answer later; not a bad setting (a prefix
+    with wildcards, a bucket that does not exist).
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class SyncRefusedError(AdpipeError):
@@ -99,9 +107,9 @@ def is_transient(exc: BaseException) -> bool:
     """Whether the same sync may succeed later unchanged, so a follower retries it: a server that was unreachable or
     overloaded, a busy lock, staging storage that failed, a connection that broke, a replica still catching up.
     Every other expected failure (bad settings, a reset source, a lost slot) needs a person."""
-    if isinstance(exc, ServerError | SyncRefusedError):
+    if isinstance(exc, ServerError | SyncRefusedError | StagingError):
         return exc.transient
-    if isinstance(exc, BusyError | StagingError):
+    if isinstance(exc, BusyError):
         return True
     if isinstance(exc, AdpipeError):
         return False

@@ -132,7 +132,7 @@ class Store:
         except FileNotFoundError:
             raise
         except OSError as exc:
-            raise StagingError(f"S3 staging {self.url(path)}: {first_line(exc)}") from None
+            raise StagingError(f"S3 staging {self.url(path)}: {first_line(exc)}", transient=True) from None
 
 
 class LocalStore(Store):
@@ -186,7 +186,7 @@ def open_store(location: StagingDir) -> Store:
     try:
         bucket = fs.get_file_info(location.bucket)
     except OSError as exc:
-        raise StagingError(f"cannot reach S3 staging {location}{where}: {first_line(exc)}") from None
+        raise StagingError(f"cannot reach S3 staging {location}{where}: {first_line(exc)}", transient=True) from None
     if bucket.type != pafs.FileType.Directory:
         raise StagingError(f"S3 staging {location}: bucket {location.bucket!r} does not exist{where}")
     return store
