@@ -7,6 +7,7 @@ clicks) plus the rows each test inserts itself.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -25,9 +26,10 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.config import Settings
+from pipeline.errors import BusyError, ConfigError, SourceError, StagingError, SyncRefusedError, is_transient
 from pipeline.options import parse_duration
 from pipeline.source.capture import slot_name
-from pipeline.sync.follow import MAX_BACKOFF_SECONDS, backoff
+from pipeline.sync.follow import MAX_BACKOFF_SECONDS, RepeatedWarnings, backoff
 from pipeline.sync.stage import list_runs
 from tests.conftest import run_cli
 from tests.harness import wait_until
@@ -423,3 +425,37 @@ def test_compose_runs_the_follower_against_the_stack() -> None:
     assert follower["ports"] == ["127.0.0.1:${ADPIPE_METRICS_PORT:-9108}:9108"]  # published to this host only
     assert follower["environment"]["ADPIPE_CLICKHOUSE_URL"].startswith("http://adpipe_writer:")  # not `default`
     assert follower["stop_grace_period"] == "10m"  # SIGTERM, then time to finish the current run
+
+
+def test_a_warning_every_run_repeats_is_printed_once_and_again_when_it_comes_back() -> None:
+    repeats = RepeatedWarnings()
+
+    def passes(message: str, level: int = logging.WARNING) -> bool:
+        return repeats.filter(logging.LogRecord("pipeline.sync.capture", level, __file__, 1, message, None, None))
+
+    printed = []
+    for run_warnings in (["capture off"], ["capture off"], ["capture off", "slot lag"], [], ["capture off"]):
+        repeats.next_run()
+        printed.append([message for message in run_warnings if passes(message)])
+    assert printed == [["capture off"], [], ["slot lag"], [], ["capture off"]]
+    repeats.next_run()
+    assert passes("sync run failed", logging.ERROR) and passes("sync run failed", logging.ERROR)  # errors always
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (BusyError("sync is busy", path="sync.lock", holder="1"), True),
+        (SourceError("cannot reach Postgres", url="postgresql://x", transient=True), True),
+        (SourceError("password authentication failed", url="postgresql://x"), False),
+        (StagingError("cannot reach S3 staging", transient=True), True),
+        (StagingError("bucket 'b' does not exist"), False),
+        (SyncRefusedError("the replica is behind", transient=True), True),
+        (SyncRefusedError("the source was reset"), False),
+        (ConfigError("--interval must be more than 0"), False),
+        (psycopg.OperationalError("server closed the connection unexpectedly"), True),
+        (ValueError("a bug"), False),
+    ],
+)
+def test_which_failures_a_follower_retries(error: Exception, transient: bool) -> None:
+    assert is_transient(error) is transient

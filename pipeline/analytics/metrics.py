@@ -84,8 +84,8 @@ def status_metrics(status: WarehouseStatus) -> Iterator[Metric]:
             value=status.capture.retained_bytes,
         )
     durations = status.run_durations
-    buckets = [(f"{bound:g}", count) for bound, count in zip(durations.buckets, durations.counts, strict=False)]
-    buckets.append(("+Inf", durations.count))
+    bounds = [f"{bound:g}" for bound in durations.buckets] + ["+Inf"]
+    buckets = list(zip(bounds, durations.counts, strict=True))
     yield HistogramMetricFamily(
         "adpipe_run_duration_seconds", "Wall time of successful runs.", buckets=buckets, sum_value=durations.sum
     )

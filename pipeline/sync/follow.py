@@ -66,10 +66,11 @@ def follow(settings: Settings, options: SyncOptions, interval: float, stop: thre
         sync_lock(settings),
         keep_connections(),
         clickhouse.lend_engine(settings) as hand_over,
-        _warnings_once(),
+        _repeats_quiet() as repeats,
     ):
         schema_ready, failures = False, 0
         while not stop.is_set():
+            repeats.next_run()
             began = time.monotonic()
             try:
                 result = sync_locked(settings, options, schema_ready=schema_ready)
@@ -85,36 +86,39 @@ def follow(settings: Settings, options: SyncOptions, interval: float, stop: thre
             _idle(stop, wait, hand_over)
 
 
-class _FirstOfEach(logging.Filter):
-    """Lets each distinct warning through once: a condition every run reports (change capture off, say) is said
-    when the follower first meets it, not every interval. Errors always pass."""
+class RepeatedWarnings(logging.Filter):
+    """Drops a warning the previous run gave too: a condition every run reports (change capture off, say) is said
+    when the follower meets it, not every interval, and again if it comes back after a run without it. Errors
+    always pass."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.seen: set[tuple[str, str]] = set()
+        self.previous: set[tuple[str, str]] = set()
+        self.current: set[tuple[str, str]] = set()
+
+    def next_run(self) -> None:
+        self.previous, self.current = self.current, set()
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno >= logging.ERROR:
             return True
         key = (record.name, record.getMessage())
-        if key in self.seen:
-            return False
-        self.seen.add(key)
-        return True
+        self.current.add(key)
+        return key not in self.previous
 
 
 @contextmanager
-def _warnings_once() -> Iterator[None]:
-    """`_FirstOfEach` on the handlers that print: a logger's own filters do not see its children's records."""
+def _repeats_quiet() -> Iterator[RepeatedWarnings]:
+    """`RepeatedWarnings` on the handlers that print: a logger's own filters do not see its children's records."""
     handlers = list(logging.getLogger().handlers)
-    once = _FirstOfEach()
+    repeats = RepeatedWarnings()
     for handler in handlers:
-        handler.addFilter(once)
+        handler.addFilter(repeats)
     try:
-        yield
+        yield repeats
     finally:
         for handler in handlers:
-            handler.removeFilter(once)
+            handler.removeFilter(repeats)
 
 
 def _failed(exc: Exception, interval: float, failures: int, seconds: float, report: Report) -> float:
