@@ -10,9 +10,15 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+
+from pipeline.config import Settings
+from pipeline.source.postgres import connect
+from pipeline.sync.capture import warehouse_slot
 
 
 def wait_until[T](predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
@@ -68,3 +74,14 @@ def start_on_a_free_port(start: Callable[[int], None], what: str, attempts: int 
             continue
         return port
     raise AssertionError(f"{what}: {attempts} free ports in a row were taken by another process before it bound them")
+
+
+def capture_slot(settings: Settings) -> str:
+    """The replication slot that feeds `settings`' warehouse, named as the sync names it."""
+    with connect(settings, ensure_schema=False) as pg:
+        return warehouse_slot(settings, pg.info.dbname)
+
+
+def adpipe(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """`adpipe ARGS` in a process of its own, with the environment `env`."""
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], env=env, capture_output=True, text=True)

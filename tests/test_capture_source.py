@@ -38,6 +38,7 @@ from pipeline.source.capture import (
     unsupported_reason,
 )
 from pipeline.source.pgoutput import DecodedTransaction, decode_transactions
+from tests.harness import capture_slot
 
 # --- pgoutput messages, built as the protocol documents them -------------------------------------------------
 
@@ -286,12 +287,14 @@ def test_malformed_input_is_an_error_saying_what_was_wrong(messages: list[bytes]
 # --- names and positions --------------------------------------------------------------------------------------
 
 
-def test_a_slot_name_is_the_warehouse_database_in_the_characters_postgres_allows() -> None:
-    assert slot_name("adpipe") == "adpipe_adpipe"
-    assert slot_name("Prod-EU.warehouse 2") == "adpipe_prod_eu_warehouse_2"
-    assert slot_name("Ünïcode") == "adpipe__n_code"
-    assert slot_name("x" * 100) == "adpipe_" + "x" * 56
-    assert len(slot_name("x" * 100)) == 63
+def test_a_slot_name_is_the_warehouse_database_in_the_characters_postgres_allows_and_a_hash_of_the_warehouse() -> None:
+    # The hashes: `echo -n 'chdb:///a/clickhouse adpipe' | sha256sum`, and the same of `w`.
+    assert slot_name("adpipe", "chdb:///a/clickhouse adpipe") == "adpipe_adpipe_7f6b2afe"
+    assert slot_name("Prod-EU.warehouse 2", "w") == "adpipe_prod_eu_warehouse_2_50e721e4"
+    assert slot_name("Ünïcode", "w") == "adpipe__n_code_50e721e4"
+    assert slot_name("x" * 100, "w") == "adpipe_" + "x" * 47 + "_50e721e4"
+    assert len(slot_name("x" * 100, "w")) == 63
+    assert slot_name("adpipe", "chdb:///a/clickhouse adpipe") != slot_name("adpipe", "chdb:///b/clickhouse adpipe")
 
 
 def test_a_position_round_trips_through_its_text() -> None:
@@ -320,7 +323,7 @@ def test_what_is_missing_for_change_capture_is_said_in_one_line() -> None:
 @pytest.fixture
 def slot(pg: psycopg.Connection, settings: Settings) -> Iterator[str]:
     """This test's slot, after the publication of the source tables; dropped at the end (slots are per server)."""
-    name = slot_name(settings.clickhouse_database)
+    name = capture_slot(settings)
     ensure_publication(pg, SOURCE_TABLES)
     assert create_slot(pg, name, wait_seconds=10)
     try:
@@ -477,7 +480,7 @@ def test_the_publication_is_made_to_publish_exactly_the_tables_and_operations_as
 def test_creating_a_slot_gives_up_after_its_wait_while_a_writing_transaction_stays_open(
     pg: psycopg.Connection, settings: Settings
 ) -> None:
-    name = slot_name(settings.clickhouse_database)
+    name = capture_slot(settings)
     ensure_publication(pg, SOURCE_TABLES)
     try:
         with psycopg.connect(os.environ["ADPIPE_POSTGRES_URL"]) as writer:
@@ -498,7 +501,7 @@ def test_the_wait_is_bounded_in_total_when_writing_transactions_end_one_after_an
 ) -> None:
     """Each transaction that ends lets the server wait on the next: the bound is on the whole call, not each wait
     (lock_timeout alone would give up 1.2 s after the second ended, 2.8 s in)."""
-    name = slot_name(settings.clickhouse_database)
+    name = capture_slot(settings)
     writers = [psycopg.connect(os.environ["ADPIPE_POSTGRES_URL"]) for _ in range(3)]
     for writer in writers:
         writer.execute("INSERT INTO advertiser (name) VALUES ('open')")
@@ -550,7 +553,7 @@ def test_a_role_that_cannot_capture_changes_is_told_what_to_grant_in_one_line(
         ensure_publication(pg, ["impressions"])
         with pytest.raises(SourceError, match=r"must be owner of publication adpipe; the role must own the tables"):
             ensure_publication(conn, ["clicks"])
-        slot = slot_name(settings.clickhouse_database)
+        slot = capture_slot(settings)
         with pytest.raises(SourceError, match=rf"cannot create the replication slot {slot}: .*ALTER ROLE {role} REPL"):
             create_slot(conn, slot, wait_seconds=1)
         with pytest.raises(SourceError, match=r"cannot read the replication slot .*REPLICATION") as refused:

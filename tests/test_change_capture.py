@@ -9,11 +9,13 @@ day and per campaign and hour, and `reconcile` (the KPIs recomputed by DuckDB fr
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from types import MappingProxyType
 from urllib.parse import urlsplit, urlunsplit
 
@@ -25,15 +27,16 @@ from pipeline.analytics.reconcile import reconcile
 from pipeline.config import Settings, load_settings
 from pipeline.errors import SyncRefusedError
 from pipeline.options import Mode, OnReset
-from pipeline.source.capture import slot_info, slot_name
+from pipeline.source.capture import slot_info
 from pipeline.source.generate import Generator
 from pipeline.source.pgoutput import DecodedTransaction
 from pipeline.sync.capture import Changes, collect, visible
 from pipeline.sync.run import SyncOptions, replay, sync
 from pipeline.sync.runlog import SyncResult
-from pipeline.sync.state import load_state
+from pipeline.sync.state import load_state, save_state
 from pipeline.warehouse import client as clickhouse
 from tests.conftest import run_cli
+from tests.harness import adpipe, capture_slot
 from tests.test_sync import seed_hand_built
 
 pytestmark = pytest.mark.warehouses
@@ -244,7 +247,7 @@ def test_replay_rebuilds_the_changes_from_the_staged_runs(settings: Settings, pg
 def test_the_slot_advances_only_past_what_the_warehouse_holds(settings: Settings, pg: psycopg.Connection) -> None:
     seed(pg)
     full(settings)
-    slot = slot_name(settings.clickhouse_database)
+    slot = capture_slot(settings)
     assert load_state(settings.home).capture_slot == slot
     before = slot_info(pg, slot)
     pg.execute("DELETE FROM impressions WHERE id = 1")
@@ -257,7 +260,7 @@ def test_the_slot_advances_only_past_what_the_warehouse_holds(settings: Settings
 def test_a_dropped_slot_stops_incremental_syncs_until_a_full_one(settings: Settings, pg: psycopg.Connection) -> None:
     seed(pg)
     full(settings)
-    slot = slot_name(settings.clickhouse_database)
+    slot = capture_slot(settings)
     assert run_cli("capture", "drop").exit_code == 0
     assert slot_info(pg, slot) is None
     result = run_cli("sync")
@@ -271,6 +274,45 @@ def test_a_dropped_slot_stops_incremental_syncs_until_a_full_one(settings: Setti
     pg.execute("DELETE FROM impressions WHERE id = 1")
     incremental(settings)
     assert_equals_source(settings, pg)
+
+
+@pytest.mark.warehouses("chdb")
+def test_two_warehouses_with_the_same_database_name_each_get_every_change(
+    settings: Settings, pg: psycopg.Connection, tmp_path: Path
+) -> None:
+    """Slot names are unique server-wide: a second home (its own embedded engine, the same database name, the same
+    source) must not share the first one's slot, or the first to advance it skips changes for the other."""
+    other = {**os.environ, "ADPIPE_HOME": str(tmp_path / "other"), "ADPIPE_STAGING_DIR": str(tmp_path / "other-st")}
+    other.pop("ADPIPE_CLICKHOUSE_URL")
+    seed(pg)
+    full(settings)
+    assert adpipe(other, "sync", "--mode", "full").returncode == 0
+    assert pg.execute("SELECT count(*) FROM pg_replication_slots WHERE database = current_database()").fetchone() == (
+        2,
+    )
+    pg.execute("DELETE FROM impressions WHERE id = 1")
+    incremental(settings)  # advances this warehouse's slot past the delete
+    assert adpipe(other, "sync").returncode == 0
+    assert adpipe(other, "reconcile").returncode == 0
+    tables = {t["table"]: t for t in json.loads(adpipe(other, "status", "--json").stdout)["tables"]}
+    assert (tables["impressions"]["clickhouse_rows"], tables["impressions"]["postgres_rows"]) == (4, 4)
+    assert_equals_source(settings, pg)
+
+
+def test_a_full_sync_moves_off_a_slot_the_state_followed_under_an_older_name(
+    settings: Settings, pg: psycopg.Connection
+) -> None:
+    seed(pg)
+    full(settings)
+    pg.execute("SELECT pg_create_logical_replication_slot('adpipe_old_name', 'pgoutput')")
+    save_state(settings.home, dataclasses.replace(load_state(settings.home), capture_slot="adpipe_old_name"))
+    pg.execute("DELETE FROM impressions WHERE id = 1")
+    incremental(settings)  # follows the slot the state names
+    assert_equals_source(settings, pg)
+    full(settings)
+    assert slot_info(pg, "adpipe_old_name") is None
+    assert load_state(settings.home).capture_slot == capture_slot(settings)
+    assert slot_info(pg, capture_slot(settings)) is not None
 
 
 # Without change capture (ADPIPE_CHANGE_CAPTURE=off here; wal_level=replica and a role without REPLICATION take the
@@ -290,7 +332,7 @@ def test_without_capture_deleted_facts_stop_the_sync_in_one_line(
     with caplog.at_level(logging.WARNING):
         full(off)
     assert "change capture is off (ADPIPE_CHANGE_CAPTURE is off)" in caplog.text
-    assert slot_info(pg, slot_name(settings.clickhouse_database)) is None
+    assert slot_info(pg, capture_slot(settings)) is None
     for table in ("clicks", "impressions", "campaign", "advertiser"):
         pg.execute(f"DELETE FROM {table}")
     Generator(pg, seed=5).batch(advertisers=1, campaigns=1, impressions=10, ctr=0.5)
@@ -327,7 +369,7 @@ def test_a_sync_killed_between_its_load_and_the_slot_advance_converges(
 ) -> None:
     seed(pg)
     full(settings)
-    slot = slot_name(settings.clickhouse_database)
+    slot = capture_slot(settings)
     pg.execute("UPDATE clicks SET campaign_id = 3 WHERE id = 1")
     pg.execute("DELETE FROM impressions WHERE id IN (2, 4)")
     pg.execute("UPDATE impressions SET created_at = '2026-10-01 00:00:00' WHERE id = 5")
@@ -450,7 +492,7 @@ def test_a_slot_that_lost_its_wal_stops_incremental_syncs_until_a_full_one(
 ) -> None:
     seed(pg)
     full(settings)
-    slot = slot_name(settings.clickhouse_database)
+    slot = capture_slot(settings)
     pg.execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
     pg.execute("SELECT pg_reload_conf()")
     try:

@@ -28,11 +28,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from pipeline.config import Settings
 from pipeline.errors import BusyError, ConfigError, SourceError, StagingError, SyncRefusedError, is_transient
 from pipeline.options import parse_duration
-from pipeline.source.capture import slot_name
 from pipeline.sync.follow import MAX_BACKOFF_SECONDS, RepeatedWarnings, backoff
 from pipeline.sync.stage import list_runs
 from tests.conftest import run_cli
-from tests.harness import wait_until
+from tests.harness import adpipe, capture_slot, wait_until
 from tests.test_sync import seed_hand_built
 
 
@@ -40,10 +39,6 @@ from tests.test_sync import seed_hand_built
 def env(settings: Settings, tmp_path: Path) -> dict[str, str]:
     """The test's environment, with an engine of its own: the follower and the readers are other processes."""
     return {**os.environ, "ADPIPE_CLICKHOUSE_URL": f"chdb://{tmp_path / 'followed-clickhouse'}"}
-
-
-def adpipe(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], env=env, capture_output=True, text=True)
 
 
 class Follower:
@@ -265,7 +260,7 @@ def test_a_dropped_slot_stops_the_follower_with_its_line(
     seed_hand_built(pg)
     with following(env, tmp_path, "--interval", "300ms") as follower:
         runs_seen(follower, 2)  # the second run reads the slot the first (full) one created
-        slot = slot_name(settings.clickhouse_database)
+        slot = capture_slot(settings)
 
         def dropped() -> bool:
             try:

@@ -19,9 +19,9 @@ import pytest
 
 from pipeline.analytics.status import RUN_DURATION_BUCKETS, run_durations
 from pipeline.config import Settings
-from pipeline.source.capture import slot_name
 from pipeline.warehouse import client as clickhouse
 from pipeline.warehouse.schema import apply_schema
+from tests.harness import capture_slot
 
 pytestmark = pytest.mark.warehouses  # each test that uses `settings` runs on chdb, http and server
 
@@ -131,7 +131,7 @@ def test_status_json_counts_rows_runs_and_lag(settings: Settings, pg: psycopg.Co
     assert snapshot <= success <= datetime.now(UTC)
     assert 0 <= document["lag_seconds"] < 120
     assert document["capture"] == {
-        "slot": slot_name(settings.clickhouse_database),
+        "slot": capture_slot(settings),
         "present": True,
         "wal_status": "reserved",
         "retained_bytes": document["capture"]["retained_bytes"],

@@ -9,10 +9,10 @@ import psycopg
 import pytest
 
 from pipeline.config import Settings
-from pipeline.source.capture import slot_name
 from pipeline.sync.stage import list_runs
 from pipeline.warehouse import client as clickhouse
 from tests.conftest import run_cli
+from tests.harness import capture_slot
 from tests.test_sync import per_campaign_ch, seed_hand_built
 
 pytestmark = pytest.mark.warehouses  # each test that uses `settings` runs on chdb, http and server
@@ -66,7 +66,7 @@ def test_init_is_idempotent(settings: Settings, pg: psycopg.Connection) -> None:
     result = run_cli("init")
     assert result.exit_code == 0, result.stderr
     assert f"database {settings.clickhouse_database}" in result.stdout
-    slot = slot_name(settings.clickhouse_database)
+    slot = capture_slot(settings)
     assert f"Change capture: replication slot {slot} is in place." in " ".join(result.stdout.split())
     assert pg.execute("SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone() == (1,)
 
@@ -116,7 +116,7 @@ def test_sync_json_summary_and_status(settings: Settings, pg: psycopg.Connection
         " ".join(status.stdout.split()),
     )
     assert capture_line is not None, status.stdout
-    assert capture_line[1] == slot_name(settings.clickhouse_database) and capture_line[3] == "reserved"
+    assert capture_line[1] == capture_slot(settings) and capture_line[3] == "reserved"
 
 
 UNREACHABLE = [("ADPIPE_POSTGRES_URL", "Postgres"), ("ADPIPE_POSTGRES_REPLICA_URL", "the Postgres replica")]

@@ -10,6 +10,7 @@ much, and whether the server gave up keeping it.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from collections.abc import Iterator, Sequence
@@ -31,12 +32,17 @@ _PUBLISH = "update, delete, truncate"
 _MAX_NAME = 63  # NAMEDATALEN - 1: Postgres' longest identifier, slot names included
 
 
-def slot_name(warehouse_database: str) -> str:
-    """The slot of the warehouse database fed from this source: one per warehouse, as each advances on its own.
+def slot_name(warehouse_database: str, warehouse: str) -> str:
+    """The slot of one warehouse fed from this source: one per warehouse, as each advances on its own.
 
-    Slot names may hold only lower-case letters, digits and underscores, so every other character becomes `_`.
+    Slot names are unique across the whole server, so two warehouses with the same database name (two embedded
+    homes, say) must not share one: the first to advance it would skip changes the other has not applied.
+    `warehouse` tells them apart (the engine's address and the source database); its hash ends the name. The rest
+    is the warehouse database in the characters slot names allow (lower-case letters, digits, `_`).
     """
-    return ("adpipe_" + re.sub(r"[^a-z0-9_]", "_", warehouse_database.lower()))[:_MAX_NAME]
+    suffix = hashlib.sha256(warehouse.encode()).hexdigest()[:8]
+    stem = ("adpipe_" + re.sub(r"[^a-z0-9_]", "_", warehouse_database.lower()))[: _MAX_NAME - len(suffix) - 1]
+    return f"{stem}_{suffix}"
 
 
 def lsn_value(lsn: str) -> int:

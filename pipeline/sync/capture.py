@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from urllib.parse import urlsplit
 
 import psycopg
 
@@ -32,7 +33,7 @@ from pipeline.source import capture as slots
 from pipeline.source.pgoutput import DecodedTransaction
 from pipeline.source.postgres import connect, connect_replica, postgres_url
 from pipeline.sync.extract import Snapshot
-from pipeline.sync.state import SyncState
+from pipeline.sync.state import SyncState, load_state
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +115,11 @@ def _arm(conn: psycopg.Connection, settings: Settings, state: SyncState) -> RunC
     """A full run: the publication and a healthy slot, created now (before the snapshot) if need be."""
     if reason := slots.unsupported_reason(conn):
         return RunCapture(None, reason, trusted=False)
-    slot = slots.slot_name(settings.clickhouse_database)
+    slot = warehouse_slot(settings, conn.info.dbname)
     slots.ensure_publication(conn, SOURCE_TABLES)
+    if state.capture_slot not in (None, slot):
+        # A slot named before names told warehouses apart: this warehouse no longer follows it.
+        slots.drop_slot(conn, state.capture_slot)
     info = slots.slot_info(conn, slot)
     if info is not None and info.wal_status == "lost":
         log.warning("replication slot %s lost the WAL it needed; creating it again", slot)
@@ -216,9 +220,9 @@ def start_capture(settings: Settings) -> tuple[str, bool]:
     A slot created here is trusted from the next full sync on (a first sync is one): changes made between an earlier
     sync and now are in no slot. Raises SourceError when the server or the role cannot (the line says what to set).
     """
-    slot = slots.slot_name(settings.clickhouse_database)
     with connect(settings) as conn:
         conn.autocommit = True
+        slot = warehouse_slot(settings, conn.info.dbname)
         if reason := slots.unsupported_reason(conn):
             raise SourceError(reason, url=mask_url(postgres_url(settings)))
         slots.ensure_publication(conn, SOURCE_TABLES)
@@ -236,8 +240,17 @@ def start_capture(settings: Settings) -> tuple[str, bool]:
 
 def drop_capture(settings: Settings) -> str | None:
     """`adpipe capture drop`: remove this warehouse's slot, so a retired pipeline holds no WAL. The slot's name,
-    or None if there was none. Incremental syncs refuse afterwards, until a full sync starts capture again."""
-    slot = slots.slot_name(settings.clickhouse_database)
+    or None if there was none. Incremental syncs refuse afterwards, until a full sync starts capture again.
+
+    The slot is the one the committed state follows, else the one `adpipe init` would have created."""
     with connect(settings, ensure_schema=False) as conn:
         conn.autocommit = True
+        slot = load_state(settings.home).capture_slot or warehouse_slot(settings, conn.info.dbname)
         return slot if slots.drop_slot(conn, slot) else None
+
+
+def warehouse_slot(settings: Settings, source_database: str) -> str:
+    """The name of the slot that feeds this warehouse from `source_database` (see `slot_name`)."""
+    engine = urlsplit(settings.clickhouse_url)
+    address = f"{engine.scheme}://{engine.hostname or ''}:{engine.port or ''}{engine.path}"
+    return slots.slot_name(settings.clickhouse_database, f"{address} {source_database}")
