@@ -13,8 +13,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 
 from pipeline.config import Settings
 from pipeline.source.postgres import connect
@@ -76,8 +77,14 @@ def start_on_a_free_port(start: Callable[[int], None], what: str, attempts: int 
     raise AssertionError(f"{what}: {attempts} free ports in a row were taken by another process before it bound them")
 
 
-def capture_slot(settings: Settings) -> str:
-    """The replication slot that feeds `settings`' warehouse, named as the sync names it."""
+def capture_slot(settings: Settings, env: Mapping[str, str] | None = None) -> str:
+    """The replication slot that feeds `settings`' warehouse, named as the sync names it.
+
+    `env`: the environment of the `adpipe` processes that synced, when their engine is not `settings`' own (a test
+    that hands an engine of its own to child processes): the slot is that engine's.
+    """
+    if env is not None:
+        settings = replace(settings, clickhouse_url=env["ADPIPE_CLICKHOUSE_URL"])
     with connect(settings, ensure_schema=False) as pg:
         return warehouse_slot(settings, pg.info.dbname)
 

@@ -260,7 +260,7 @@ def test_a_dropped_slot_stops_the_follower_with_its_line(
     seed_hand_built(pg)
     with following(env, tmp_path, "--interval", "300ms") as follower:
         runs_seen(follower, 2)  # the second run reads the slot the first (full) one created
-        slot = capture_slot(settings)
+        slot = capture_slot(settings, env)
 
         def dropped() -> bool:
             try:

@@ -131,7 +131,7 @@ def test_status_json_counts_rows_runs_and_lag(settings: Settings, pg: psycopg.Co
     assert snapshot <= success <= datetime.now(UTC)
     assert 0 <= document["lag_seconds"] < 120
     assert document["capture"] == {
-        "slot": capture_slot(settings),
+        "slot": capture_slot(settings, env),
         "present": True,
         "wal_status": "reserved",
         "retained_bytes": document["capture"]["retained_bytes"],
