@@ -257,6 +257,24 @@ def test_the_slot_advances_only_past_what_the_warehouse_holds(settings: Settings
     assert after.confirmed_flush_lsn != before.confirmed_flush_lsn
 
 
+def test_a_source_that_only_inserts_does_not_hold_wal_in_the_slot(settings: Settings, pg: psycopg.Connection) -> None:
+    """Inserts publish nothing to the slot, so no transaction in its stream marks how far it may advance: the run's
+    snapshot does. Before, the slot stayed where the last update or delete left it, and every run decoded all the
+    WAL written since (the seed generator only inserts)."""
+    seed(pg)
+    full(settings)
+    slot = capture_slot(settings)
+    for hour in range(10, 13):  # three transactions of inserts only
+        pg.execute("INSERT INTO impressions (campaign_id, created_at) VALUES (1, %s)", (f"2026-11-23 {hour}:00:00",))
+    written = pg.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+    incremental(settings)
+    confirmed = pg.execute(
+        "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots WHERE slot_name = %s", (written, slot)
+    ).fetchone()
+    assert confirmed == (True,)
+    assert_equals_source(settings, pg)
+
+
 def test_a_dropped_slot_stops_incremental_syncs_until_a_full_one(settings: Settings, pg: psycopg.Connection) -> None:
     seed(pg)
     full(settings)
@@ -395,7 +413,7 @@ def transaction(xid: int, end: int, **changed: frozenset[int]) -> DecodedTransac
 
 
 def test_the_slot_advances_over_the_transactions_the_snapshot_sees_and_stops_at_the_first_it_does_not() -> None:
-    # Snapshot 100:105:102 — ids below 100 ended; 102 was running; 105 and above had not ended.
+    # Snapshot 100:105:102 — ids below 100 ended; 102 was running; 105 and above had not ended. Its LSN: 6,000.
     stream = [
         transaction(99, 1_000, clicks=frozenset({1})),
         transaction(101, 2_000, impressions=frozenset({7})),
@@ -403,14 +421,23 @@ def test_the_slot_advances_over_the_transactions_the_snapshot_sees_and_stops_at_
         transaction(103, 4_000, clicks=frozenset({2})),  # seen, but after one that is not
         DecodedTransaction(104, 4_992, 5_000, {}, frozenset({"clicks"})),
     ]
-    changes = collect(iter(stream), "100:105:102")
+    changes = collect(iter(stream), "100:105:102", 6_000)
     assert changes.advance_to == 2_000
     assert changes.truncated == frozenset()  # the truncation lies past the first transaction not seen
     assert dict(changes.changed) == {"impressions": {7, 8}, "clicks": {1, 2}}  # every id is read again
     assert changes.transactions == 5
-    assert collect(iter(stream[-1:]), "100:105:").truncated == {"clicks"}
-    nothing = Changes(MappingProxyType({"impressions": frozenset(), "clicks": frozenset()}))
-    assert collect(iter([]), "100:105:") == nothing
+
+
+def test_when_the_snapshot_sees_every_transaction_the_slot_advances_to_the_snapshot() -> None:
+    """Past the transactions that published nothing (inserts), which the stream does not hold."""
+    seen = [transaction(99, 1_000, clicks=frozenset({1})), transaction(101, 2_000, impressions=frozenset({7}))]
+    assert collect(iter(seen), "100:105:102", 6_000).advance_to == 6_000
+    truncation = DecodedTransaction(104, 4_992, 5_000, {}, frozenset({"clicks"}))
+    assert collect(iter([truncation]), "100:105:", 6_000).truncated == {"clicks"}
+    # A commit record that starts before the snapshot's LSN and ends after it: past its end.
+    assert collect(iter([transaction(101, 6_010)]), "100:105:", 6_000).advance_to == 6_010
+    nothing = Changes(MappingProxyType({"impressions": frozenset(), "clicks": frozenset()}), advance_to=6_000)
+    assert collect(iter([]), "100:105:", 6_000) == nothing
 
 
 def test_a_32_bit_transaction_id_is_widened_next_to_the_snapshot() -> None:

@@ -223,14 +223,17 @@ def slot_info(conn: psycopg.Connection, slot: str) -> SlotInfo | None:
 
 
 _PEEK = (
-    "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, NULL, NULL,"
+    "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, %s::pg_lsn, NULL,"
     " 'proto_version', '1', 'publication_names', %s)"
 )
 _FETCH = 1000
 
 
-def peek_transactions(conn: psycopg.Connection, slot: str) -> Iterator[DecodedTransaction]:
+def peek_transactions(conn: psycopg.Connection, slot: str, upto: int | None = None) -> Iterator[DecodedTransaction]:
     """The transactions committed past the slot's confirmed position, oldest first, without consuming them.
+
+    `upto`: only those that committed before this LSN (None: all so far). Transactions that changed nothing the
+    publication publishes (inserts, say) are not in the stream at all.
 
     The server decodes them into a tuplestore (spilled to disk past work_mem); a server-side cursor brings them
     over `_FETCH` messages at a time. This runs in a transaction of its own, ended when the iterator is
@@ -244,7 +247,7 @@ def peek_transactions(conn: psycopg.Connection, slot: str) -> Iterator[DecodedTr
         conn.cursor(name="adpipe_peek", binary=True) as cursor,
     ):
         cursor.itersize = _FETCH
-        cursor.execute(_PEEK, (slot, PUBLICATION))
+        cursor.execute(_PEEK, (slot, None if upto is None else format_lsn(upto), PUBLICATION))
         found = False
         for transaction in decode_transactions(data for (data,) in cursor):
             found = True

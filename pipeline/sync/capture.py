@@ -47,7 +47,7 @@ class Changes:
     truncated: frozenset[str] = frozenset()
     """Fact tables truncated by a transaction the snapshot sees."""
     advance_to: int | None = None
-    """The end LSN the slot may advance to once the run is committed; None: nothing to advance over."""
+    """The LSN the slot may advance to once the run is committed (see `collect`); None: capture is off."""
     transactions: int = 0
 
 
@@ -65,7 +65,8 @@ class RunCapture:
         """The changes as of `snapshot`, or None when capture is off (the fallback checks apply)."""
         if self.slot is None or self.conn is None:
             return None
-        return collect(slots.peek_transactions(self.conn, self.slot), snapshot.text)
+        upto = slots.lsn_value(snapshot.lsn)
+        return collect(slots.peek_transactions(self.conn, self.slot, upto), snapshot.text, upto)
 
 
 @contextmanager
@@ -164,8 +165,14 @@ def _warn_off(capture: RunCapture, state: SyncState) -> None:
         )
 
 
-def collect(transactions: Iterator[DecodedTransaction], snapshot_text: str) -> Changes:
-    """Fold the decoded stream into the ids to read again and the LSN the slot may advance to."""
+def collect(transactions: Iterator[DecodedTransaction], snapshot_text: str, upto: int) -> Changes:
+    """Fold the decoded stream of the transactions that committed before LSN `upto` (the snapshot's) into the ids
+    to read again and the LSN the slot may advance to.
+
+    When the snapshot sees every one of them, the slot may advance to `upto` itself, past the transactions that
+    published nothing (inserts): otherwise a source that only inserts would keep its slot, and all its WAL, where
+    the last update left it. Else it may advance to the end of the longest run of them it sees, from the start.
+    """
     xmin, xmax, running = parse_snapshot(snapshot_text)
     changed: dict[str, set[int]] = {table: set() for table in FACTS}
     truncated: set[str] = set()
@@ -181,6 +188,8 @@ def collect(transactions: Iterator[DecodedTransaction], snapshot_text: str) -> C
         if seen_all:
             advance_to = transaction.end_lsn
             truncated.update(table for table in transaction.truncated if table in FACTS)
+    if seen_all:
+        advance_to = max(upto, advance_to or 0)
     frozen = MappingProxyType({table: frozenset(ids) for table, ids in changed.items()})
     return Changes(frozen, frozenset(truncated), advance_to, count)
 
