@@ -41,8 +41,8 @@ def main() -> None:
     settings = load_settings()
     with connect(settings) as pg:
         pg.autocommit = True
-        _ensure_data(pg, args.impressions)
-        if not (args.home / "last_synced_ids.json").exists():
+        written = _ensure_data(pg, args.impressions)
+        if written or not (args.home / "last_synced_ids.json").exists():
             print("first full sync …", flush=True)
             _adpipe("sync", "--mode", "full")
         rows: list[dict] = []
@@ -67,11 +67,12 @@ def main() -> None:
     _report(args, rows, reconciled.returncode == 0)
 
 
-def _ensure_data(pg: object, impressions: int) -> None:
+def _ensure_data(pg: object, impressions: int) -> bool:
     """500 campaigns, `impressions` impressions over November 2026 and a click per 20, written by SQL (fast), once."""
-    have = pg.execute("SELECT count(*) FROM impressions").fetchone()[0]
+    # The highest id, not the count: every round deletes impressions, and the data is still the one written.
+    have = pg.execute("SELECT coalesce(max(id), 0) FROM impressions").fetchone()[0]
     if have >= impressions and pg.execute("SELECT count(*) FROM clicks").fetchone()[0]:
-        return
+        return False
     print(f"writing {impressions:,} impressions …", flush=True)
     pg.execute("TRUNCATE clicks, impressions, campaign, advertiser RESTART IDENTITY")
     pg.execute("INSERT INTO advertiser (name) SELECT 'advertiser ' || n FROM generate_series(1, 50) AS n")
@@ -91,6 +92,7 @@ def _ensure_data(pg: object, impressions: int) -> None:
         " FROM impressions WHERE (id / 500) % 20 = 0"
     )
     pg.execute("VACUUM ANALYZE impressions, clicks")
+    return True
 
 
 def _change(pg: object, updates: int, deletes: int, seed: int) -> None:
@@ -111,14 +113,12 @@ def _change(pg: object, updates: int, deletes: int, seed: int) -> None:
 
 
 def _decode(pg: object, settings: object) -> tuple[int, float]:
-    from pipeline.source.capture import peek_transactions, slot_name
+    from pipeline.source.capture import peek_transactions
+    from pipeline.sync.capture import warehouse_slot
 
     began = time.perf_counter()
-    changes = sum(
-        len(ids)
-        for transaction in peek_transactions(pg, slot_name(settings.clickhouse_database))
-        for ids in transaction.changed.values()
-    )
+    slot = warehouse_slot(settings, pg.info.dbname)
+    changes = sum(len(ids) for transaction in peek_transactions(pg, slot) for ids in transaction.changed.values())
     return changes, time.perf_counter() - began
 
 

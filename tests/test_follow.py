@@ -365,12 +365,17 @@ def test_backoff_doubles_from_the_interval_and_is_capped() -> None:
 def test_a_kept_connection_the_server_dropped_is_replaced_not_handed_out(
     settings: Settings, pg: psycopg.Connection
 ) -> None:
-    from pipeline.source.postgres import close_adbc, connect, keep_connections, open_adbc, postgres_url
+    from pipeline.source.postgres import (
+        ArrowConnection,
+        close_adbc,
+        connect,
+        keep_connections,
+        open_adbc,
+        postgres_url,
+    )
 
-    def adbc_pid(conn: object) -> int:
-        with conn.cursor() as cursor:
-            cursor.execute("SELECT pg_backend_pid()")
-            return cursor.fetchone()[0]
+    def adbc_pid(conn: ArrowConnection) -> int:
+        return conn.read_arrow("SELECT pg_backend_pid()").column(0)[0].as_py()
 
     url = postgres_url(settings)
     with keep_connections():

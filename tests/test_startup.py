@@ -62,3 +62,15 @@ def test_the_heavy_list_is_what_a_sync_imports(
     seed_hand_built(pg)
     monkeypatch.setenv("ADPIPE_CLICKHOUSE_URL", f"chdb://{tmp_path / 'own-engine'}")  # chDB: one process per path
     assert {"polars", "pyarrow", "clickhouse_connect"} <= set(heavy_imports("sync", "--mode", "full"))
+
+
+def test_a_sync_does_not_import_pandas(
+    settings: Settings, pg: psycopg.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pandas is a third of a second of every sync process and the sync has no use for it: neither its own code nor
+    its drivers' DB-API modules may bring it in (ADBC's does, through pyarrow.dataset)."""
+    seed_hand_built(pg)
+    monkeypatch.setenv("ADPIPE_CLICKHOUSE_URL", f"chdb://{tmp_path / 'own-engine'}")
+    assert "pandas" not in heavy_imports("sync", "--mode", "full")
+    pg.execute("UPDATE clicks SET campaign_id = 2 WHERE id = 1")  # the incremental run reads the slot and re-reads
+    assert "pandas" not in heavy_imports("sync")

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
@@ -20,6 +20,9 @@ from pipeline.config import Settings, mask_url
 from pipeline.errors import AdpipeError, SourceError, first_line
 from pipeline.locks import exclusive_lock
 from pipeline.sqlfiles import sql_files
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +205,7 @@ class _KeptConnections:
 
     active: bool = False
     psycopg: dict[str, list[_Connection]] = field(default_factory=dict)
-    adbc: dict[str, list[Any]] = field(default_factory=dict)
+    adbc: dict[str, list[ArrowConnection]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def take_back_psycopg(self, conn: _Connection) -> bool:
@@ -257,22 +260,64 @@ def keep_connections() -> Iterator[None]:
         _kept.close_all()
 
 
-def open_adbc(url: str) -> Any:
+class ArrowConnection:
+    """An ADBC connection to Postgres (libpq `COPY` in binary, decoded straight into Arrow), in autocommit mode.
+
+    Built on adbc_driver_manager's own handles rather than its DB-API module: that module imports pyarrow.dataset,
+    and with it pandas, a quarter of a second of every sync process (docs/performance.md), for nothing the sync uses.
+    Each call blocks in C with the GIL released, and an interrupt (Ctrl-C) cancels the statement.
+    """
+
+    def __init__(self, url: str) -> None:
+        import adbc_driver_manager
+        import adbc_driver_postgresql
+
+        self._database = adbc_driver_postgresql.connect(url)
+        try:
+            self._connection = adbc_driver_manager.AdbcConnection(self._database)
+        except BaseException:
+            self._database.close()
+            raise
+
+    def execute(self, query: str) -> None:
+        """Run a statement whose result is not read (BEGIN, SET, ROLLBACK…)."""
+        from adbc_driver_manager import AdbcStatement
+        from adbc_driver_manager._lib import _blocking_call
+
+        with AdbcStatement(self._connection) as statement:
+            statement.set_sql_query(query)
+            _blocking_call(statement.execute_update, (), {}, statement.cancel)
+
+    def read_arrow(self, query: str) -> pa.Table:
+        """The whole result of `query` as an Arrow table."""
+        import pyarrow as pa
+        from adbc_driver_manager import AdbcStatement
+        from adbc_driver_manager._lib import _blocking_call
+
+        with AdbcStatement(self._connection) as statement:
+            statement.set_sql_query(query)
+            stream, _ = _blocking_call(statement.execute_query, (), {}, statement.cancel)
+            reader = pa.RecordBatchReader.from_stream(stream)
+            return _blocking_call(reader.read_all, (), {}, statement.cancel)
+
+    def close(self) -> None:
+        self._connection.close()
+        self._database.close()
+
+
+def open_adbc(url: str) -> ArrowConnection:
     """An ADBC connection to `url` in autocommit mode: a kept one (`keep_connections`), or a new one."""
     kept = _kept.checkout(_kept.adbc, url, _adbc_alive)
     if kept is not None:
         return kept
-    import adbc_driver_postgresql.dbapi as adbc
-
-    return adbc.connect(url, autocommit=True)
+    return ArrowConnection(url)
 
 
-def close_adbc(url: str, conn: Any) -> None:
+def close_adbc(url: str, conn: ArrowConnection) -> None:
     """Close an ADBC connection from `open_adbc`, or keep it, its transaction ended, while `keep_connections`."""
     if _kept.active:
         try:
-            with conn.cursor() as cursor:
-                cursor.execute("ROLLBACK")
+            conn.execute("ROLLBACK")
         except Exception:  # the driver's own error types: a connection that cannot end its transaction is not kept
             log.debug("closing an ADBC connection that could not roll back", exc_info=True)
         else:
@@ -282,11 +327,9 @@ def close_adbc(url: str, conn: Any) -> None:
     conn.close()
 
 
-def _adbc_alive(conn: Any) -> bool:
+def _adbc_alive(conn: ArrowConnection) -> bool:
     try:
-        with conn.cursor() as cursor:
-            cursor.execute("SELECT 1")
-            cursor.fetchall()
+        conn.read_arrow("SELECT 1")
     except Exception:
         conn.close()
         return False

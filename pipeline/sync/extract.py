@@ -27,7 +27,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Any
 
 import psycopg
 import pyarrow as pa
@@ -37,6 +36,7 @@ from pipeline.config import Settings, mask_url
 from pipeline.errors import SourceError
 from pipeline.options import Engine
 from pipeline.source.postgres import (
+    ArrowConnection,
     close_adbc,
     connect,
     connect_replica,
@@ -87,7 +87,7 @@ class SourceReader:
         self.replica = settings.postgres_replica_url is not None
         self.url = settings.postgres_replica_url or postgres_url(settings)
         self._coordinator: psycopg.Connection | None = None
-        self._adbc: list = []  # one ADBC connection per partition, opened on first use
+        self._adbc: list[ArrowConnection] = []  # one ADBC connection per partition, opened on first use
         self._pool: ThreadPoolExecutor | None = None
         self.snapshot: Snapshot
 
@@ -247,16 +247,15 @@ class SourceReader:
         while len(self._adbc) < len(queries):
             self._adbc.append(self._open_adbc())
         if len(queries) == 1:
-            return _fetch_adbc(self._adbc[0], queries[0])
+            return self._adbc[0].read_arrow(queries[0])
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self.partitions)
-        return pa.concat_tables(self._pool.map(_fetch_adbc, self._adbc, queries))
+        return pa.concat_tables(self._pool.map(ArrowConnection.read_arrow, self._adbc, queries))
 
-    def _open_adbc(self) -> Any:
+    def _open_adbc(self) -> ArrowConnection:
         conn = open_adbc(self.url)
-        with conn.cursor() as cursor:
-            cursor.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            cursor.execute(f"SET TRANSACTION SNAPSHOT '{self.snapshot.exported_id}'")
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        conn.execute(f"SET TRANSACTION SNAPSHOT '{self.snapshot.exported_id}'")
         return conn
 
 
@@ -286,12 +285,6 @@ def _detail(error: BaseException) -> str:
     """`: <the server's DETAIL line>` (which kind of conflict), or nothing."""
     found = _DETAIL.search(str(error))
     return f": {found.group(1).strip().rstrip('.')}" if found else ""
-
-
-def _fetch_adbc(conn: Any, query: str) -> pa.Table:
-    with conn.cursor() as cursor:
-        cursor.execute(query)
-        return cursor.fetch_arrow_table()
 
 
 def _columns(table: str) -> str:

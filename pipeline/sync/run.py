@@ -482,17 +482,22 @@ def _sync_fact(
     if previous.gaps:
         rows = reader.read_ids_in(table, [(gap.lo, gap.hi) for gap in previous.gaps])
         _stage_fact_rows(pipeline, table, rows, now, quarantine, summary)
-        gaps = open_gaps(previous.gaps, rows.column("id").to_numpy(), reader.snapshot)
+        gaps = open_gaps(previous.gaps, _ids(rows), reader.snapshot)
     high_water = reader.max_id(table)
     chunks = prefetch(reader.read_id_range(table, previous.high_water, high_water, options.chunk_rows))
     for after, upto, rows in _timed(chunks, pipeline.timings, "extract_wait"):
         _stage_fact_rows(pipeline, table, rows, now, quarantine, summary)
-        gaps += new_gaps(rows.column("id").to_numpy(), after, upto, reader.snapshot)
+        gaps += new_gaps(_ids(rows), after, upto, reader.snapshot)
         if options.progress:
             options.progress(table, upto - previous.high_water, high_water - previous.high_water)
     high_water = max(high_water, previous.high_water)
     anchor = reader.created_at_of(table, high_water) if high_water else None
     return FactState(high_water, anchor.isoformat() if anchor else previous.anchor_created_at, gaps)
+
+
+def _ids(rows: pa.Table) -> np.ndarray:
+    # Through Polars: pyarrow's own to_numpy imports pandas (a third of a second of every sync process).
+    return pl.from_arrow(rows.column("id")).to_numpy()
 
 
 def _stage_fact_rows(

@@ -27,6 +27,7 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.config import Settings, StagingDir
 from pipeline.errors import AdpipeError
@@ -114,7 +115,8 @@ class RunWriter:
         entry.rows += data.num_rows
         if "id" in data.column_names and data.num_rows:
             ids = data.column("id")
-            low, high = pa.compute.min(ids).as_py(), pa.compute.max(ids).as_py()
+            bounds = pc.min_max(ids)
+            low, high = bounds["min"].as_py(), bounds["max"].as_py()
             entry.min_id = low if entry.min_id is None else min(entry.min_id, low)
             entry.max_id = high if entry.max_id is None else max(entry.max_id, high)
         return path
