@@ -46,7 +46,7 @@ def main() -> None:
             print("first full sync …", flush=True)
             _adpipe("sync", "--mode", "full")
         rows: list[dict] = []
-        for round_number in range(1, args.rounds + 1):
+        for _ in range(args.rounds):
             _change(pg, args.updates, args.deletes)
             decoded, decode_seconds = _decode(pg, settings)
             wall, result = _timed_sync("sync", "--json")
