@@ -46,8 +46,16 @@ _NAMES = {
 }
 
 
+_LAYOUTS = {fmt: struct.Struct(fmt) for fmt in ("!B", "!H", "!I", "!i", "!Q")}
+
+
 class _Reader:
-    """One message's bytes, read front to back; running short or past the end is a ChangeCaptureError."""
+    """One message's bytes, read front to back; running short or past the end is a ChangeCaptureError.
+
+    `what` names the field for the error message. It may hold `{}` placeholders for `args`, filled in only when a
+    message is malformed: a run decodes hundreds of thousands of fields, and formatting each name costs more than
+    reading the field.
+    """
 
     def __init__(self, data: bytes, kind: str) -> None:
         self.data = data
@@ -57,22 +65,27 @@ class _Reader:
     def fail(self, what: str) -> ChangeCaptureError:
         return ChangeCaptureError(f"malformed pgoutput {_NAMES[self.kind]} message ({self.kind!r}): {what}")
 
-    def take(self, size: int, what: str) -> bytes:
-        if size < 0:
-            raise self.fail(f"{what} has a negative length ({size})")
-        end = self.pos + size
+    def _advance(self, size: int, what: str, args: tuple[object, ...]) -> int:
+        """Move past `size` bytes; where they start."""
+        start, end = self.pos, self.pos + size
         if end > len(self.data):
-            raise self.fail(f"cut short reading {what} ({len(self.data)} bytes)")
-        chunk = self.data[self.pos : end]
+            raise self.fail(f"cut short reading {what.format(*args)} ({len(self.data)} bytes)")
         self.pos = end
-        return bytes(chunk)
+        return start
 
-    def unpack(self, fmt: str, what: str) -> int:
-        (value,) = struct.unpack(fmt, self.take(struct.calcsize(fmt), what))
+    def take(self, size: int, what: str, *args: object) -> bytes:
+        if size < 0:
+            raise self.fail(f"{what.format(*args)} has a negative length ({size})")
+        start = self._advance(size, what, args)
+        return bytes(self.data[start : self.pos])
+
+    def unpack(self, fmt: str, what: str, *args: object) -> int:
+        layout = _LAYOUTS[fmt]
+        (value,) = layout.unpack_from(self.data, self._advance(layout.size, what, args))
         return value
 
-    def byte(self, what: str) -> str:
-        return chr(self.unpack("!B", what))
+    def byte(self, what: str, *args: object) -> str:
+        return chr(self.data[self._advance(1, what, args)])
 
     def int8(self, what: str) -> int:
         return self.unpack("!B", what)
@@ -117,12 +130,12 @@ _Column = tuple[str, bytes | None]
 def _read_tuple(reader: _Reader) -> list[_Column]:
     columns: list[_Column] = []
     for number in range(reader.int16("the tuple's number of columns")):
-        kind = reader.byte(f"column {number}'s kind")
+        kind = reader.byte("column {}'s kind", number)
         if kind in "nu":
             columns.append((kind, None))
         elif kind in "tb":
-            length = reader.unpack("!i", f"column {number}'s length")
-            columns.append((kind, reader.take(length, f"column {number}'s value")))
+            length = reader.unpack("!i", "column {}'s length", number)
+            columns.append((kind, reader.take(length, "column {}'s value", number)))
         else:
             raise reader.fail(f"column {number} has unknown kind {kind!r}")
     return columns
