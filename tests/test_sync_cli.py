@@ -9,6 +9,7 @@ import psycopg
 import pytest
 
 from pipeline.config import Settings
+from pipeline.source.postgres import postgres_url
 from pipeline.sync.stage import list_runs
 from pipeline.warehouse import client as clickhouse
 from tests.conftest import run_cli
@@ -84,6 +85,22 @@ def test_init_is_idempotent(settings: Settings, pg: psycopg.Connection) -> None:
     assert [client.command(f"SELECT count() FROM {table}") for table in tables] == [2, 3, 4, 2]
     daily = "SELECT campaign_id, sum(impressions), sum(clicks) FROM campaign_daily GROUP BY 1 ORDER BY 1"
     assert client.query(daily).result_rows == [(1, 3, 2), (2, 1, 0)]
+
+
+def test_a_first_sync_on_a_source_without_its_schema_creates_it(settings: Settings) -> None:
+    """A new user's first command may be `sync`, before `init` or `generate`: the source schema is made, as every
+    source command makes it, and the change-capture publication is created on it rather than failing without it."""
+    result = run_cli("sync", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["mode"] == "full"
+    with psycopg.connect(postgres_url(settings), autocommit=True) as pg:
+        source = pg.execute(
+            "SELECT table_schema, table_name FROM information_schema.tables"
+            " WHERE table_schema IN ('public', 'referral') ORDER BY 1, 2"
+        ).fetchall()
+        published = pg.execute("SELECT tablename FROM pg_publication_tables ORDER BY 1").fetchall()
+    assert source == SOURCE_SCHEMA
+    assert published == [("advertiser",), ("campaign",), ("clicks",), ("impressions",)]
 
 
 def test_sync_json_summary_and_status(settings: Settings, pg: psycopg.Connection) -> None:

@@ -93,9 +93,12 @@ def run_capture(settings: Settings, state: SyncState, full: bool) -> Iterator[Ru
 
 
 def _connect_primary(settings: Settings) -> psycopg.Connection:
-    """The slot's server: the one the sync reads, or with a replica, its primary (which must then be reachable)."""
+    """The slot's server: the one the sync reads, or with a replica, its primary (which must then be reachable).
+
+    The source schema is made if missing, as the sync's reader would make it: the publication names its tables.
+    """
     if not settings.postgres_replica_url:
-        return connect(settings, ensure_schema=False)
+        return connect(settings)
     why = (
         "a sync from a standby still takes one transaction id per run on the primary (ADPIPE_POSTGRES_URL),"
         " and reads the change-capture slot there"
