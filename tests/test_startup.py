@@ -74,3 +74,39 @@ def test_a_sync_does_not_import_pandas(
     assert "pandas" not in heavy_imports("sync", "--mode", "full")
     pg.execute("UPDATE clicks SET campaign_id = 2 WHERE id = 1")  # the incremental run reads the slot and re-reads
     assert "pandas" not in heavy_imports("sync")
+
+
+def test_the_console_script_exits_with_the_commands_code() -> None:
+    """`main` ends the process itself (no interpreter teardown): the exit code and the output still come through."""
+    help_ = subprocess.run([sys.executable, "-m", "pipeline", "--help"], capture_output=True, text=True)
+    assert (help_.returncode, "Advertising data from Postgres to ClickHouse" in help_.stdout) == (0, True)
+    unknown = subprocess.run([sys.executable, "-m", "pipeline", "no-such-command"], capture_output=True, text=True)
+    assert unknown.returncode == 2
+    assert "No such command 'no-such-command'" in unknown.stderr
+
+
+def test_a_sync_that_ended_its_process_early_leaves_a_warehouse_the_next_process_reads(
+    settings: Settings, pg: psycopg.Connection, tmp_path: Path
+) -> None:
+    """The sync's process ends without stopping the embedded engine; the next process opens it and finds the run."""
+    seed_hand_built(pg)
+    env = {**os.environ, "ADPIPE_CLICKHOUSE_URL": f"chdb://{tmp_path / 'own-engine'}"}
+    synced = subprocess.run(
+        [sys.executable, "-m", "pipeline", "sync", "--json"], env=env, capture_output=True, text=True
+    )
+    assert synced.returncode == 0, synced.stderr
+    pg.execute("INSERT INTO impressions (campaign_id, created_at) VALUES (2, '2026-11-21 11:00:00')")
+    again = subprocess.run(
+        [sys.executable, "-m", "pipeline", "sync", "--json"], env=env, capture_output=True, text=True
+    )
+    assert again.returncode == 0, again.stderr
+    counted = subprocess.run(
+        [sys.executable, "-m", "pipeline", "kpi", "campaign_ctr", "--format", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert counted.returncode == 0, counted.stderr
+    impressions = {row["campaign_id"]: row["impressions"] for row in json.loads(counted.stdout)}
+    # seed_hand_built: 3 impressions of campaign 1, 1 of campaign 2, none of campaign 3; and the new one.
+    assert impressions == {1: 3, 2: 2, 3: 0}
