@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
 from urllib.parse import urlsplit, urlunsplit
@@ -27,10 +28,12 @@ from pipeline.analytics.reconcile import reconcile
 from pipeline.config import Settings, load_settings
 from pipeline.errors import SyncRefusedError
 from pipeline.options import Mode, OnReset
-from pipeline.source.capture import slot_info
+from pipeline.source.capture import format_lsn, lsn_value, slot_info
 from pipeline.source.generate import Generator
 from pipeline.source.pgoutput import DecodedTransaction
-from pipeline.sync.capture import Changes, collect, visible
+from pipeline.source.postgres import connect
+from pipeline.sync.capture import Changes, RunCapture, collect, visible
+from pipeline.sync.extract import Snapshot
 from pipeline.sync.run import SyncOptions, replay, sync
 from pipeline.sync.runlog import SyncResult
 from pipeline.sync.state import load_state, save_state
@@ -273,6 +276,23 @@ def test_a_source_that_only_inserts_does_not_hold_wal_in_the_slot(settings: Sett
     ).fetchone()
     assert confirmed == (True,)
     assert_equals_source(settings, pg)
+
+
+def test_the_slot_never_advances_past_the_wal_its_read_could_decode(settings: Settings, pg: psycopg.Connection) -> None:
+    """Decoding stops at the WAL flushed when the slot is read. A snapshot's LSN can lie past it (a commit written,
+    not yet flushed): the read bounds its advance by the flush position, or that commit would be skipped for good.
+    Here the snapshot claims an LSN a GiB ahead of the WAL, and sees every transaction."""
+    seed(pg)
+    full(settings)
+    pg.execute("DELETE FROM impressions WHERE id = 1")
+    flushed = lsn_value(pg.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()[0])
+    xmax = int(pg.execute("SELECT pg_current_snapshot()::text").fetchone()[0].split(":")[1])
+    ahead = Snapshot("", f"{xmax}:{xmax}:", xmax, xmax, datetime.now(UTC), format_lsn(flushed + 2**30))
+    with connect(settings) as conn:
+        conn.autocommit = True
+        changes = RunCapture(capture_slot(settings), None, trusted=True, conn=conn).read(ahead)
+    assert changes is not None and dict(changes.changed)["impressions"] == {1}
+    assert changes.advance_to is not None and flushed <= changes.advance_to < flushed + 2**30
 
 
 def test_a_dropped_slot_stops_incremental_syncs_until_a_full_one(settings: Settings, pg: psycopg.Connection) -> None:

@@ -209,6 +209,16 @@ def create_slot(conn: psycopg.Connection, slot: str, wait_seconds: float) -> boo
     return True
 
 
+def flushed_lsn(conn: psycopg.Connection) -> int:
+    """How far the server's WAL is flushed (a standby: replayed): as far as a slot on it decodes right now."""
+    with conn.transaction():
+        (lsn,) = conn.execute(
+            "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_flush_lsn() END)"
+            "::text"
+        ).fetchone()
+    return lsn_value(lsn)
+
+
 def slot_info(conn: psycopg.Connection, slot: str) -> SlotInfo | None:
     """The slot named `slot` (in any database of the server), or None when there is none."""
     with conn.transaction():

@@ -65,7 +65,10 @@ class RunCapture:
         """The changes as of `snapshot`, or None when capture is off (the fallback checks apply)."""
         if self.slot is None or self.conn is None:
             return None
-        upto = slots.lsn_value(snapshot.lsn)
+        # Decoding stops at the WAL flushed when the peek starts. A commit written but not yet flushed at the
+        # snapshot's LSN would be missing from the stream, and advancing past it would skip it for good: the bound
+        # is the flush position read before the peek, when it is lower.
+        upto = min(slots.lsn_value(snapshot.lsn), slots.flushed_lsn(self.conn))
         return collect(slots.peek_transactions(self.conn, self.slot, upto), snapshot.text, upto)
 
 
