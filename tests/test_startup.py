@@ -55,6 +55,12 @@ def test_stats_imports_no_heavy_library(settings: Settings, pg: psycopg.Connecti
     assert heavy_imports("stats") == []
 
 
+def test_stats_before_any_sync_imports_no_heavy_library(settings: Settings, pg: psycopg.Connection) -> None:
+    """No state file yet: nothing is in quarantine, and no staged part needs reading to say so."""
+    seed_hand_built(pg)
+    assert heavy_imports("stats") == []
+
+
 def test_the_heavy_list_is_what_a_sync_imports(
     settings: Settings, pg: psycopg.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -77,7 +83,7 @@ def test_a_sync_does_not_import_pandas(
 
 
 def test_the_console_script_exits_with_the_commands_code() -> None:
-    """`main` ends the process itself (no interpreter teardown): the exit code and the output still come through."""
+    """`main` freezes the garbage collector on the way out: the exit code and the output come through unchanged."""
     help_ = subprocess.run([sys.executable, "-m", "pipeline", "--help"], capture_output=True, text=True)
     assert (help_.returncode, "Advertising data from Postgres to ClickHouse" in help_.stdout) == (0, True)
     unknown = subprocess.run([sys.executable, "-m", "pipeline", "no-such-command"], capture_output=True, text=True)
@@ -85,10 +91,10 @@ def test_the_console_script_exits_with_the_commands_code() -> None:
     assert "No such command 'no-such-command'" in unknown.stderr
 
 
-def test_a_sync_that_ended_its_process_early_leaves_a_warehouse_the_next_process_reads(
+def test_syncs_in_processes_of_their_own_build_on_each_other(
     settings: Settings, pg: psycopg.Connection, tmp_path: Path
 ) -> None:
-    """The sync's process ends without stopping the embedded engine; the next process opens it and finds the run."""
+    """Each process opens the embedded engine, syncs and leaves; the next one finds the run and adds its own."""
     seed_hand_built(pg)
     env = {**os.environ, "ADPIPE_CLICKHOUSE_URL": f"chdb://{tmp_path / 'own-engine'}"}
     synced = subprocess.run(

@@ -37,8 +37,11 @@ def source_stats(settings: Settings) -> list[SourceTableStats]:
     one process at a time) nor the staged Parquet; a state from before the counts were kept is read from the
     staged quarantine parts instead.
     """
-    quarantined = load_state(settings.home).quarantined
-    if quarantined is None:
+    state = load_state(settings.home)
+    quarantined = state.quarantined
+    if quarantined is None and state.last_run_id is None:
+        quarantined = {}  # nothing synced yet, so nothing set aside
+    elif quarantined is None:
         from pipeline.sync.stage import quarantined_rows
 
         quarantined = quarantined_rows(settings)
