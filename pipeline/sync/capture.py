@@ -172,8 +172,8 @@ def _warn_off(capture: RunCapture, state: SyncState) -> None:
 
 
 def collect(transactions: Iterator[DecodedTransaction], snapshot_text: str, upto: int) -> Changes:
-    """Fold the decoded stream of the transactions that committed before LSN `upto` (the snapshot's) into the ids
-    to read again and the LSN the slot may advance to.
+    """Fold the decoded stream of the transactions that committed before LSN `upto` (the run's bound, see
+    `RunCapture.read`) into the ids to read again and the LSN the slot may advance to.
 
     When the snapshot sees every one of them, the slot may advance to `upto` itself, past the transactions that
     published nothing (inserts): otherwise a source that only inserts would keep its slot, and all its WAL, where
