@@ -5,9 +5,11 @@ a source table. A run reads it after taking its snapshot and uses it as a signal
 again inside the snapshot (`pipeline.sync.fact_changes`). Re-reading is idempotent, so ids from transactions the
 snapshot does not see yet do no harm (their rows read as the snapshot has them).
 
-The slot advances, after the run's state is committed, to the end of the last transaction of the longest run of
-transactions, from the start of the stream, that the snapshot sees: everything up to there is in the warehouse.
-A transaction the snapshot does not see, and all after it, is read again by the next run. Until the advance, a
+A run reads the slot up to a bound: its snapshot's LSN, or the WAL flushed when it reads, if lower. The slot
+advances, after the run's state is committed, to that bound when the snapshot sees every transaction read, else to
+the end of the last transaction of the longest run of them, from the start of the stream, that the snapshot sees:
+everything up to there is in the warehouse. A transaction the snapshot does not see, and all after it, is read
+again by the next run. Until the advance, a
 crash only means the same changes are read, and applied as no-ops, again.
 
 The slot is trusted only when it existed before a full run's snapshot (then nothing committed after that
