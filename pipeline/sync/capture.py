@@ -9,8 +9,8 @@ A run reads the slot up to a bound: its snapshot's LSN, or the WAL flushed when 
 advances, after the run's state is committed, to that bound when the snapshot sees every transaction read, else to
 the end of the last transaction of the longest run of them, from the start of the stream, that the snapshot sees:
 everything up to there is in the warehouse. A transaction the snapshot does not see, and all after it, is read
-again by the next run. Until the advance, a
-crash only means the same changes are read, and applied as no-ops, again.
+again by the next run. Until the advance, a crash only means the same changes are read, and applied as no-ops,
+again.
 
 The slot is trusted only when it existed before a full run's snapshot (then nothing committed after that
 snapshot can be missing from it); the state names it from then on (`SyncState.capture_slot`). A slot that is
