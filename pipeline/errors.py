@@ -92,13 +92,11 @@ class SyncRefusedError(AdpipeError):
 def describe_failure(exc: BaseException) -> str | None:
     """One line for an expected failure (ours, or a database connection that broke); None for a bug.
 
-    A connection that breaks in the middle of a Postgres read surfaces as the driver's error; psycopg is looked up
-    in `sys.modules` rather than imported: an exception of a driver that was never imported cannot be raised.
+    A connection that breaks in the middle of a Postgres read surfaces as the driver's error (`_broken_connection`).
     """
     if isinstance(exc, AdpipeError):
         return str(exc)
-    psycopg = sys.modules.get("psycopg")
-    if psycopg is not None and isinstance(exc, psycopg.OperationalError):
+    if _broken_connection(exc):
         return f"Postgres connection failed: {first_line(exc)}"
     return None
 
@@ -113,8 +111,16 @@ def is_transient(exc: BaseException) -> bool:
         return True
     if isinstance(exc, AdpipeError):
         return False
-    psycopg = sys.modules.get("psycopg")
-    return psycopg is not None and isinstance(exc, psycopg.OperationalError)
+    return _broken_connection(exc)
+
+
+def _broken_connection(exc: BaseException) -> bool:
+    """A Postgres connection that failed or broke, in psycopg or in ADBC (the sync's reader). The drivers are looked
+    up in `sys.modules` rather than imported: an exception of a driver that was never imported cannot be raised."""
+    return any(
+        driver is not None and isinstance(exc, driver.OperationalError)
+        for driver in (sys.modules.get("psycopg"), sys.modules.get("adbc_driver_manager"))
+    )
 
 
 def first_line(exc: BaseException, limit: int = 300) -> str:

@@ -651,3 +651,24 @@ def test_fact_chunks_hold_rows_not_ids_whatever_the_gaps(
         (3, 2_000_000_000, [7, 8, 2_000_000_000]),
         (2_000_000_000, 2_000_000_005, [2_000_000_001, 2_000_000_005]),
     ]
+
+
+@pytest.mark.warehouses("chdb")
+def test_a_reader_connection_that_breaks_is_one_line_and_retried(settings: Settings, pg: psycopg.Connection) -> None:
+    """The reader's ADBC connection dies (the server terminates it): the error is described in one line, as a broken
+    psycopg connection is, and a follower retries it."""
+    from pipeline.errors import describe_failure, is_transient
+    from pipeline.sync.extract import SourceReader
+
+    seed_hand_built(pg)
+    with SourceReader(settings) as reader:
+        reader.read_all("advertiser")  # opens the reader's ADBC connection
+        (backend,) = reader._adbc[0].read_arrow("SELECT pg_backend_pid()").column(0).to_pylist()
+        pg.execute("SELECT pg_terminate_backend(%s, 10000)", (backend,))
+        with pytest.raises(Exception) as broken:
+            reader.read_all("campaign")
+    line = describe_failure(broken.value)
+    assert line is not None and "\n" not in line
+    assert line.startswith("Postgres connection failed: ")
+    assert "terminating connection due to administrator command" in line
+    assert is_transient(broken.value)
