@@ -86,12 +86,12 @@ def delete_retracted(client: Client, fact: str, retracted: str, run_id: str) -> 
     if cluster is not None:
         target, source = quote_identifier(local_name(fact)), quote_identifier(local_name(retracted))
         on_cluster = f" ON CLUSTER {quote_identifier(cluster)}"
-    retracted = f"FROM {source} WHERE run_id = {{run_id:String}}"
+    of_run = f"FROM {source} WHERE run_id = {{run_id:String}}"
     # The id test first, though the tuple test implies it: it filters the rows before the tuples are built and
     # looked up, which cost more than half the delete (docs/performance.md, Change capture).
     client.command(
-        f"DELETE FROM {target}{on_cluster} WHERE id IN (SELECT id {retracted})"
-        f" AND (campaign_id, created_at, id) IN (SELECT campaign_id, created_at, id {retracted})",
+        f"DELETE FROM {target}{on_cluster} WHERE id IN (SELECT id {of_run})"
+        f" AND (campaign_id, created_at, id) IN (SELECT campaign_id, created_at, id {of_run})",
         parameters={"run_id": run_id},
         settings={"lightweight_delete_mode": "lightweight_update"},
     )

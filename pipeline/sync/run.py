@@ -496,7 +496,7 @@ def _sync_fact(
 
 
 def _ids(rows: pa.Table) -> np.ndarray:
-    # Through Polars: pyarrow's own to_numpy imports pandas (a third of a second of every sync process).
+    # Through Polars: pyarrow's own to_numpy imports pandas (a quarter of a second of every sync process).
     return pl.from_arrow(rows.column("id")).to_numpy()
 
 
