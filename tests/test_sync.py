@@ -672,3 +672,29 @@ def test_a_reader_connection_that_breaks_is_one_line_and_retried(settings: Setti
     assert line.startswith("Postgres connection failed: ")
     assert "terminating connection due to administrator command" in line
     assert is_transient(broken.value)
+
+
+def test_a_warehouse_that_cannot_open_leaves_no_source_session_behind(
+    settings: Settings, pg: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The source opens on a thread while the warehouse opens. When the warehouse cannot open, the run stops with
+    the warehouse's error, and every connection the source opened beside it, with its snapshot, is closed."""
+    seed_hand_built(pg)
+    full(settings)
+
+    def sessions() -> int:
+        return pg.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchone()[0]
+
+    clickhouse.close_all()
+    monkeypatch.setenv("ADPIPE_CLICKHOUSE_URL", "http://127.0.0.1:1")
+    result = run_cli("sync")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: cannot reach ClickHouse at http://127.0.0.1:1")
+    assert result.stderr.count("\n") == 1
+    assert sessions() == 0
+    monkeypatch.setenv("ADPIPE_CLICKHOUSE_URL", settings.clickhouse_url)
+    pg.execute("UPDATE impressions SET campaign_id = 2 WHERE id = 1")
+    incremental(settings)  # the failed attempt consumed nothing: the next run applies the update
+    assert ch(settings, "SELECT campaign_id FROM impressions WHERE id = 1") == [(2,)]

@@ -236,7 +236,7 @@ _PEEK = (
     "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, %s::pg_lsn, NULL,"
     " 'proto_version', '1', 'publication_names', %s)"
 )
-_FETCH = 1000
+_FETCH = 20_000
 
 
 def peek_transactions(conn: psycopg.Connection, slot: str, upto: int | None = None) -> Iterator[DecodedTransaction]:

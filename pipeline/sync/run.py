@@ -33,7 +33,7 @@ from pipeline.options import DEFAULT_CHUNK_ROWS, Engine, Mode, OnReset
 from pipeline.prefetch import prefetch
 from pipeline.source.capture import format_lsn, lsn_value
 from pipeline.storage import open_store
-from pipeline.sync.capture import Changes, advance, run_capture
+from pipeline.sync.capture import Changes, advance
 from pipeline.sync.changes import dimension_changes, full_load_rows
 from pipeline.sync.clean import Cleaned, clean_advertisers, clean_campaigns, clean_facts, quarantine_arrow
 from pipeline.sync.extract import SourceReader
@@ -42,6 +42,7 @@ from pipeline.sync.gaps import new_gaps, open_gaps
 from pipeline.sync.load import create_shadow, delete_retracted, drop_shadow, load_part, swap_in
 from pipeline.sync.plan import plan_mode
 from pipeline.sync.repair import bucket_ids, differing_buckets
+from pipeline.sync.run_source import OpeningSource, RunSource, already_synced
 from pipeline.sync.runlog import SyncResult, TableSummary, close_interrupted_runs, record, record_recovered
 from pipeline.sync.stage import (
     Run,
@@ -99,41 +100,56 @@ def sync_locked(settings: Settings, options: SyncOptions, *, schema_ready: bool 
     """One sync, by a caller that holds `sync_lock` (`sync`, and the follower for its whole life).
 
     `schema_ready`: this process already applied the schema to this warehouse, so the run skips it.
+
+    The source opens on its own thread while the warehouse opens (`pipeline.sync.run_source`), unless runs staged
+    by an earlier sync are still to be loaded: their commit changes the state the run starts from.
     """
     open_store(settings.staging_dir)  # an unreachable S3 staging fails here, before the warehouse is touched
-    began = time.perf_counter()
-    client = clickhouse.connect(settings)
-    opened = time.perf_counter()
-    if not schema_ready:
-        apply_schema(client)
-    ready = time.perf_counter()
-    recovered = recover_pending_runs(client, settings)
+    remove_interrupted(settings.staging_dir)
     state = load_state(settings.home)
-    interrupted = close_interrupted_runs(client, set(recovered), state.last_run_id)
-    mode = options.mode
-    if mode is Mode.INCREMENTAL and state.last_run_id is None:
-        log.warning("no previous sync: running a full sync")
-        mode = Mode.FULL
-    result = _run(client, settings, options, mode, state)
-    result.timings = {"warehouse_open": opened - began, "schema": ready - opened, **result.timings}
+    pending = list_runs(settings.staging_dir, after=state.last_run_id)
+    warehouse = _open_warehouse(settings, schema_ready) if pending else None
+    if warehouse is not None:
+        recover_pending_runs(warehouse[0], settings, pending)
+        state = load_state(settings.home)
+    mode = _first_mode(options.mode, state)
+    with OpeningSource(settings, options.engine, options.partitions, state, mode) as opening:
+        client, timings = warehouse or _open_warehouse(settings, schema_ready)
+
+        recovered = [run.run_id for run in pending]
+        interrupted = close_interrupted_runs(client, set(recovered), state.last_run_id)
+        result = _run(client, settings, options, mode, state, opening.result)
+    result.timings = {**timings, "source_wait": opening.waited, **result.timings}
     result.recovered, result.interrupted = recovered, interrupted
     if options.keep is not None:
         result.pruned = prune_runs(settings, options.keep)
     return result
 
 
-def recover_pending_runs(client: Client, settings: Settings) -> list[str]:
+def _first_mode(asked: Mode, state: SyncState) -> Mode:
+    if asked is Mode.INCREMENTAL and state.last_run_id is None:
+        log.warning("no previous sync: running a full sync")
+        return Mode.FULL
+    return asked
+
+
+def _open_warehouse(settings: Settings, schema_ready: bool) -> tuple[Client, dict[str, float]]:
+    began = time.perf_counter()
+    client = clickhouse.connect(settings)
+    opened = time.perf_counter()
+    if not schema_ready:
+        apply_schema(client)
+    return client, {"warehouse_open": opened - began, "schema": time.perf_counter() - opened}
+
+
+def recover_pending_runs(client: Client, settings: Settings, pending: list[Run]) -> None:
     """Load and commit runs that were published but not committed (the previous sync died mid-load)."""
-    remove_interrupted(settings.staging_dir)
-    last = load_state(settings.home).last_run_id
-    pending = list_runs(settings.staging_dir, after=last)
     for run in pending:
         log.warning("loading run %s, staged but not committed by an earlier sync", run.run_id)
         load_run(client, run)
         commit(client, settings, run)
         advance_capture(settings, run)
         record_recovered(client, run)
-    return [run.run_id for run in pending]
 
 
 def sync_lock(settings: Settings) -> AbstractContextManager[None]:
@@ -201,16 +217,24 @@ def commit(client: Client, settings: Settings, run: Run) -> None:
     save_state(settings.home, state)
 
 
-def _run(client: Client, settings: Settings, options: SyncOptions, mode: Mode, state: SyncState) -> SyncResult:
+def _run(
+    client: Client,
+    settings: Settings,
+    options: SyncOptions,
+    mode: Mode,
+    state: SyncState,
+    open_source: Callable[[], RunSource],
+) -> SyncResult:
     """Plan the run in the source snapshot, then name and record it with the mode it will really run in."""
     started = datetime.now(UTC)
     try:
+        source = open_source()
         with ExitStack() as stack:
-            capture = stack.enter_context(run_capture(settings, state, full=mode is Mode.FULL))
-            reader = stack.enter_context(SourceReader(settings, options.engine, options.partitions))
-            changes = capture.read(reader.snapshot)
-            planned_mode = plan_mode(reader, client, state, mode, options.on_reset, changes, options.repair)
-            reader_open = stack.pop_all()  # from here on, _stage_and_load closes the reader and the capture
+            stack.push(source.closing)
+            planned_mode = plan_mode(
+                source.reader, client, state, mode, options.on_reset, source.changes, options.repair
+            )
+            stack.pop_all()  # from here on, _stage_and_load closes the reader and the capture
     except BaseException as exc:
         # A refused run is on record too, under the mode it was asked for (`sync_runs`, docs: Watching the sync).
         record(client, SyncResult(new_run_id(mode), mode), started, "failed", error=str(exc) or type(exc).__name__)
@@ -220,8 +244,7 @@ def _run(client: Client, settings: Settings, options: SyncOptions, mode: Mode, s
     result = SyncResult(run_id, mode)
     record(client, result, started, "running")
     try:
-        source = _RunSource(reader, capture.slot if capture.trusted else None, changes or Changes())
-        run = _stage_and_load(client, settings, options, source, reader_open, state, result)
+        run = _stage_and_load(client, settings, options, source, state, result)
         kill_point("loaded")
         commit(client, settings, run)
         kill_point("committed")
@@ -231,16 +254,6 @@ def _run(client: Client, settings: Settings, options: SyncOptions, mode: Mode, s
         raise
     record(client, result, started, "success")
     return result
-
-
-@dataclass(frozen=True)
-class _RunSource:
-    """What a run reads: the source in its snapshot, and the slot's changes as of that snapshot."""
-
-    reader: SourceReader
-    slot: str | None
-    """The trusted slot the run's state will follow; None: change capture off."""
-    changes: Changes
 
 
 def advance_capture(settings: Settings, run: Run) -> None:
@@ -292,13 +305,12 @@ def _stage_and_load(
     client: Client,
     settings: Settings,
     options: SyncOptions,
-    source: _RunSource,
-    reader_open: ExitStack,
+    source: RunSource,
     state: SyncState,
     result: SyncResult,
 ) -> Run:
-    """Extract, clean and stage the run from the planned reader (closed with `reader_open`), publish it, load it."""
-    reader = source.reader
+    """Extract, clean and stage the run from the planned source (closed here), publish it, load it."""
+    reader, changes = source.reader, source.changes or Changes()
     began, began_cpu = time.perf_counter(), time.process_time()
     mode = Mode(result.mode)
     writer = RunWriter(settings.staging_dir, result.run_id)
@@ -306,7 +318,7 @@ def _stage_and_load(
     pipeline: _Pipeline | None = None
     shadow: str | None = None
     try:
-        with reader_open:
+        with source.closing:
             shadow = create_shadow(client) if mode is Mode.FULL else None
             pipeline = _Pipeline(client, writer, shadow)
             state_after = _extract_all(client, source, pipeline, options, mode, state, result)
@@ -324,8 +336,8 @@ def _stage_and_load(
                 },
                 "capture": {
                     "slot": source.slot,
-                    "advance_to": format_lsn(source.changes.advance_to) if source.changes.advance_to else None,
-                    "transactions": source.changes.transactions,
+                    "advance_to": format_lsn(changes.advance_to) if changes.advance_to else None,
+                    "transactions": changes.transactions,
                 },
                 "engine": options.engine.value,
                 "chunk_rows": options.chunk_rows,
@@ -360,7 +372,7 @@ def _stage_and_load(
 
 def _extract_all(
     client: Client,
-    source: _RunSource,
+    source: RunSource,
     pipeline: _Pipeline,
     options: SyncOptions,
     mode: Mode,
@@ -378,7 +390,7 @@ def _extract_all(
         previous = FactState() if full else state.facts.get(table, FactState())
         facts[table] = _sync_fact(reader, pipeline, options, table, previous, quarantine, result)
         if not full:
-            ids = source.changes.changed.get(table, frozenset())
+            ids = (source.changes or Changes()).changed.get(table, frozenset())
             if options.repair:
                 with _stopwatch(pipeline.timings, "repair"):
                     differing = differing_buckets(reader, client, table, previous.high_water)
@@ -392,7 +404,7 @@ def _extract_all(
 
 def _apply_fact_changes(
     client: Client,
-    source: _RunSource,
+    source: RunSource,
     pipeline: _Pipeline,
     table: str,
     changed: frozenset[int],
@@ -405,11 +417,11 @@ def _apply_fact_changes(
 
     Ids above the high-water mark or in its gaps are left out: `_sync_fact` reads those rows anyway.
     """
-    ids = _already_synced(changed, previous)
+    ids = already_synced(changed, previous)
     if not ids:
         return False
     with _stopwatch(pipeline.timings, "fact_changes"):
-        rows = source.reader.read_ids(table, ids)
+        rows = source.rows_of(table, ids)
         changes = fact_changes(client, table, ids, rows, source.reader.snapshot.taken_at, result.run_id)
     pipeline.write(RETRACTED[table], changes.retractions.to_arrow())
     pipeline.write(table, changes.inserts.to_arrow())
@@ -420,15 +432,6 @@ def _apply_fact_changes(
     summary.loaded += changes.inserts.height
     summary.quarantined += changes.quarantined.height
     return not (changes.retractions.is_empty() and changes.inserts.is_empty() and changes.quarantined.is_empty())
-
-
-def _already_synced(ids: frozenset[int], previous: FactState) -> list[int]:
-    """The ids at or below the high-water mark and outside its gaps."""
-    candidates = np.fromiter(ids, dtype=np.int64, count=len(ids))
-    keep = candidates <= previous.high_water
-    for gap in previous.gaps:
-        keep &= ~((candidates >= gap.lo) & (candidates <= gap.hi))
-    return sorted(int(i) for i in candidates[keep])
 
 
 def _sync_dimensions(

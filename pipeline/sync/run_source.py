@@ -1,0 +1,131 @@
+"""A run's source side, opened on a thread of its own while the warehouse opens.
+
+Opening the source connects to Postgres, takes the run's snapshot, reads the change-capture slot up to it and
+reads again the rows of the facts it names: work done mostly by the Postgres server, while this process waits.
+Opening the embedded warehouse is work done here (loading chDB and its tables), holding the interpreter for a tenth
+of a second or more at a time. Side by side, the slot read and the re-read run on the server while the warehouse
+opens (docs/performance.md, Change capture).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.catalog import FACTS
+from pipeline.config import Settings
+from pipeline.options import Engine, Mode
+from pipeline.sync.capture import Changes, RunCapture, run_capture
+from pipeline.sync.extract import SourceReader
+from pipeline.sync.state import FactState, SyncState
+
+
+@dataclass
+class RunSource:
+    """What a run reads: the source in its snapshot, and the slot's changes as of that snapshot."""
+
+    reader: SourceReader
+    capture: RunCapture
+    changes: Changes | None
+    """None: change capture is off (the fallback checks apply)."""
+    closing: ExitStack
+    """Closes the reader and the capture."""
+    reread: dict[str, tuple[list[int], pa.Table]] = field(default_factory=dict)
+    """Fact table → the changed ids synced before (`already_synced`) and their rows, read when the source opened."""
+
+    @property
+    def slot(self) -> str | None:
+        """The trusted slot the run's state will follow; None: change capture off."""
+        return self.capture.slot if self.capture.trusted else None
+
+    def rows_of(self, table: str, ids: list[int]) -> pa.Table:
+        """The rows of `ids` in the run's snapshot, from those read on opening when they are the same ids."""
+        read_ids, rows = self.reread.get(table, (None, None))
+        return rows if read_ids == ids and rows is not None else self.reader.read_ids(table, ids)
+
+
+def open_run_source(
+    settings: Settings,
+    engine: Engine,
+    partitions: int,
+    state: SyncState,
+    mode: Mode,
+    on_snapshot: Callable[[], None] = lambda: None,
+) -> RunSource:
+    """Open change capture (before the snapshot, see `run_capture`), the reader and its snapshot, read the slot;
+    for an incremental run, read again the rows of the changed facts synced before. `on_snapshot` is called once
+    the snapshot is taken, before the slot is read."""
+    with ExitStack() as stack:
+        capture = stack.enter_context(run_capture(settings, state, full=mode is Mode.FULL))
+        reader = stack.enter_context(SourceReader(settings, engine, partitions))
+        on_snapshot()
+        changes = capture.read(reader.snapshot)
+        reread = {}
+        if mode is Mode.INCREMENTAL and changes is not None:
+            for table in FACTS:
+                ids = already_synced(changes.changed.get(table, frozenset()), state.facts.get(table, FactState()))
+                if ids:
+                    reread[table] = (ids, reader.read_ids(table, ids))
+        return RunSource(reader, capture, changes, stack.pop_all(), reread)
+
+
+def already_synced(ids: frozenset[int], previous: FactState) -> list[int]:
+    """The ids at or below the high-water mark and outside its gaps, sorted."""
+    candidates = np.fromiter(ids, dtype=np.int64, count=len(ids))
+    keep = candidates <= previous.high_water
+    for gap in previous.gaps:
+        keep &= ~((candidates >= gap.lo) & (candidates <= gap.hi))
+    return sorted(int(i) for i in candidates[keep])
+
+
+class OpeningSource:
+    """`open_run_source` running on its own thread. `result()` hands the opened source over to the caller, who then
+    closes it; leaving the `with` block without taking it waits for the thread and closes what it opened.
+
+    Entering the block waits (up to `CONNECT_WAIT` seconds) for the snapshot: connecting takes the interpreter in
+    many short turns, which the warehouse's open would stretch from hundredths of a second to tenths.
+    """
+
+    CONNECT_WAIT = 1.0
+
+    def __init__(self, settings: Settings, engine: Engine, partitions: int, state: SyncState, mode: Mode) -> None:
+        self._snapshot_taken = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adpipe-source")
+        self._future: Future[RunSource] = self._pool.submit(self._open, settings, engine, partitions, state, mode)
+        self._taken = False
+        self.waited = 0.0
+        """Seconds spent waiting for the thread: how much of the opening the warehouse's did not hide."""
+
+    def _open(self, settings: Settings, engine: Engine, partitions: int, state: SyncState, mode: Mode) -> RunSource:
+        try:
+            return open_run_source(settings, engine, partitions, state, mode, self._snapshot_taken.set)
+        finally:
+            self._snapshot_taken.set()
+
+    def __enter__(self) -> OpeningSource:
+        began = time.perf_counter()
+        self._snapshot_taken.wait(self.CONNECT_WAIT)
+        self.waited += time.perf_counter() - began
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._pool.shutdown(wait=True)
+        if not self._taken and self._future.exception() is None:
+            self._future.result().closing.close()
+
+    def result(self) -> RunSource:
+        """The opened source (its error, if opening failed). The caller owns it from here on."""
+        began = time.perf_counter()
+        try:
+            source = self._future.result()
+        finally:
+            self.waited += time.perf_counter() - began
+        self._taken = True
+        return source
