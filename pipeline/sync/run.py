@@ -33,7 +33,7 @@ from pipeline.options import DEFAULT_CHUNK_ROWS, Engine, Mode, OnReset
 from pipeline.prefetch import prefetch
 from pipeline.source.capture import format_lsn, lsn_value
 from pipeline.storage import open_store
-from pipeline.sync.capture import Changes, advance
+from pipeline.sync.capture import advance
 from pipeline.sync.changes import dimension_changes, full_load_rows
 from pipeline.sync.clean import Cleaned, clean_advertisers, clean_campaigns, clean_facts, quarantine_arrow
 from pipeline.sync.extract import SourceReader
@@ -115,7 +115,6 @@ def sync_locked(settings: Settings, options: SyncOptions, *, schema_ready: bool 
     mode = _first_mode(options.mode, state)
     with OpeningSource(settings, options.engine, options.partitions, state, mode) as opening:
         client, timings = warehouse or _open_warehouse(settings, schema_ready)
-
         recovered = [run.run_id for run in pending]
         interrupted = close_interrupted_runs(client, set(recovered), state.last_run_id)
         result = _run(client, settings, options, mode, state, opening.result)
@@ -310,7 +309,7 @@ def _stage_and_load(
     result: SyncResult,
 ) -> Run:
     """Extract, clean and stage the run from the planned source (closed here), publish it, load it."""
-    reader, changes = source.reader, source.changes or Changes()
+    reader, changes = source.reader, source.seen
     began, began_cpu = time.perf_counter(), time.process_time()
     mode = Mode(result.mode)
     writer = RunWriter(settings.staging_dir, result.run_id)
@@ -390,7 +389,7 @@ def _extract_all(
         previous = FactState() if full else state.facts.get(table, FactState())
         facts[table] = _sync_fact(reader, pipeline, options, table, previous, quarantine, result)
         if not full:
-            ids = (source.changes or Changes()).changed.get(table, frozenset())
+            ids = source.seen.changed.get(table, frozenset())
             if options.repair:
                 with _stopwatch(pipeline.timings, "repair"):
                     differing = differing_buckets(reader, client, table, previous.high_water)

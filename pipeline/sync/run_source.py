@@ -41,6 +41,11 @@ class RunSource:
     """Fact table → the changed ids synced before (`already_synced`) and their rows, read when the source opened."""
 
     @property
+    def seen(self) -> Changes:
+        """The slot's changes, empty when change capture is off: what the run applies and records."""
+        return self.changes or Changes()
+
+    @property
     def slot(self) -> str | None:
         """The trusted slot the run's state will follow; None: change capture off."""
         return self.capture.slot if self.capture.trusted else None
