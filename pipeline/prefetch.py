@@ -1,5 +1,5 @@
-"""Overlapping a stage of work with the thread that feeds it: `prefetch` makes the next chunk in a thread while
-the current one is used, `Worker` finishes calls in a thread while the caller goes on to the next chunk.
+"""Overlapping a stage of work with the thread that feeds it: `prefetch` (and `Prefetch`) make the next chunk in a
+thread while the current one is used, `Worker` finishes calls in a thread while the caller goes on to the next chunk.
 
 Polars, Arrow, the Postgres drivers and chDB release the GIL in their heavy parts, so on two cores the threads
 really do run at the same time.
@@ -16,41 +16,65 @@ from queue import Empty, Queue
 
 
 def prefetch[T](chunks: Iterator[T], name: str = "adpipe-prefetch") -> Iterator[T]:
-    """Produce the next chunks in a thread while the caller works on the current one.
+    """Produce the next chunks in a thread while the caller works on the current one (`Prefetch`, started when
+    the loop takes its first chunk and stopped when the loop ends, however it ends)."""
+    with Prefetch(chunks, name) as ahead:
+        yield from ahead
+
+
+class Prefetch[T]:
+    """Chunks made in a thread from the moment it is created, for a caller that takes them later (or never).
 
     Two chunks ahead at most — one waiting in the queue, one made and waiting for room — so memory stays bounded
-    by three chunks. Errors reach the caller. Closing the iterator stops the thread: it notices after the chunk it
-    is making, and is gone when `close()` returns.
+    by three chunks. Errors reach the caller. `close()` stops the thread: it notices after the chunk it is
+    making, and is gone when `close()` returns.
     """
-    queue: Queue[tuple[bool, object]] = Queue(maxsize=1)
-    stop = threading.Event()
 
-    def produce() -> None:
+    def __init__(self, chunks: Iterator[T], name: str = "adpipe-prefetch") -> None:
+        self._queue: Queue[tuple[bool, object]] = Queue(maxsize=1)
+        self._stop = threading.Event()
+        self._ended = False
+        self._worker = threading.Thread(target=self._produce, args=(chunks,), name=name, daemon=True)
+        self._worker.start()
+
+    def _produce(self, chunks: Iterator[T]) -> None:
         try:
             for chunk in chunks:
-                if stop.is_set():
+                if self._stop.is_set():
                     return
-                queue.put((True, chunk))
-            queue.put((False, None))
+                self._queue.put((True, chunk))
+            self._queue.put((False, None))
         except BaseException as exc:
-            queue.put((False, exc))
+            self._queue.put((False, exc))
 
-    worker = threading.Thread(target=produce, name=name, daemon=True)
-    worker.start()
-    try:
-        while True:
-            more, item = queue.get()
-            if not more:
-                if isinstance(item, BaseException):
-                    raise item
-                return
-            yield item
-    finally:
-        stop.set()
-        while worker.is_alive():  # unblock a producer waiting on a full queue, then let it finish
+    def __iter__(self) -> Prefetch[T]:
+        return self
+
+    def __next__(self) -> T:
+        if self._ended:
+            raise StopIteration
+        more, item = self._queue.get()
+        if not more:
+            self._ended = True
+            if isinstance(item, BaseException):
+                raise item
+            raise StopIteration
+        return item  # type: ignore[return-value]
+
+    def close(self) -> None:
+        """Stop the thread and wait for it (again: nothing)."""
+        self._ended = True
+        self._stop.set()
+        while self._worker.is_alive():  # unblock a producer waiting on a full queue, then let it finish
             with contextlib.suppress(Empty):
-                queue.get(timeout=0.1)
-        worker.join()
+                self._queue.get(timeout=0.1)
+        self._worker.join()
+
+    def __enter__(self) -> Prefetch[T]:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 class Worker:

@@ -627,7 +627,7 @@ def test_adbc_engine_stages_the_same_rows_as_connectorx(settings: Settings, pg: 
 
 
 @pytest.mark.warehouses("chdb")
-@pytest.mark.parametrize("partitions", [1, 2])
+@pytest.mark.parametrize("partitions", [1, 2, 3])
 def test_fact_chunks_hold_rows_not_ids_whatever_the_gaps(
     settings: Settings, pg: psycopg.Connection, monkeypatch: pytest.MonkeyPatch, partitions: int
 ) -> None:
@@ -707,3 +707,40 @@ def test_a_warehouse_that_cannot_open_leaves_no_source_session_behind(
     pg.execute("UPDATE impressions SET campaign_id = 2 WHERE id = 1")
     incremental(settings)  # the failed attempt consumed nothing: the next run applies the update
     assert ch(settings, "SELECT campaign_id FROM impressions WHERE id = 1") == [(2,)]
+
+
+@pytest.mark.warehouses("chdb")
+def test_the_fact_tables_are_read_side_by_side_from_the_moment_the_source_opens(
+    settings: Settings, pg: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opening a run's source starts each fact table's read in a thread of its own: before the run takes a single
+    chunk, both tables are being read at once, each in the run's snapshot. A mode the run ends up not running in
+    (here: opened incremental, run full) has its reads replaced by the right ones."""
+    from pipeline.sync.extract import SourceReader
+    from pipeline.sync.run_source import SourceOptions, open_run_source, previous_fact
+    from pipeline.sync.state import FactState, SyncState
+
+    seed_hand_built(pg)
+    reading: dict[str, threading.Event] = {"impressions": threading.Event(), "clicks": threading.Event()}
+    both = threading.Barrier(2, timeout=10)  # passed only while both tables are being read at the same time
+    real_read = SourceReader.read_id_range
+
+    def read_id_range(self: SourceReader, table: str, *args: object) -> object:
+        reading[table].set()
+        both.wait()
+        return real_read(self, table, *args)
+
+    monkeypatch.setattr(SourceReader, "read_id_range", read_id_range)
+    # A state as if ids 1–2 of each fact were synced: the reads opened for an incremental run start above them.
+    state = SyncState("earlier", 1, {table: FactState(high_water=2) for table in ("impressions", "clicks")})
+    source = open_run_source(settings, SourceOptions(Engine.ADBC, 1, 2), state, Mode.INCREMENTAL)
+    with source.closing:
+        assert all(started.wait(10) for started in reading.values()), "a fact table's read did not start on opening"
+        opened = source.fact_read("impressions", previous_fact(state, "impressions", Mode.INCREMENTAL), 2)
+        assert [chunk.rows.column("id").to_pylist() for chunk in opened.chunks] == [[3, 4]]
+        # Planned as a full run after all: the reads from the earlier state are no use, and are read again.
+        both.reset()
+        monkeypatch.setattr(SourceReader, "read_id_range", real_read)
+        clicks = source.fact_read("clicks", previous_fact(state, "clicks", Mode.FULL), 2)
+        assert [chunk.rows.column("id").to_pylist() for chunk in clicks.chunks] == [[1, 2]]
+        assert clicks.high_water == 2

@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import logging
 import re
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from types import TracebackType
 import psycopg
 import pyarrow as pa
 
-from pipeline.catalog import SOURCE_COLUMNS
+from pipeline.catalog import FACTS, SOURCE_COLUMNS
 from pipeline.config import Settings, mask_url
 from pipeline.errors import SourceError
 from pipeline.options import Engine
@@ -87,7 +88,9 @@ class SourceReader:
         self.replica = settings.postgres_replica_url is not None
         self.url = settings.postgres_replica_url or postgres_url(settings)
         self._coordinator: psycopg.Connection | None = None
-        self._adbc: list[ArrowConnection] = []  # one ADBC connection per partition, opened on first use
+        self._adbc: list[ArrowConnection] = []  # every ADBC connection opened, each in the snapshot
+        self._idle: list[ArrowConnection] = []  # those no read is using
+        self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self.snapshot: Snapshot
 
@@ -179,33 +182,38 @@ class SourceReader:
         a jump between ids is no chunk at all. Yields (chunk_after, chunk_upto, rows), the exact ids each covered.
         """
         partitions = self._partitions_for(chunk_rows)
+        # Rows of each partition: as equal as they can be, the last one read with LIMIT (it ends the chunk).
+        ends = [-(-chunk_rows * k // partitions) for k in range(1, partitions + 1)]
+        sizes = [end - start for start, end in itertools.pairwise([0, *ends])]
         low = after
         while low < upto:
-            if partitions == 1:
-                # One query, its LIMIT is the chunk: a full chunk ends at its last id, a short one at `upto`.
-                rows = self._read(table, [_range_query(table, low, upto, limit=chunk_rows)])
-                high = rows.column("id")[-1].as_py() if rows.num_rows == chunk_rows else upto
-            else:
-                bounds = self._row_bounds(table, low, upto, chunk_rows, partitions)
-                high = bounds[-1]
-                rows = self._read(table, [_range_query(table, lo, hi) for lo, hi in itertools.pairwise([low, *bounds])])
+            bounds = self._row_bounds(table, low, upto, sizes[:-1])
+            queries = [_range_query(table, lo, hi) for lo, hi in itertools.pairwise([low, *bounds])]
+            # The last partition ends the chunk with LIMIT; with fewer rows left than a chunk, it runs to `upto`.
+            limit = sizes[-1] if len(bounds) == partitions - 1 else None
+            queries.append(_range_query(table, bounds[-1] if bounds else low, upto, limit=limit))
+            rows = self._read(table, queries)
+            # A full chunk ends at its last id (its LIMIT was reached), a short one at `upto`.
+            high = rows.column("id")[-1].as_py() if rows.num_rows == chunk_rows else upto
             yield low, high, rows
             low = high
 
-    def _row_bounds(self, table: str, after: int, upto: int, rows: int, partitions: int) -> list[int]:
-        """Ids splitting the next `rows` rows after `after` into `partitions` ranges of equal rows (the last is
-        `upto` when fewer rows are left). Each bound is the id at an OFFSET in the primary key, found by an
-        index-only walk, all in one round trip (cheaper than numbering the ids with a window: docs/performance.md)."""
-        offsets = [-(-rows * k // partitions) - 1 for k in range(1, partitions + 1)]
-        where = f"FROM {table} WHERE id > %(after)s AND id <= %(upto)s"
-        probe = f"SELECT id {where} ORDER BY id OFFSET %(offset_{{}})s LIMIT 1"
-        found = self.coordinator.execute(
-            "SELECT " + ", ".join(f"({probe.format(k)})" for k in range(partitions)),
-            {"after": after, "upto": upto, **{f"offset_{k}": offset for k, offset in enumerate(offsets)}},
-        ).fetchone()
-        bounds = [row_id for row_id in found if row_id is not None]
-        if found[-1] is None:  # fewer rows are left: the last chunk, which ends at `upto`
-            bounds.append(upto)
+    def _row_bounds(self, table: str, after: int, upto: int, sizes: list[int]) -> list[int]:
+        """Ids splitting the rows after `after` into consecutive ranges of `sizes` rows each: the id that ends each
+        range, found by an index-only OFFSET walk from the previous one. Fewer ids when fewer rows are left.
+
+        Each walk starts where the last ended, so a chunk's partitions cost one walk of the primary key over all
+        but its last partition's rows, which its own query ends with LIMIT (docs/performance.md).
+        """
+        bounds: list[int] = []
+        for size in sizes:
+            found = self.coordinator.execute(
+                f"SELECT id FROM {table} WHERE id > %s AND id <= %s ORDER BY id OFFSET %s LIMIT 1",
+                (bounds[-1] if bounds else after, upto, size - 1),
+            ).fetchone()
+            if found is None:
+                break
+            bounds.append(found[0])
         return bounds
 
     def read_ids_in(self, table: str, ranges: list[tuple[int, int]]) -> pa.Table:
@@ -243,14 +251,32 @@ class SourceReader:
         return connectorx.read_sql(self.url, queries, return_type="arrow", pre_execution_query=attach)
 
     def _read_adbc(self, queries: list[str]) -> pa.Table:
-        """Each query on its own connection, in parallel threads (ADBC releases the GIL while fetching)."""
-        while len(self._adbc) < len(queries):
-            self._adbc.append(self._open_adbc())
-        if len(queries) == 1:
-            return self._adbc[0].read_arrow(queries[0])
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=self.partitions)
-        return pa.concat_tables(self._pool.map(ArrowConnection.read_arrow, self._adbc, queries))
+        """Each query on its own connection, in parallel threads (ADBC releases the GIL while fetching).
+
+        Reads may run at the same time from several threads (the fact tables are read ahead side by side, while
+        the dimensions are read): each takes connections no other read is using, opening more when none is idle.
+        """
+        conns = self._take_connections(len(queries))
+        try:
+            if len(queries) == 1:
+                return conns[0].read_arrow(queries[0])
+            with self._lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(max_workers=self.partitions * _READS_AT_ONCE)
+            return pa.concat_tables(self._pool.map(ArrowConnection.read_arrow, conns, queries))
+        finally:
+            with self._lock:
+                self._idle += conns
+
+    def _take_connections(self, count: int) -> list[ArrowConnection]:
+        with self._lock:
+            taken, self._idle = self._idle[:count], self._idle[count:]
+        while len(taken) < count:
+            conn = self._open_adbc()
+            with self._lock:
+                self._adbc.append(conn)
+            taken.append(conn)
+        return taken
 
     def _open_adbc(self) -> ArrowConnection:
         conn = open_adbc(self.url)
@@ -258,6 +284,9 @@ class SourceReader:
         conn.execute(f"SET TRANSACTION SNAPSHOT '{self.snapshot.exported_id}'")
         return conn
 
+
+_READS_AT_ONCE = len(FACTS) + 1
+"""Reads that may run at the same time: each fact table's, and one more (the dimensions, or rows read again)."""
 
 _ID_BATCH = 50_000
 """Ids per query of `read_ids`: the query text stays well under a megabyte."""

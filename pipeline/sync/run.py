@@ -30,7 +30,6 @@ from pipeline.errors import AdpipeError
 from pipeline.killpoints import kill_point
 from pipeline.locks import exclusive_lock
 from pipeline.options import DEFAULT_CHUNK_ROWS, Engine, Mode, OnReset
-from pipeline.prefetch import prefetch
 from pipeline.source.capture import format_lsn, lsn_value
 from pipeline.storage import open_store
 from pipeline.sync.capture import advance
@@ -42,7 +41,7 @@ from pipeline.sync.gaps import new_gaps, open_gaps
 from pipeline.sync.load import create_shadow, delete_retracted, drop_shadow, load_part, swap_in
 from pipeline.sync.plan import plan_mode
 from pipeline.sync.repair import bucket_ids, differing_buckets
-from pipeline.sync.run_source import OpeningSource, RunSource, already_synced
+from pipeline.sync.run_source import OpeningSource, RunSource, SourceOptions, already_synced, previous_fact
 from pipeline.sync.runlog import SyncResult, TableSummary, close_interrupted_runs, record, record_recovered
 from pipeline.sync.stage import (
     Run,
@@ -104,6 +103,7 @@ def sync_locked(settings: Settings, options: SyncOptions, *, schema_ready: bool 
     The source opens on its own thread while the warehouse opens (`pipeline.sync.run_source`), unless runs staged
     by an earlier sync are still to be loaded: their commit changes the state the run starts from.
     """
+    began = time.perf_counter()
     open_store(settings.staging_dir)  # an unreachable S3 staging fails here, before the warehouse is touched
     remove_interrupted(settings.staging_dir)
     state = load_state(settings.home)
@@ -113,7 +113,8 @@ def sync_locked(settings: Settings, options: SyncOptions, *, schema_ready: bool 
         recover_pending_runs(warehouse[0], settings, pending)
         state = load_state(settings.home)
     mode = _first_mode(options.mode, state)
-    with OpeningSource(settings, options.engine, options.partitions, state, mode) as opening:
+    reading = SourceOptions(options.engine, options.partitions, options.chunk_rows)
+    with OpeningSource(settings, reading, state, mode) as opening:
         client, timings = warehouse or _open_warehouse(settings, schema_ready)
         recovered = [run.run_id for run in pending]
         interrupted = close_interrupted_runs(client, set(recovered), state.last_run_id)
@@ -122,6 +123,7 @@ def sync_locked(settings: Settings, options: SyncOptions, *, schema_ready: bool 
     result.recovered, result.interrupted = recovered, interrupted
     if options.keep is not None:
         result.pruned = prune_runs(settings, options.keep)
+    result.timings["sync"] = time.perf_counter() - began  # all of it: the warehouse's open, the source's, the run
     return result
 
 
@@ -386,8 +388,8 @@ def _extract_all(
     changed = _sync_dimensions(client, reader, pipeline, full, version, quarantine, resolved, result)
     facts = {}
     for table in FACTS:
-        previous = FactState() if full else state.facts.get(table, FactState())
-        facts[table] = _sync_fact(reader, pipeline, options, table, previous, quarantine, result)
+        previous = previous_fact(state, table, mode)
+        facts[table] = _sync_fact(source, pipeline, options, table, previous, quarantine, result)
         if not full:
             ids = source.seen.changed.get(table, frozenset())
             if options.repair:
@@ -469,7 +471,7 @@ def _sync_dimensions(
 
 
 def _sync_fact(
-    reader: SourceReader,
+    source: RunSource,
     pipeline: _Pipeline,
     options: SyncOptions,
     table: str,
@@ -479,21 +481,20 @@ def _sync_fact(
 ) -> FactState:
     """Stage the rows that arrived since `previous`: late rows in its gaps, and everything above its high-water id."""
     summary = result.tables.setdefault(table, TableSummary())
-    now = reader.snapshot.taken_at
+    snapshot = source.reader.snapshot
+    read = source.fact_read(table, previous, options.chunk_rows)
     gaps: list[Gap] = []
-    if previous.gaps:
-        rows = reader.read_ids_in(table, [(gap.lo, gap.hi) for gap in previous.gaps])
-        _stage_fact_rows(pipeline, table, rows, now, quarantine, summary)
-        gaps = open_gaps(previous.gaps, _ids(rows), reader.snapshot)
-    high_water = reader.max_id(table)
-    chunks = prefetch(reader.read_id_range(table, previous.high_water, high_water, options.chunk_rows))
-    for after, upto, rows in _timed(chunks, pipeline.timings, "extract_wait"):
-        _stage_fact_rows(pipeline, table, rows, now, quarantine, summary)
-        gaps += new_gaps(_ids(rows), after, upto, reader.snapshot)
+    for chunk in _timed(read.chunks, pipeline.timings, "extract_wait"):
+        _stage_fact_rows(pipeline, table, chunk.rows, snapshot.taken_at, quarantine, summary)
+        if chunk.covers is None:
+            gaps += open_gaps(previous.gaps, _ids(chunk.rows), snapshot)
+            continue
+        after, upto = chunk.covers
+        gaps += new_gaps(_ids(chunk.rows), after, upto, snapshot)
         if options.progress:
-            options.progress(table, upto - previous.high_water, high_water - previous.high_water)
-    high_water = max(high_water, previous.high_water)
-    anchor = reader.created_at_of(table, high_water) if high_water else None
+            options.progress(table, upto - previous.high_water, read.high_water - previous.high_water)
+    high_water = max(read.high_water, previous.high_water)
+    anchor = source.reader.created_at_of(table, high_water) if high_water else None
     return FactState(high_water, anchor.isoformat() if anchor else previous.anchor_created_at, gaps)
 
 
