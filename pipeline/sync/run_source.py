@@ -83,7 +83,7 @@ class RunSource:
     changes: Changes | None
     """None: change capture is off (the fallback checks apply)."""
     closing: ExitStack
-    """Closes the reader and the capture."""
+    """Closes the fact reads, the reader and the capture."""
     reread: dict[str, tuple[list[int], pa.Table]] = field(default_factory=dict)
     """Fact table → the changed ids synced before (`already_synced`) and their rows, read when the source opened."""
     reads: dict[str, FactRead] = field(default_factory=dict)
