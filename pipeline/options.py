@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from enum import StrEnum
 
 DEFAULT_CHUNK_ROWS = 1_000_000
@@ -25,6 +27,25 @@ class OnReset(StrEnum):
 
     STOP = "stop"
     FULL = "full"
+
+
+Progress = Callable[[str, int, int], None]
+"""Called with (what, done, total) as work advances."""
+
+
+@dataclass
+class SyncOptions:
+    mode: Mode = Mode.INCREMENTAL
+    engine: Engine = Engine.ADBC
+    chunk_rows: int = DEFAULT_CHUNK_ROWS
+    partitions: int = 2
+    on_reset: OnReset = OnReset.STOP
+    keep: int | None = None
+    """After a successful run, prune the staged runs to the newest `keep` (never those still needed)."""
+    repair: bool = False
+    """Compare every fact synced before with the source, bucket by bucket, and stage what differs
+    (`pipeline.sync.repair`): for sources without change capture."""
+    progress: Progress | None = None
 
 
 class LoadMode(StrEnum):

@@ -116,7 +116,7 @@ def test_a_retried_s3_load_counts_once(
     s3_settings: Settings, pg: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A run loaded but not committed (a crash) is loaded again by the next sync: the tokens drop the repeat."""
-    import pipeline.sync.run as sync_module
+    import pipeline.sync.execute as sync_module
 
     seed_hand_built(pg)
     sync_ok("--mode", "full")

@@ -30,8 +30,8 @@ from pipeline.analytics.kpi import Filters, compute
 from pipeline.catalog import SWAPPED_TABLES
 from pipeline.config import Settings
 from pipeline.sqlfiles import statements
+from pipeline.sync.execute import load_parts
 from pipeline.sync.load import shadow_name
-from pipeline.sync.run import load_parts
 from pipeline.sync.stage import list_runs
 from pipeline.warehouse import client as clickhouse
 from pipeline.warehouse.cluster import render_cluster_schema, render_shadow, render_swap

@@ -116,3 +116,41 @@ def test_syncs_in_processes_of_their_own_build_on_each_other(
     impressions = {row["campaign_id"]: row["impressions"] for row in json.loads(counted.stdout)}
     # seed_hand_built: 3 impressions of campaign 1, 1 of campaign 2, none of campaign 3; and the new one.
     assert impressions == {1: 3, 2: 2, 3: 0}
+
+
+SOURCE_OPENS_FIRST = """
+import json, sys
+from pipeline.config import load_settings
+from pipeline.options import Mode, SyncOptions
+from pipeline.sync import run
+from pipeline.sync.run_source import OpeningSource
+
+loaded_at_snapshot = []
+real_enter = OpeningSource.__enter__
+
+def enter(self):
+    opened = real_enter(self)  # the source's snapshot is taken
+    loaded_at_snapshot.extend(sorted({"polars", "chdb", "clickhouse_connect"} & set(sys.modules)))
+    return opened
+
+OpeningSource.__enter__ = enter
+run.sync(load_settings(), SyncOptions(mode=Mode(sys.argv[1])))
+print(json.dumps(loaded_at_snapshot))
+"""
+
+
+@pytest.mark.warehouses("chdb")
+@pytest.mark.parametrize("mode", ["full", "incremental"])
+def test_a_sync_takes_its_snapshot_before_it_imports_polars_or_the_warehouse_client(
+    settings: Settings, pg: psycopg.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """A fresh sync process starts the source (connecting, the snapshot, the first reads) before it imports the run
+    itself, so that Postgres works while those imports take a third of a second (docs/performance.md)."""
+    seed_hand_built(pg)
+    monkeypatch.setenv("ADPIPE_CLICKHOUSE_URL", f"chdb://{tmp_path / 'own-engine'}")  # chDB: one process per path
+    for run_mode in ("full", mode):  # an incremental run needs a full one before it
+        done = subprocess.run(
+            [sys.executable, "-c", SOURCE_OPENS_FIRST, run_mode], capture_output=True, text=True, env=os.environ
+        )
+        assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == []

@@ -243,7 +243,7 @@ def run_record(settings: Settings, run_id: str) -> list[tuple]:
 
 def crash_before_commit(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """An incremental sync that dies after loading, before its commit; the real commit is back afterwards."""
-    import pipeline.sync.run as sync_module
+    import pipeline.sync.execute as sync_module
 
     real_commit = sync_module.commit
 
@@ -744,3 +744,19 @@ def test_the_fact_tables_are_read_side_by_side_from_the_moment_the_source_opens(
         clicks = source.fact_read("clicks", previous_fact(state, "clicks", Mode.FULL), 2)
         assert [chunk.rows.column("id").to_pylist() for chunk in clicks.chunks] == [[1, 2]]
         assert clicks.high_water == 2
+
+
+def test_a_warehouse_object_dropped_by_hand_is_created_again_by_the_next_sync(
+    settings: Settings, pg: psycopg.Connection
+) -> None:
+    """The schema is applied on every sync, sending only the CREATEs whose object is missing: a view dropped by hand
+    comes back, and the aggregates it feeds count the next rows."""
+    seed_hand_built(pg)
+    full(settings)
+    clickhouse.connect(settings).command("DROP VIEW clicks_daily_mv")
+    pg.execute("INSERT INTO clicks (campaign_id, created_at) VALUES (2, '2026-11-21 09:00:00')")
+    incremental(settings)
+    assert ch(
+        settings, "SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = 'clicks_daily_mv'"
+    ) == [(1,)]
+    assert aggregate_ch(settings, "clicks") == {1: 2, 2: 1}

@@ -1,84 +1,31 @@
-"""The sync: Postgres → Polars → staged Parquet run → ClickHouse → committed state.
+"""The sync: Postgres → Polars → staged Parquet run → ClickHouse → committed state. The entry points: `sync`,
+`replay`, `prune`, and `sync_locked` for a caller that holds the lock (the follower).
 
-A run is a load package (see `stage`): it is staged completely, published, loaded with
-deduplicated inserts, and only then committed to the state file. A run that was published but
-not committed (a crash between load and commit) is loaded again by the next sync before it does
-anything else; its parts carry the same deduplication tokens, so nothing is counted twice.
+This module imports little on purpose. `sync_locked` starts opening the run's source (connecting, the snapshot, the
+first chunks of the facts, the slot: `run_source`) and only then imports the run itself (`execute`: Polars, the
+warehouse's client, chDB), so that a fresh process pays those imports while Postgres works (docs/performance.md).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from importlib.metadata import version as package_version
-from pathlib import PurePath
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING
 
-import numpy as np
-import polars as pl
-import pyarrow as pa
-from clickhouse_connect.driver.client import Client
-
-from pipeline.catalog import DIMENSIONS, FACTS, LOAD_ORDER, RETRACTED
 from pipeline.config import Settings
 from pipeline.errors import AdpipeError
-from pipeline.killpoints import kill_point
 from pipeline.locks import exclusive_lock
-from pipeline.options import DEFAULT_CHUNK_ROWS, Engine, Mode, OnReset
-from pipeline.source.capture import format_lsn, lsn_value
+from pipeline.options import Mode, Progress, SyncOptions
 from pipeline.storage import open_store
-from pipeline.sync.capture import advance
-from pipeline.sync.changes import dimension_changes, full_load_rows
-from pipeline.sync.clean import Cleaned, clean_advertisers, clean_campaigns, clean_facts, quarantine_arrow
-from pipeline.sync.extract import SourceReader
-from pipeline.sync.fact_changes import fact_changes
-from pipeline.sync.gaps import new_gaps, open_gaps
-from pipeline.sync.load import create_shadow, delete_retracted, drop_shadow, load_part, swap_in
-from pipeline.sync.plan import plan_mode
-from pipeline.sync.repair import bucket_ids, differing_buckets
-from pipeline.sync.run_source import OpeningSource, RunSource, SourceOptions, already_synced, previous_fact
-from pipeline.sync.runlog import SyncResult, TableSummary, close_interrupted_runs, record, record_recovered
-from pipeline.sync.stage import (
-    Run,
-    RunWriter,
-    list_runs,
-    new_run_id,
-    prune_runs,
-    remove_interrupted,
-    state_runs,
-)
-from pipeline.sync.state import FactState, Gap, SyncState, load_state, save_state
-from pipeline.warehouse import client as clickhouse
-from pipeline.warehouse.quarantine import quarantine_counts
-from pipeline.warehouse.schema import apply_schema
+from pipeline.sync.run_source import OpeningSource, SourceOptions
+from pipeline.sync.stage import list_runs, prune_runs, remove_interrupted
+from pipeline.sync.state import SyncState, load_state
+
+if TYPE_CHECKING:
+    from pipeline.sync.runlog import SyncResult
 
 log = logging.getLogger(__name__)
-
-FULL_DIMENSION_VERSION = 1
-RETRACTED_FROM = {retracted: fact for fact, retracted in RETRACTED.items()}
-
-Progress = Callable[[str, int, int], None]
-"""Called with (what, done, total) as work advances."""
-
-
-@dataclass
-class SyncOptions:
-    mode: Mode = Mode.INCREMENTAL
-    engine: Engine = Engine.ADBC
-    chunk_rows: int = DEFAULT_CHUNK_ROWS
-    partitions: int = 2
-    on_reset: OnReset = OnReset.STOP
-    keep: int | None = None
-    """After a successful run, prune the staged runs to the newest `keep` (never those still needed)."""
-    repair: bool = False
-    """Compare every fact synced before with the source, bucket by bucket, and stage what differs
-    (`pipeline.sync.repair`): for sources without change capture."""
-    progress: Progress | None = None
 
 
 def sync(settings: Settings, options: SyncOptions) -> SyncResult:
@@ -100,27 +47,30 @@ def sync_locked(settings: Settings, options: SyncOptions, *, schema_ready: bool 
 
     `schema_ready`: this process already applied the schema to this warehouse, so the run skips it.
 
-    The source opens on its own thread while the warehouse opens (`pipeline.sync.run_source`), unless runs staged
-    by an earlier sync are still to be loaded: their commit changes the state the run starts from.
+    The source opens on its own thread while the run's modules are imported and the warehouse opens
+    (`pipeline.sync.run_source`), unless runs staged by an earlier sync are still to be loaded: their commit changes
+    the state the run starts from, so they are loaded first.
     """
     began = time.perf_counter()
     open_store(settings.staging_dir)  # an unreachable S3 staging fails here, before the warehouse is touched
     remove_interrupted(settings.staging_dir)
     state = load_state(settings.home)
     pending = list_runs(settings.staging_dir, after=state.last_run_id)
-    warehouse = _open_warehouse(settings, schema_ready) if pending else None
-    if warehouse is not None:
-        recover_pending_runs(warehouse[0], settings, pending)
+    warehouse = None
+    if pending:
+        from pipeline.sync import execute
+
+        warehouse = execute.open_warehouse(settings, schema_ready)
+        execute.recover_pending_runs(warehouse[0], settings, pending)
         state = load_state(settings.home)
     mode = _first_mode(options.mode, state)
     reading = SourceOptions(options.engine, options.partitions, options.chunk_rows)
     with OpeningSource(settings, reading, state, mode) as opening:
-        client, timings = warehouse or _open_warehouse(settings, schema_ready)
-        recovered = [run.run_id for run in pending]
-        interrupted = close_interrupted_runs(client, set(recovered), state.last_run_id)
-        result = _run(client, settings, options, mode, state, opening.result)
+        from pipeline.sync import execute  # the run itself, imported while the source opens
+
+        client, timings = warehouse or execute.open_warehouse(settings, schema_ready)
+        result = execute.run_with_source(client, settings, options, mode, state, opening, [r.run_id for r in pending])
     result.timings = {**timings, "source_wait": opening.waited, **result.timings}
-    result.recovered, result.interrupted = recovered, interrupted
     if options.keep is not None:
         result.pruned = prune_runs(settings, options.keep)
     result.timings["sync"] = time.perf_counter() - began  # all of it: the warehouse's open, the source's, the run
@@ -132,25 +82,6 @@ def _first_mode(asked: Mode, state: SyncState) -> Mode:
         log.warning("no previous sync: running a full sync")
         return Mode.FULL
     return asked
-
-
-def _open_warehouse(settings: Settings, schema_ready: bool) -> tuple[Client, dict[str, float]]:
-    began = time.perf_counter()
-    client = clickhouse.connect(settings)
-    opened = time.perf_counter()
-    if not schema_ready:
-        apply_schema(client)
-    return client, {"warehouse_open": opened - began, "schema": time.perf_counter() - opened}
-
-
-def recover_pending_runs(client: Client, settings: Settings, pending: list[Run]) -> None:
-    """Load and commit runs that were published but not committed (the previous sync died mid-load)."""
-    for run in pending:
-        log.warning("loading run %s, staged but not committed by an earlier sync", run.run_id)
-        load_run(client, run)
-        commit(client, settings, run)
-        advance_capture(settings, run)
-        record_recovered(client, run)
 
 
 def sync_lock(settings: Settings) -> AbstractContextManager[None]:
@@ -166,392 +97,7 @@ def prune(settings: Settings, keep: int) -> list[str]:
 
 def replay(settings: Settings, progress: Progress | None = None) -> list[str]:
     """Rebuild the warehouse from the staged runs alone (no Postgres): the latest full run, then the rest."""
+    from pipeline.sync.execute import replay_runs
+
     with sync_lock(settings):
-        runs = list_runs(settings.staging_dir)
-        chosen = state_runs(runs, runs[-1].run_id if runs else None)
-        if not chosen:
-            raise AdpipeError(f"nothing to replay: no full run staged in {settings.staging_dir}")
-        client = clickhouse.connect(settings)
-        apply_schema(client)
-        for done, run in enumerate(chosen, start=1):
-            load_run(client, run)
-            commit(client, settings, run)
-            if progress:
-                progress("replay", done, len(chosen))
-        return [run.run_id for run in chosen]
-
-
-def load_run(client: Client, run: Run) -> None:
-    """Load a published run: a full run through a shadow database swap, an incremental one in place."""
-    if run.mode != Mode.FULL:
-        load_parts(client, run)
-        return
-    shadow = create_shadow(client)
-    try:
-        load_parts(client, run, database=shadow)
-    except BaseException:
-        drop_shadow(client, shadow)
-        raise
-    swap_in(client, shadow)
-
-
-def load_parts(client: Client, run: Run, database: str | None = None) -> None:
-    """Insert every part of a published run, in LOAD_ORDER, into `database` (default: the client's); after a fact's
-    retractions, delete the versions they retract. Only incremental runs have retractions, loaded in place."""
-    for table in LOAD_ORDER:
-        columns = list(run.manifest["tables"].get(table, {}).get("schema", {}))
-        parts = run.parts(table)
-        for part in parts:
-            load_part(client, table, run.store, run.directory / part.path, part.sha256, columns, database=database)
-        if parts and table in RETRACTED_FROM:
-            delete_retracted(client, RETRACTED_FROM[table], table, run.run_id)
-
-
-def commit(client: Client, settings: Settings, run: Run) -> None:
-    """Make the run's resulting state the committed one (atomic rename), with the quarantine it leaves.
-
-    The run is loaded, so the warehouse's quarantine is the one it leaves: one query, where the staged quarantine
-    parts since the last full run would be read again on every commit.
-    """
-    state = SyncState.from_json(run.manifest["state_after"])
-    state.quarantined = quarantine_counts(client)
-    save_state(settings.home, state)
-
-
-def _run(
-    client: Client,
-    settings: Settings,
-    options: SyncOptions,
-    mode: Mode,
-    state: SyncState,
-    open_source: Callable[[], RunSource],
-) -> SyncResult:
-    """Plan the run in the source snapshot, then name and record it with the mode it will really run in."""
-    started = datetime.now(UTC)
-    try:
-        source = open_source()
-        with ExitStack() as stack:
-            stack.push(source.closing)
-            planned_mode = plan_mode(
-                source.reader, client, state, mode, options.on_reset, source.changes, options.repair
-            )
-            stack.pop_all()  # from here on, _stage_and_load closes the reader and the capture
-    except BaseException as exc:
-        # A refused run is on record too, under the mode it was asked for (`sync_runs`, docs: Watching the sync).
-        record(client, SyncResult(new_run_id(mode), mode), started, "failed", error=str(exc) or type(exc).__name__)
-        raise
-    mode = planned_mode
-    run_id = new_run_id(mode)
-    result = SyncResult(run_id, mode)
-    record(client, result, started, "running")
-    try:
-        run = _stage_and_load(client, settings, options, source, state, result)
-        kill_point("loaded")
-        commit(client, settings, run)
-        kill_point("committed")
-        advance_capture(settings, run)
-    except BaseException as exc:
-        record(client, result, started, "failed", error=str(exc) or type(exc).__name__)
-        raise
-    record(client, result, started, "success")
-    return result
-
-
-def advance_capture(settings: Settings, run: Run) -> None:
-    """After a run is committed: move its replication slot past the changes the run applied."""
-    capture = run.manifest.get("capture") or {}
-    advance_to = capture.get("advance_to")
-    advance(settings, capture.get("slot"), lsn_value(advance_to) if advance_to else None)
-
-
-class _Pipeline:
-    """Writes parts of one run and, for a full run, loads each into the shadow database as soon as it is written.
-
-    Loading overlaps with extracting the next chunk (the drivers release the GIL). At most two
-    loads wait at a time, so memory stays bounded by the chunk size.
-    """
-
-    def __init__(self, client: Client, writer: RunWriter, shadow: str | None) -> None:
-        self.client = client
-        self.writer = writer
-        self.shadow = shadow
-        self.pool = ThreadPoolExecutor(max_workers=1) if shadow else None
-        self.pending: list[Future[None]] = []
-        self.timings: dict[str, float] = defaultdict(float)
-
-    def write(self, table: str, data: pa.Table) -> None:
-        if data.num_rows == 0:
-            return
-        with _stopwatch(self.timings, "stage_write"):
-            path = self.writer.write_part(table, data)
-        if self.pool is not None:
-            entry = self.writer.tables[table]
-            while len(self.pending) >= 2:
-                self.pending.pop(0).result()
-            self.pending.append(self.pool.submit(self._load, table, path, entry.parts[-1].sha256, list(entry.schema)))
-
-    def _load(self, table: str, path: PurePath, sha: str, columns: list[str]) -> None:
-        with _stopwatch(self.timings, "load_overlapped"):
-            load_part(self.client, table, self.writer.store, path, sha, columns, database=self.shadow)
-
-    def finish(self) -> None:
-        for future in self.pending:
-            future.result()
-        self.pending.clear()
-        if self.pool is not None:
-            self.pool.shutdown()
-
-
-def _stage_and_load(
-    client: Client,
-    settings: Settings,
-    options: SyncOptions,
-    source: RunSource,
-    state: SyncState,
-    result: SyncResult,
-) -> Run:
-    """Extract, clean and stage the run from the planned source (closed here), publish it, load it."""
-    reader, changes = source.reader, source.seen
-    began, began_cpu = time.perf_counter(), time.process_time()
-    mode = Mode(result.mode)
-    writer = RunWriter(settings.staging_dir, result.run_id)
-    kill_point("staging-started")
-    pipeline: _Pipeline | None = None
-    shadow: str | None = None
-    try:
-        with source.closing:
-            shadow = create_shadow(client) if mode is Mode.FULL else None
-            pipeline = _Pipeline(client, writer, shadow)
-            state_after = _extract_all(client, source, pipeline, options, mode, state, result)
-        pipeline.finish()
-        extract_seconds = time.perf_counter() - began
-        run = writer.publish(
-            {
-                "mode": mode.value,
-                "source": {
-                    "snapshot": reader.snapshot.text,
-                    "xid_bound": reader.snapshot.xid_bound,
-                    "taken_at": reader.snapshot.taken_at.isoformat(),
-                    "lsn": reader.snapshot.lsn,
-                    "read_from": "replica" if reader.replica else "primary",
-                },
-                "capture": {
-                    "slot": source.slot,
-                    "advance_to": format_lsn(changes.advance_to) if changes.advance_to else None,
-                    "transactions": changes.transactions,
-                },
-                "engine": options.engine.value,
-                "chunk_rows": options.chunk_rows,
-                "summary": {name: t.__dict__ for name, t in result.tables.items()},
-                "versions": _versions(),
-                "state_after": state_after.to_json(),
-            }
-        )
-    except BaseException:
-        if pipeline is not None:
-            with suppress(Exception):  # the error that stopped the run is the one to report
-                pipeline.finish()
-        if shadow is not None:
-            drop_shadow(client, shadow)
-        writer.discard()
-        raise
-    kill_point("published")
-    load_began = time.perf_counter()
-    if mode is Mode.FULL:
-        swap_in(client, shadow)
-    else:
-        load_run(client, run)
-    result.timings = {
-        **pipeline.timings,
-        "extract_clean_stage": extract_seconds,
-        "load_after_stage": time.perf_counter() - load_began,
-        "total": time.perf_counter() - began,
-        "total_cpu": time.process_time() - began_cpu,
-    }
-    return run
-
-
-def _extract_all(
-    client: Client,
-    source: RunSource,
-    pipeline: _Pipeline,
-    options: SyncOptions,
-    mode: Mode,
-    state: SyncState,
-    result: SyncResult,
-) -> SyncState:
-    full = mode is Mode.FULL
-    version = FULL_DIMENSION_VERSION if full else state.dimension_version + 1
-    quarantine: list[pl.DataFrame] = []
-    resolved: list[pl.DataFrame] = []
-    reader = source.reader
-    changed = _sync_dimensions(client, reader, pipeline, full, version, quarantine, resolved, result)
-    facts = {}
-    for table in FACTS:
-        previous = previous_fact(state, table, mode)
-        facts[table] = _sync_fact(source, pipeline, options, table, previous, quarantine, result)
-        if not full:
-            ids = source.seen.changed.get(table, frozenset())
-            if options.repair:
-                with _stopwatch(pipeline.timings, "repair"):
-                    differing = differing_buckets(reader, client, table, previous.high_water)
-                    ids = ids | bucket_ids(reader, client, table, differing)
-            changed |= _apply_fact_changes(client, source, pipeline, table, ids, previous, quarantine, resolved, result)
-    pipeline.write("quarantine", quarantine_arrow(quarantine, version))
-    pipeline.write("quarantine", quarantine_arrow(resolved, version, resolved=True))
-    dimension_version = version if full or changed else state.dimension_version
-    return SyncState(result.run_id, dimension_version, facts, source_lsn=reader.snapshot.lsn, capture_slot=source.slot)
-
-
-def _apply_fact_changes(
-    client: Client,
-    source: RunSource,
-    pipeline: _Pipeline,
-    table: str,
-    changed: frozenset[int],
-    previous: FactState,
-    quarantine: list[pl.DataFrame],
-    resolved: list[pl.DataFrame],
-    result: SyncResult,
-) -> bool:
-    """Stage what changed among the `changed` ids of rows synced before; returns whether anything had.
-
-    Ids above the high-water mark or in its gaps are left out: `_sync_fact` reads those rows anyway.
-    """
-    ids = already_synced(changed, previous)
-    if not ids:
-        return False
-    with _stopwatch(pipeline.timings, "fact_changes"):
-        rows = source.rows_of(table, ids)
-        changes = fact_changes(client, table, ids, rows, source.reader.snapshot.taken_at, result.run_id)
-    pipeline.write(RETRACTED[table], changes.retractions.to_arrow())
-    pipeline.write(table, changes.inserts.to_arrow())
-    quarantine.append(changes.quarantined)
-    resolved.append(changes.resolved)
-    summary = result.tables.setdefault(table, TableSummary())
-    summary.retracted += changes.retractions.height
-    summary.loaded += changes.inserts.height
-    summary.quarantined += changes.quarantined.height
-    return not (changes.retractions.is_empty() and changes.inserts.is_empty() and changes.quarantined.is_empty())
-
-
-def _sync_dimensions(
-    client: Client,
-    reader: SourceReader,
-    pipeline: _Pipeline,
-    full: bool,
-    version: int,
-    quarantine: list[pl.DataFrame],
-    resolved: list[pl.DataFrame],
-    result: SyncResult,
-) -> bool:
-    """Stage advertisers and campaigns; in incremental mode only what changed. Returns whether anything did."""
-    changed = False
-    valid_advertisers = pl.Series("id", [], pl.UInt32)
-    for table in DIMENSIONS:
-        rows = reader.read_all(table)
-        cleaned = clean_advertisers(rows) if table == "advertiser" else clean_campaigns(rows, valid_advertisers)
-        if table == "advertiser":
-            valid_advertisers = cleaned.valid["id"]
-        if full:
-            upserts, new_quarantine = full_load_rows(cleaned, version), cleaned.quarantined
-        else:
-            changes = dimension_changes(client, table, cleaned, version)
-            upserts, new_quarantine = changes.upserts, changes.quarantined
-            resolved.append(changes.resolved)
-            changed = changed or not changes.empty
-        quarantine.append(new_quarantine)
-        pipeline.write(table, upserts.to_arrow())
-        summary = result.tables.setdefault(table, TableSummary())
-        summary.extracted = rows.num_rows
-        summary.loaded = upserts.height
-        summary.quarantined = new_quarantine.height
-        _note_ids(summary, cleaned.valid["id"])
-    return changed
-
-
-def _sync_fact(
-    source: RunSource,
-    pipeline: _Pipeline,
-    options: SyncOptions,
-    table: str,
-    previous: FactState,
-    quarantine: list[pl.DataFrame],
-    result: SyncResult,
-) -> FactState:
-    """Stage the rows that arrived since `previous`: late rows in its gaps, and everything above its high-water id."""
-    summary = result.tables.setdefault(table, TableSummary())
-    snapshot = source.reader.snapshot
-    read = source.fact_read(table, previous, options.chunk_rows)
-    gaps: list[Gap] = []
-    for chunk in _timed(read.chunks, pipeline.timings, "extract_wait"):
-        _stage_fact_rows(pipeline, table, chunk.rows, snapshot.taken_at, quarantine, summary)
-        if chunk.covers is None:
-            gaps += open_gaps(previous.gaps, _ids(chunk.rows), snapshot)
-            continue
-        after, upto = chunk.covers
-        gaps += new_gaps(_ids(chunk.rows), after, upto, snapshot)
-        if options.progress:
-            options.progress(table, upto - previous.high_water, read.high_water - previous.high_water)
-    high_water = max(read.high_water, previous.high_water)
-    anchor = source.reader.created_at_of(table, high_water) if high_water else None
-    return FactState(high_water, anchor.isoformat() if anchor else previous.anchor_created_at, gaps)
-
-
-def _ids(rows: pa.Table) -> np.ndarray:
-    # Through Polars: pyarrow's own to_numpy imports pandas (a quarter of a second of every sync process).
-    return pl.from_arrow(rows.column("id")).to_numpy()
-
-
-def _stage_fact_rows(
-    pipeline: _Pipeline,
-    table: str,
-    rows: pa.Table,
-    now: datetime,
-    quarantine: list[pl.DataFrame],
-    summary: TableSummary,
-) -> None:
-    with _stopwatch(pipeline.timings, "clean"):
-        cleaned: Cleaned = clean_facts(table, rows, now)
-    pipeline.write(table, cleaned.valid.to_arrow())
-    quarantine.append(cleaned.quarantined)
-    summary.extracted += rows.num_rows
-    summary.loaded += cleaned.valid.height
-    summary.quarantined += cleaned.quarantined.height
-    _note_ids(summary, cleaned.valid["id"])
-
-
-@contextmanager
-def _stopwatch(timings: dict[str, float], key: str) -> Iterator[None]:
-    """Add the block's wall time to `timings[key]`, and the CPU time of the thread running it to `key`_cpu."""
-    wall, cpu = time.perf_counter(), time.thread_time()
-    try:
-        yield
-    finally:
-        timings[key] += time.perf_counter() - wall
-        timings[f"{key}_cpu"] += time.thread_time() - cpu
-
-
-def _timed[T](items: Iterator[T], timings: dict[str, float], key: str) -> Iterator[T]:
-    """Yield from `items`, adding the time spent waiting for each to `timings[key]`."""
-    while True:
-        began = time.perf_counter()
-        try:
-            item = next(items)
-        except StopIteration:
-            return
-        finally:
-            timings[key] += time.perf_counter() - began
-        yield item
-
-
-def _note_ids(summary: TableSummary, ids: pl.Series) -> None:
-    if ids.is_empty():
-        return
-    low, high = int(ids.min()), int(ids.max())
-    summary.min_id = low if summary.min_id is None else min(summary.min_id, low)
-    summary.max_id = high if summary.max_id is None else max(summary.max_id, high)
-
-
-def _versions() -> dict[str, str]:
-    return {name: package_version(name) for name in ("adpipe", "polars", "pyarrow", "connectorx", "clickhouse-connect")}
+        return replay_runs(settings, progress)

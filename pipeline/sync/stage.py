@@ -23,9 +23,8 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import PurePath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -33,8 +32,10 @@ from pipeline.config import Settings, StagingDir
 from pipeline.errors import AdpipeError
 from pipeline.killpoints import kill_point
 from pipeline.storage import Store, open_store
-from pipeline.sync.clean import QUARANTINE_SCHEMA
 from pipeline.sync.state import load_state
+
+if TYPE_CHECKING:
+    import polars as pl
 
 MANIFEST = "manifest.json"
 TMP_PREFIX = ".tmp-"
@@ -214,6 +215,10 @@ def quarantine_entries(settings: Settings) -> pl.DataFrame:
     file on a tie, and resolved entries vanish), without opening the warehouse: the embedded engine
     serves one process at a time, and a server may be unreachable. The quarantine parts are small.
     """
+    import polars as pl  # here, not above: a sync lists and writes runs before it needs Polars (run.py)
+
+    from pipeline.sync.clean import QUARANTINE_SCHEMA
+
     files = current_state_files(settings).get("quarantine", [])
     if not files:
         return pl.from_arrow(QUARANTINE_SCHEMA.empty_table()).select(*QUARANTINE_KEY, "row")
