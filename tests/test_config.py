@@ -189,3 +189,23 @@ def test_clickhouse_url_scheme_chooses_tls(
     result = run_cli("init")
     assert result.exit_code == 1
     assert f"{pool}(host='127.0.0.1'" in result.stderr
+
+
+def test_a_sync_with_both_servers_unreachable_is_one_line(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The source opens on a thread while the warehouse opens: when both fail, one of them is reported, in one line,
+    and the process ends (no thread left waiting, no traceback)."""
+    monkeypatch.setenv("ADPIPE_POSTGRES_URL", "postgresql://adpipe:s3cret@127.0.0.1:1/ads")
+    monkeypatch.setenv("ADPIPE_CLICKHOUSE_URL", "http://default:s3cret@127.0.0.1:1/adpipe")
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "sync", "--mode", "full"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(
+        ("error: cannot reach ClickHouse at http://default:***@127.0.0.1:1/adpipe", "error: cannot reach Postgres at")
+    ), result.stderr
+    assert "s3cret" not in result.stderr + result.stdout
