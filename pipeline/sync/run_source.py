@@ -1,4 +1,4 @@
-"""A run's source side, opened on a thread of its own while the warehouse opens.
+"""A run's source side, opened on a thread of its own while the run's modules are imported and the warehouse opens.
 
 Opening the source connects to Postgres, takes the run's snapshot, starts reading the new rows of each fact table
 (`FactRead`, side by side, each in a thread of its own), reads the change-capture slot up to the snapshot and
