@@ -88,9 +88,9 @@ def main() -> None:
         f"  ({total_rows / naive_rate:,.0f} s for all rows)"
     )
     print(
-        f"ratio adpipe (sync only, {sync_seconds:.2f} s) vs (a): {direct_seconds / sync_seconds:.2f}x;"
+        f"ratio adpipe (in-process, timings_s.sync: {sync_seconds:.2f} s) vs (a): {direct_seconds / sync_seconds:.2f}x;"
         f" process wall vs (a): {direct_seconds / adpipe_seconds:.2f}x;"
-        f" sync only vs (a0): {bare_seconds / sync_seconds:.2f}x"
+        f" in-process vs (a0): {bare_seconds / sync_seconds:.2f}x"
     )
     print(f"(b') one INSERT per row: {PER_ROW_SLICE:,} rows measured  {per_row_rate:12,.0f} rows/s")
     print(
