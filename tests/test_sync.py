@@ -760,3 +760,40 @@ def test_a_warehouse_object_dropped_by_hand_is_created_again_by_the_next_sync(
         settings, "SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = 'clicks_daily_mv'"
     ) == [(1,)]
     assert aggregate_ch(settings, "clicks") == {1: 2, 2: 1}
+
+
+def test_a_full_run_loads_two_parts_side_by_side_on_a_client_it_closes(
+    settings: Settings, pg: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full run loads its parts into the shadow database two at a time, on the run's client and a second one,
+    which is closed when the loads are done. The warehouse then holds exactly the source's rows."""
+    from pipeline.sync import execute
+
+    seed_hand_built(pg)
+    both = threading.Barrier(2, timeout=10)  # passed only while two parts are being loaded at the same time
+    loaded_by: set[int] = set()
+    real_load, real_another = execute.load_part, clickhouse.connect_another
+    opened: list = []
+    closed: list = []
+
+    def load_part(client: object, *args: object, **kwargs: object) -> None:
+        if not loaded_by:
+            both.wait()
+        loaded_by.add(id(client))
+        real_load(client, *args, **kwargs)
+
+    def connect_another(settings: Settings) -> object:
+        client = real_another(settings)
+        real_close = client.close
+        client.close = lambda: (closed.append(client), real_close())[1]
+        opened.append(client)
+        return client
+
+    monkeypatch.setattr(execute, "load_part", load_part)
+    monkeypatch.setattr(clickhouse, "connect_another", connect_another)
+    full(settings, chunk_rows=2)
+    assert len(opened) == 1 and len(loaded_by) == 2
+    assert closed == opened
+    assert per_campaign_ch(settings, "impressions") == {1: 3, 2: 1}
+    assert per_campaign_ch(settings, "clicks") == {1: 2}
+    assert aggregate_ch(settings, "impressions") == {1: 3, 2: 1}

@@ -5,8 +5,12 @@ Command modules register themselves on `app` when imported below.
 
 import gc
 
-# `allocator` first: it configures Polars' allocator before any module imports Polars.
-from pipeline.cli import allocator, demo, events, kpi, report, source, sync  # noqa: F401
+# `allocator` and `openblas` first: they configure Polars' allocator and NumPy's OpenBLAS before any module imports
+# them.
+from pipeline.cli import allocator, openblas  # noqa: F401
+
+# isort: split
+from pipeline.cli import demo, events, kpi, report, source, sync  # noqa: F401
 from pipeline.cli.app import app
 
 

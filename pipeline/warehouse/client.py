@@ -123,6 +123,17 @@ def connect(settings: Settings, *, create_database: bool = True) -> Client:
     return client
 
 
+def connect_another(settings: Settings) -> Client:
+    """A second client on the warehouse `connect` has open in this process, for work running beside the first
+    client's (a full run loads its parts two at a time). A chDB engine serves several connections on the data
+    directory its process holds, as a server does. The caller closes it."""
+    if settings.clickhouse_url not in _open:
+        raise AssertionError("connect_another() before connect()")
+    client = _open_client(settings)
+    client.database = settings.clickhouse_database
+    return client
+
+
 def close_all() -> None:
     """Close every open client and release the embedded engine's lock."""
     while _open:
