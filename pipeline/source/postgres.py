@@ -300,6 +300,10 @@ class ArrowConnection:
             reader = pa.RecordBatchReader.from_stream(stream)
             return _blocking_call(reader.read_all, (), {}, statement.cancel)
 
+    def cancel(self) -> None:
+        """Cancel the statement running on this connection, from any thread: the call running it raises."""
+        self._connection.cancel()
+
     def close(self) -> None:
         self._connection.close()
         self._database.close()

@@ -151,6 +151,24 @@ class SourceReader:
         if ended is not None and exc is None:
             raise ended
 
+    def cancel(self) -> None:
+        """Cancel what the reader's connections are running, from any thread: each read in progress raises.
+
+        For a run that stops (an error, Ctrl-C) while its reads run in threads of their own, each of which would
+        otherwise finish the chunk it is reading first, however long the server takes. ConnectorX's reads run on
+        connections of its own, which this cannot reach.
+        """
+        with self._lock:
+            running = [conn for conn in self._adbc if conn not in self._idle]
+        cancels = [conn.cancel for conn in running]
+        if self._coordinator is not None:
+            cancels.append(lambda: self.coordinator.cancel_safe(timeout=_CANCEL_TIMEOUT))
+        for cancel in cancels:
+            try:
+                cancel()
+            except Exception:  # the drivers' own errors: a connection that cannot cancel is closed next anyway
+                log.debug("could not cancel a read", exc_info=True)
+
     @property
     def coordinator(self) -> psycopg.Connection:
         assert self._coordinator is not None, "SourceReader used outside its context"
@@ -287,6 +305,9 @@ class SourceReader:
 
 _READS_AT_ONCE = len(FACTS) + 1
 """Reads that may run at the same time: each fact table's, and one more (the dimensions, or rows read again)."""
+
+_CANCEL_TIMEOUT = 5.0
+"""Seconds to wait for the server to take a cancel request (sent on a connection of its own)."""
 
 _ID_BATCH = 50_000
 """Ids per query of `read_ids`: the query text stays well under a megabyte."""

@@ -121,19 +121,20 @@ def open_run_source(
     reading: SourceOptions,
     state: SyncState,
     mode: Mode,
-    on_snapshot: Callable[[], None] = lambda: None,
+    on_snapshot: Callable[[SourceReader], None] = lambda _: None,
 ) -> RunSource:
     """Open change capture (before the snapshot, see `run_capture`), the reader and its snapshot, start reading the
     facts' new rows, read the slot; for an incremental run, read again the rows of the changed facts synced before.
-    `on_snapshot` is called once the snapshot is taken, before the slot is read."""
+    `on_snapshot` is called with the reader once its snapshot is taken, before the slot is read."""
     with ExitStack() as stack:
         capture = stack.enter_context(run_capture(settings, state, full=mode is Mode.FULL))
         reader = stack.enter_context(SourceReader(settings, reading.engine, reading.partitions))
-        on_snapshot()
+        on_snapshot(reader)
         reads = {}
         for table in FACTS:
             reads[table] = FactRead(reader, table, previous_fact(state, table, mode), reading.chunk_rows)
             stack.callback(reads[table].close)
+        stack.push(_cancel_on_error(reader))
         changes = capture.read(reader.snapshot)
         reread = {}
         if mode is Mode.INCREMENTAL and changes is not None:
@@ -142,6 +143,18 @@ def open_run_source(
                 if ids:
                     reread[table] = (ids, reader.read_ids(table, ids))
         return RunSource(reader, capture, changes, stack.pop_all(), reread, reads)
+
+
+def _cancel_on_error(reader: SourceReader) -> Callable[..., bool]:
+    """An exit callback: when the run stops on an error (Ctrl-C too), the reads still running are cancelled before
+    they are closed, rather than waited for."""
+
+    def cancel(exc_type: type[BaseException] | None, *_: object) -> bool:
+        if exc_type is not None:
+            reader.cancel()
+        return False
+
+    return cancel
 
 
 def already_synced(ids: frozenset[int], previous: FactState) -> list[int]:
@@ -168,22 +181,35 @@ class OpeningSource:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adpipe-source")
         self._future: Future[RunSource] = self._pool.submit(self._open, settings, reading, state, mode)
         self._taken = False
+        self._reader: SourceReader | None = None
         self.waited = 0.0
         """Seconds spent waiting for the thread: how much of the opening the warehouse's did not hide."""
 
     def _open(self, settings: Settings, reading: SourceOptions, state: SyncState, mode: Mode) -> RunSource:
         try:
-            return open_run_source(settings, reading, state, mode, self._snapshot_taken.set)
+            return open_run_source(settings, reading, state, mode, self._snapshot)
         finally:
             self._snapshot_taken.set()
 
+    def _snapshot(self, reader: SourceReader) -> None:
+        self._reader = reader
+        self._snapshot_taken.set()
+
     def __enter__(self) -> OpeningSource:
         began = time.perf_counter()
-        self._snapshot_taken.wait(self.CONNECT_WAIT)
+        try:
+            self._snapshot_taken.wait(self.CONNECT_WAIT)
+        except BaseException as exc:  # Ctrl-C: the block is not entered, so its exit would not run
+            self.__exit__(type(exc), exc, exc.__traceback__)
+            raise
         self.waited += time.perf_counter() - began
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        """Wait for the thread, and close what it opened unless the caller took it. Leaving on an error (Ctrl-C
+        too), what the reader is running is cancelled first, rather than waited for."""
+        if exc_type is not None and not self._taken and self._reader is not None:
+            self._reader.cancel()
         self._pool.shutdown(wait=True)
         if not self._taken and self._future.exception() is None:
             self._future.result().closing.close()
