@@ -39,7 +39,7 @@ from pipeline.sync.runlog import SyncResult
 from pipeline.sync.state import load_state, save_state
 from pipeline.warehouse import client as clickhouse
 from tests.conftest import run_cli
-from tests.harness import adpipe, capture_slot
+from tests.harness import adpipe, capture_slot, wait_until
 from tests.test_sync import seed_hand_built
 
 pytestmark = pytest.mark.warehouses
@@ -563,3 +563,75 @@ def test_a_slot_that_lost_its_wal_stops_incremental_syncs_until_a_full_one(
     full(settings)
     assert slot_info(pg, slot).wal_status in {"reserved", "extended"}
     assert_equals_source(settings, pg)
+
+
+def backends_of(pg: psycopg.Connection, role: str) -> int:
+    return pg.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = %s", (role,)).fetchone()[0]
+
+
+@pytest.mark.warehouses("chdb")
+def test_a_role_limited_to_the_documented_connections_runs_full_and_incremental_syncs(
+    settings: Settings, pg: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/design.md: with the defaults, a run holds at most 7 connections to Postgres — the coordinator, change
+    capture's, and one per partition of each fact table's read plus one for the dimensions or the rows read again.
+    Postgres refuses a role any connection past its CONNECTION LIMIT, so a run needing more fails here.
+
+    The reads are made to overlap as they can on a big source: chunks of 2 rows split into 2 partitions (a source
+    this small would otherwise be read in one partition), and the first reads of each run held until all of them
+    run at once: both partitions of both fact tables, and in the incremental run the changed rows read again."""
+    import threading
+
+    from pipeline.catalog import SOURCE_TABLES
+    from pipeline.source.capture import ensure_publication
+    from pipeline.source.postgres import ArrowConnection
+    from pipeline.sync.extract import SourceReader
+
+    seed(pg)
+    ensure_publication(pg, SOURCE_TABLES)  # by the tables' owner: the limited role only reads, and reads the slot
+    role = f"adpipe_l_{settings.clickhouse_database[2:]}"
+    pg.execute(f"CREATE ROLE {role} LOGIN REPLICATION PASSWORD 'limited' CONNECTION LIMIT 7")
+    pg.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public, referral TO {role}")
+    pg.execute(f"GRANT USAGE ON SCHEMA referral TO {role}")
+    monkeypatch.setattr(SourceReader, "_partitions_for", lambda self, rows: self.partitions)
+    real_read = ArrowConnection.read_arrow
+    lock = threading.Lock()
+    hold: dict[str, object] = {"barrier": None, "reads": 0}
+
+    def hold_reads(count: int) -> threading.Barrier:
+        """The next `count` reads wait for each other: they pass only all running at once."""
+        hold["barrier"], hold["reads"] = threading.Barrier(count, timeout=10), count
+        return hold["barrier"]
+
+    def read_arrow(self: ArrowConnection, query: str) -> object:
+        with lock:
+            barrier, hold["reads"] = (hold["barrier"], hold["reads"] - 1) if hold["reads"] else (None, 0)
+        if barrier is not None:
+            barrier.wait()
+        return real_read(self, query)
+
+    monkeypatch.setattr(ArrowConnection, "read_arrow", read_arrow)
+    try:
+        url = urlsplit(settings.postgres_url)
+        monkeypatch.setenv(
+            "ADPIPE_POSTGRES_URL", urlunsplit(url._replace(netloc=f"{role}:limited@{url.hostname}:{url.port}"))
+        )
+        limited = load_settings()
+        hold_reads(4)
+        sync(limited, SyncOptions(mode=Mode.FULL, chunk_rows=2))
+        assert load_state(settings.home).capture_slot is not None  # change capture on: its connection was held
+        pg.execute("UPDATE clicks SET campaign_id = 2 WHERE id = 1")
+        pg.execute("DELETE FROM impressions WHERE id = 2")
+        pg.execute("INSERT INTO impressions (campaign_id, created_at) VALUES (1, '2026-11-23 09:00:00'), (2, now())")
+        pg.execute("INSERT INTO clicks (campaign_id, created_at) VALUES (1, '2026-11-23 09:00:10'), (2, now())")
+        # The full run's connections are closed, but the server counts each until its backend has exited.
+        wait_until(lambda: backends_of(pg, role) == 0, 10, "the full run's backends to exit")
+        hold_reads(5)
+        result = incremental(limited, chunk_rows=2)
+        assert (result.tables["clicks"].retracted, result.tables["impressions"].retracted) == (1, 1)
+        assert (result.tables["clicks"].loaded, result.tables["impressions"].loaded) == (3, 2)  # 1 click moved
+        assert_equals_source(limited, pg)
+    finally:
+        pg.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'")
+        pg.execute(f"DROP OWNED BY {role}")
+        pg.execute(f"DROP ROLE {role}")
