@@ -86,7 +86,7 @@ def test_full_and_incremental_sync_through_s3(
             "impressions/part-00000.parquet",
             "manifest.json",
         )
-    ]
+    ] + ["adpipe-home.json"]  # the home whose runs these are
 
     pg.execute("INSERT INTO impressions (campaign_id, created_at) VALUES (3, '2026-11-22 12:00:00')")  # id 5
     pg.execute("INSERT INTO clicks (campaign_id, created_at) VALUES (3, '2026-11-22 12:00:10')")
@@ -294,7 +294,7 @@ def test_verify_replay_and_prune_on_s3(s3_settings: Settings, pg: psycopg.Connec
     assert "Removed 3 staged runs." in pruned.stdout
     (kept,) = list_runs(s3_settings.staging_dir)
     assert kept.mode == "full"
-    assert {key.split("/")[0] for key in objects(s3_endpoint, s3_settings)} == {kept.run_id}
+    assert {key.split("/")[0] for key in objects(s3_endpoint, s3_settings)} == {kept.run_id, "adpipe-home.json"}
 
     fs = raw_s3(s3_endpoint)
     part = f"{kept.directory}/clicks/part-00000.parquet"

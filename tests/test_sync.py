@@ -12,6 +12,7 @@ import re
 import threading
 import time
 from datetime import date
+from pathlib import Path
 from unittest.mock import ANY
 
 import psycopg
@@ -797,3 +798,34 @@ def test_a_full_run_loads_two_parts_side_by_side_on_a_client_it_closes(
     assert per_campaign_ch(settings, "impressions") == {1: 3, 2: 1}
     assert per_campaign_ch(settings, "clicks") == {1: 2}
     assert aggregate_ch(settings, "impressions") == {1: 3, 2: 1}
+
+
+def test_a_staging_directory_serves_one_home_and_another_home_is_refused_it(
+    settings: Settings, pg: psycopg.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs staged by one ADPIPE_HOME are never loaded, replayed or pruned by another home pointed at the same
+    staging directory: its sync, replay and prune stop in one line, before anything is read or written. The home's
+    id goes with it when it moves."""
+    seed_hand_built(pg)
+    full(settings)
+    staged = [run.run_id for run in list_runs(settings.staging_dir)]
+    other = tmp_path / "another-home"
+    monkeypatch.setenv("ADPIPE_HOME", str(other))
+    for command in (["sync"], ["replay"], ["snapshots", "prune", "--keep", "1"]):
+        result = run_cli(*command)
+        assert result.exit_code == 1, command
+        assert result.stderr == (
+            f"error: ADPIPE_STAGING_DIR {settings.staging_dir} holds the staged runs of another ADPIPE_HOME"
+            f" ({settings.home}): give each home a staging directory of its own; if that home is this one, moved"
+            f" without its home_id.json, delete {settings.staging_dir / 'adpipe-home.json'} to take its runs over\n"
+        ), command
+    assert [run.run_id for run in list_runs(settings.staging_dir)] == staged
+    assert not (other / STATE_FILE).exists()
+    # The first home, moved: it is still the one whose runs these are.
+    moved = tmp_path / "moved-home"
+    settings.home.rename(moved)
+    monkeypatch.setenv("ADPIPE_HOME", str(moved))
+    pg.execute("INSERT INTO clicks (campaign_id, created_at) VALUES (2, '2026-11-21 09:00:00')")
+    result = run_cli("sync")
+    assert result.exit_code == 0, result.stderr
+    assert per_campaign_ch(settings, "clicks") == {1: 2, 2: 1}

@@ -46,6 +46,7 @@ from pipeline.sync.runlog import SyncResult, TableSummary, close_interrupted_run
 from pipeline.sync.stage import (
     Run,
     RunWriter,
+    bind_staging,
     list_runs,
     new_run_id,
     state_runs,
@@ -278,6 +279,7 @@ def _stage_and_load(
             state_after = _extract_all(client, source, pipeline, options, mode, state, result)
         pipeline.finish()
         extract_seconds = time.perf_counter() - began
+        bind_staging(settings)
         run = writer.publish(
             {
                 "mode": mode.value,

@@ -4,6 +4,7 @@ Layout under the staging directory:
 
     <run_id>/manifest.json
     <run_id>/<table>/part-00000.parquet   (zstd)
+    adpipe-home.json                      (the ADPIPE_HOME whose runs these are: `bind_staging`)
 
 The manifest is the commit point: a run directory without one is an interrupted run, never read and
 deleted by the next sync (`remove_interrupted`). Locally a run is written under `.tmp-<run_id>/`, its
@@ -19,17 +20,19 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.atomic import write_json_atomic
 from pipeline.config import Settings, StagingDir
-from pipeline.errors import AdpipeError
+from pipeline.errors import AdpipeError, ConfigError
 from pipeline.killpoints import kill_point
 from pipeline.storage import Store, open_store
 from pipeline.sync.state import load_state
@@ -38,6 +41,10 @@ if TYPE_CHECKING:
     import polars as pl
 
 MANIFEST = "manifest.json"
+OWNER = "adpipe-home.json"
+"""In the staging directory: the id of the ADPIPE_HOME that stages its runs there."""
+HOME_ID = "home_id.json"
+"""In ADPIPE_HOME: the home's id, which moves with it."""
 TMP_PREFIX = ".tmp-"
 MANIFEST_FORMAT = 1
 RUN_ID = re.compile(r"\d{8}T\d{12}Z-\w+")
@@ -148,6 +155,46 @@ class RunWriter:
         """Best effort: whatever is left is an interrupted run, which the next sync deletes."""
         with suppress(OSError, AdpipeError):
             self.store.delete_tree(self.tmp_dir)
+
+
+def claim_staging(settings: Settings) -> None:
+    """Refuse a staging directory bound to another ADPIPE_HOME (`bind_staging`).
+
+    A sync takes the runs staged after its last committed one as its own (published by a sync that died before
+    its commit) and loads them; replay and prune act on every run there. Two homes sharing one staging directory
+    (the default, `./staging`, is relative to where adpipe runs) would load each other's runs into their
+    warehouses.
+    """
+    store = open_store(settings.staging_dir)
+    marker = store.root / OWNER
+    if not store.is_file(marker):
+        return
+    owner = json.loads(store.read_bytes(marker))
+    if owner["home_id"] != _home_id(settings.home, make=False):
+        raise ConfigError(
+            f"ADPIPE_STAGING_DIR {settings.staging_dir} holds the staged runs of another ADPIPE_HOME"
+            f" ({owner['home']}): give each home a staging directory of its own; if that home is this one,"
+            f" moved without its {HOME_ID}, delete {store.url(marker)} to take its runs over"
+        )
+
+
+def bind_staging(settings: Settings) -> None:
+    """Write this home's id into the staging directory, unless it is there: before the home publishes a run there.
+    A directory that held runs before this file existed is taken as it is."""
+    store = open_store(settings.staging_dir)
+    marker = store.root / OWNER
+    if not store.is_file(marker):
+        store.write_json(marker, {"home_id": _home_id(settings.home, make=True), "home": str(settings.home)})
+
+
+def _home_id(home: Path, *, make: bool) -> str | None:
+    """The home's id (made on first use when `make`); None for a home without one yet."""
+    path = home / HOME_ID
+    if not path.is_file():
+        if not make:
+            return None
+        write_json_atomic(path, {"home_id": uuid.uuid4().hex})
+    return json.loads(path.read_text())["home_id"]
 
 
 def list_runs(staging_dir: StagingDir, *, after: str | None = None) -> list[Run]:
