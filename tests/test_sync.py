@@ -829,3 +829,33 @@ def test_a_staging_directory_serves_one_home_and_another_home_is_refused_it(
     result = run_cli("sync")
     assert result.exit_code == 0, result.stderr
     assert per_campaign_ch(settings, "clicks") == {1: 2, 2: 1}
+
+
+def test_a_warehouse_an_earlier_adpipe_made_is_brought_up_to_date_by_the_next_sync(
+    settings: Settings, pg: psycopg.Connection
+) -> None:
+    """Tables an earlier adpipe created are altered in place by the next sync, their rows kept: an unsigned aggregate
+    count becomes signed (retractions subtract), and a table that kept merged-away parts on disk for 30 s deletes
+    them within a second or two."""
+    seed_hand_built(pg)
+    full(settings)
+    client = clickhouse.connect(settings)
+    client.command("ALTER TABLE sync_runs RESET SETTING cleanup_delay_period, max_cleanup_delay_period")
+    client.command("ALTER TABLE campaign_daily MODIFY COLUMN clicks UInt64")
+    pg.execute("INSERT INTO clicks (campaign_id, created_at) VALUES (2, '2026-11-21 09:00:00')")
+    incremental(settings)
+    assert (
+        ch(
+            settings,
+            "SELECT name FROM system.tables WHERE database = currentDatabase() AND engine LIKE '%MergeTree'"
+            " AND create_table_query NOT LIKE '%cleanup_delay_period = 1, max_cleanup_delay_period = 1%'",
+        )
+        == []
+    )
+    assert ch(
+        settings,
+        "SELECT type FROM system.columns WHERE database = currentDatabase() AND table = 'campaign_daily'"
+        " AND name = 'clicks'",
+    ) == [("Int64",)]
+    assert aggregate_ch(settings, "clicks") == {1: 2, 2: 1}
+    assert len(ch(settings, "SELECT DISTINCT run_id FROM sync_runs")) == 2

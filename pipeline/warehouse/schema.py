@@ -39,22 +39,27 @@ _IF_NOT_EXISTS = re.compile(
 
 
 def _upgrade(client: Client) -> None:
-    """Signed aggregate counts (retractions subtract) and patch-part deletes on the facts: one query when current."""
+    """Signed aggregate counts (retractions subtract), patch-part deletes on the facts, and merged-away parts deleted
+    within a second or two (`schemas/clickhouse/005_sync_runs.sql`; a single node's tables): one query when current.
+    """
     outdated = client.query(
-        "SELECT table, name FROM system.columns WHERE database = currentDatabase()"
-        " AND ((table IN {aggregates:Array(String)} AND name IN ('impressions', 'clicks') AND type = 'UInt64')"
-        " OR (table IN {facts:Array(String)} AND name = 'id' AND table NOT IN ("
-        "     SELECT name FROM system.tables WHERE database = currentDatabase()"
-        "     AND create_table_query LIKE '%enable_block_number_column = 1%')))",
+        "SELECT 'signed', table, name FROM system.columns WHERE database = currentDatabase()"
+        " AND table IN {aggregates:Array(String)} AND name IN ('impressions', 'clicks') AND type = 'UInt64'"
+        " UNION ALL SELECT 'patches', name, '' FROM system.tables WHERE database = currentDatabase()"
+        " AND name IN {facts:Array(String)} AND create_table_query NOT LIKE '%enable_block_number_column = 1%'"
+        " UNION ALL SELECT 'cleanup', name, '' FROM system.tables WHERE database = currentDatabase()"
+        " AND engine IN ('MergeTree', 'ReplacingMergeTree', 'SummingMergeTree')"
+        " AND create_table_query NOT LIKE '%cleanup_delay_period = 1%'",
         parameters={"aggregates": list(AGGREGATES), "facts": list(FACTS)},
     ).result_rows
-    for table, column in outdated:
-        name = quote_identifier(table)
-        if table in AGGREGATES:
-            log.info("upgrading %s.%s to a signed count", table, column)
-            client.command(f"ALTER TABLE {name} MODIFY COLUMN {quote_identifier(column)} Int64")
-        else:
-            log.info("upgrading %s for patch-part deletes", table)
-            client.command(
-                f"ALTER TABLE {name} MODIFY SETTING enable_block_number_column = 1, enable_block_offset_column = 1"
-            )
+    for upgrade, table, column in outdated:
+        log.info("upgrading %s: %s", table, upgrade)
+        change = _UPGRADES[upgrade].format(column=quote_identifier(column) if column else "")
+        client.command(f"ALTER TABLE {quote_identifier(table)} {change}")
+
+
+_UPGRADES = {
+    "signed": "MODIFY COLUMN {column} Int64",
+    "patches": "MODIFY SETTING enable_block_number_column = 1, enable_block_offset_column = 1",
+    "cleanup": "MODIFY SETTING cleanup_delay_period = 1, max_cleanup_delay_period = 1",
+}

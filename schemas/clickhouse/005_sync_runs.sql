@@ -4,6 +4,11 @@
 -- `updated_at` wins (ReplacingMergeTree). A run killed mid-way stays `running` until the next
 -- sync settles it as `recovered` (it loads what the run had published) or `interrupted`.
 -- This table is history: a full sync never replaces it.
+--
+-- cleanup_delay_period (here and on every table): parts merged away are deleted from disk within a second or two,
+-- not after 30 s. An embedded engine lives only as long as its `adpipe` process, usually shorter than that: with
+-- the default, a home that syncs every minute kept every merged-away part of this table, and each process spent
+-- longer loading them when it opened the engine (docs/performance.md, Change capture).
 
 CREATE TABLE IF NOT EXISTS sync_runs
 (
@@ -22,4 +27,5 @@ CREATE TABLE IF NOT EXISTS sync_runs
     updated_at       DateTime64(6, 'UTC')
 )
 ENGINE = ReplacingMergeTree(updated_at)
-ORDER BY (run_id, table_name);
+ORDER BY (run_id, table_name)
+SETTINGS cleanup_delay_period = 1, max_cleanup_delay_period = 1;
