@@ -829,6 +829,14 @@ def test_a_staging_directory_serves_one_home_and_another_home_is_refused_it(
     result = run_cli("sync")
     assert result.exit_code == 0, result.stderr
     assert per_campaign_ch(settings, "clicks") == {1: 2, 2: 1}
+    # A marker that is not what adpipe wrote is one line too, not a traceback.
+    marker = settings.staging_dir / "adpipe-home.json"
+    marker.write_text("{not json")
+    result = run_cli("sync")
+    assert (result.exit_code, result.stderr) == (
+        1,
+        f"error: {marker} is not a file adpipe wrote: delete it, and sync again\n",
+    )
 
 
 def test_a_warehouse_an_earlier_adpipe_made_is_brought_up_to_date_by_the_next_sync(

@@ -18,7 +18,7 @@ from pipeline.errors import AdpipeError
 from pipeline.locks import exclusive_lock
 from pipeline.options import Mode, Progress, SyncOptions
 from pipeline.sync.run_source import OpeningSource, SourceOptions
-from pipeline.sync.stage import claim_staging, list_runs, prune_runs, remove_interrupted
+from pipeline.sync.stage import check_staging, list_runs, prune_runs, remove_interrupted
 from pipeline.sync.state import SyncState, load_state
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ def sync_locked(settings: Settings, options: SyncOptions, *, schema_ready: bool 
     the state the run starts from, so they are loaded first.
     """
     began = time.perf_counter()
-    claim_staging(settings)  # an unreachable S3 staging fails here, before the warehouse is touched
+    check_staging(settings)  # an unreachable S3 staging fails here, before the warehouse is touched
     remove_interrupted(settings.staging_dir)
     state = load_state(settings.home)
     pending = list_runs(settings.staging_dir, after=state.last_run_id)
@@ -91,7 +91,7 @@ def sync_lock(settings: Settings) -> AbstractContextManager[None]:
 def prune(settings: Settings, keep: int) -> list[str]:
     """`prune_runs` under the sync lock, so no sync publishes or loads a run while runs are deleted."""
     with sync_lock(settings):
-        claim_staging(settings)
+        check_staging(settings)
         return prune_runs(settings, keep)
 
 
@@ -100,5 +100,5 @@ def replay(settings: Settings, progress: Progress | None = None) -> list[str]:
     from pipeline.sync.execute import replay_runs
 
     with sync_lock(settings):
-        claim_staging(settings)
+        check_staging(settings)
         return replay_runs(settings, progress)

@@ -157,8 +157,8 @@ class RunWriter:
             self.store.delete_tree(self.tmp_dir)
 
 
-def claim_staging(settings: Settings) -> None:
-    """Refuse a staging directory bound to another ADPIPE_HOME (`bind_staging`).
+def check_staging(settings: Settings) -> None:
+    """Refuse a staging directory bound to another ADPIPE_HOME (`bind_staging`), in one line.
 
     A sync takes the runs staged after its last committed one as its own (published by a sync that died before
     its commit) and loads them; replay and prune act on every run there. Two homes sharing one staging directory
@@ -169,11 +169,15 @@ def claim_staging(settings: Settings) -> None:
     marker = store.root / OWNER
     if not store.is_file(marker):
         return
-    owner = json.loads(store.read_bytes(marker))
-    if owner["home_id"] != _home_id(settings.home, make=False):
+    try:
+        owner = json.loads(store.read_bytes(marker))
+        owner_id, owner_home = owner["home_id"], owner["home"]
+    except (ValueError, TypeError, KeyError):
+        raise ConfigError(f"{store.url(marker)} is not a file adpipe wrote: delete it, and sync again") from None
+    if owner_id != _home_id(settings.home, make=False):
         raise ConfigError(
             f"ADPIPE_STAGING_DIR {settings.staging_dir} holds the staged runs of another ADPIPE_HOME"
-            f" ({owner['home']}): give each home a staging directory of its own; if that home is this one,"
+            f" ({owner_home}): give each home a staging directory of its own; if that home is this one,"
             f" moved without its {HOME_ID}, delete {store.url(marker)} to take its runs over"
         )
 
