@@ -843,13 +843,14 @@ def test_a_warehouse_an_earlier_adpipe_made_is_brought_up_to_date_by_the_next_sy
     settings: Settings, pg: psycopg.Connection
 ) -> None:
     """Tables an earlier adpipe created are altered in place by the next sync, their rows kept: an unsigned aggregate
-    count becomes signed (retractions subtract), and a table that kept merged-away parts on disk for 30 s deletes
-    them within a second or two."""
+    count becomes signed (retractions subtract), a fact table gets the block columns patch-part deletes need, and a
+    table that kept merged-away parts on disk for 30 s deletes them within a second or two."""
     seed_hand_built(pg)
     full(settings)
     client = clickhouse.connect(settings)
     client.command("ALTER TABLE sync_runs RESET SETTING cleanup_delay_period, max_cleanup_delay_period")
     client.command("ALTER TABLE campaign_daily MODIFY COLUMN clicks UInt64")
+    client.command("ALTER TABLE clicks RESET SETTING enable_block_number_column, enable_block_offset_column")
     pg.execute("INSERT INTO clicks (campaign_id, created_at) VALUES (2, '2026-11-21 09:00:00')")
     incremental(settings)
     assert (
@@ -865,5 +866,16 @@ def test_a_warehouse_an_earlier_adpipe_made_is_brought_up_to_date_by_the_next_sy
         "SELECT type FROM system.columns WHERE database = currentDatabase() AND table = 'campaign_daily'"
         " AND name = 'clicks'",
     ) == [("Int64",)]
+    assert sorted(
+        ch(
+            settings,
+            "SELECT name FROM system.tables WHERE database = currentDatabase() AND name IN ('impressions', 'clicks')"
+            " AND create_table_query LIKE '%enable_block_number_column = 1, enable_block_offset_column = 1%'",
+        )
+    ) == [("clicks",), ("impressions",)]
     assert aggregate_ch(settings, "clicks") == {1: 2, 2: 1}
     assert len(ch(settings, "SELECT DISTINCT run_id FROM sync_runs")) == 2
+    # The facts take a patch-part delete again: a click deleted in the source leaves them.
+    pg.execute("DELETE FROM clicks WHERE id = 1")
+    incremental(settings)
+    assert per_campaign_ch(settings, "clicks") == {1: 1, 2: 1}
