@@ -1,6 +1,7 @@
 """Change capture: an incremental sync of fact updates and deletes, side by side with the full reload it replaces.
 
     uv run python bench/bench_capture.py [--impressions 10000000] [--updates 10000] [--deletes 10000] [--rounds 3]
+                                         [--consecutive]
 
 Once: 500 campaigns, `--impressions` impressions and a click per 20 impressions in the embedded Postgres of
 --home (kept for reruns), then `adpipe sync --mode full`. Each round then, in the source: `--updates` impressions
@@ -9,6 +10,10 @@ moved to another campaign and a day later, and `--deletes` impressions deleted, 
   adpipe   `adpipe sync --json` in a subprocess: process wall, the sync's own time and its stages
   full     `adpipe sync --mode full` in a subprocess: what a user without change capture would run instead
 and last, `adpipe reconcile` must pass (every KPI and row count against Postgres and the snapshots).
+
+Each round's full re-sync leaves the next round a warehouse freshly loaded. With `--consecutive`, the rounds follow
+each other with no full re-sync between them, as a warehouse that only ever syncs incrementally sees them (the
+deletes' patch parts add up until merges fold them in); the full re-sync is timed once, at the end.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ def main() -> None:
     parser.add_argument("--deletes", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--home", type=Path, default=Path("/tmp/adpipe-bench-capture"))
+    parser.add_argument("--consecutive", action="store_true", help="no full re-sync between the rounds")
     args = parser.parse_args()
     os.environ["ADPIPE_HOME"] = str(args.home)
     os.environ["ADPIPE_STAGING_DIR"] = str(args.home / "staging")
@@ -52,7 +58,7 @@ def main() -> None:
             _change(pg, args.updates, args.deletes)
             decoded, decode_seconds = _decode(pg, settings)
             wall, result = _timed_sync("sync", "--json")
-            full_wall, _ = _timed_sync("sync", "--mode", "full", "--json")
+            full_wall = None if args.consecutive else _timed_sync("sync", "--mode", "full", "--json")[0]
             rows.append(
                 {
                     "decoded": decoded,
@@ -65,6 +71,10 @@ def main() -> None:
                 }
             )
             print(json.dumps({**rows[-1], "timings": result["timings_s"]}), flush=True)
+        if args.consecutive:
+            full_wall = _timed_sync("sync", "--mode", "full", "--json")[0]
+            for row in rows:
+                row["full_wall_s"] = full_wall
     reconciled = subprocess.run([sys.executable, "-m", "pipeline", "reconcile"], capture_output=True, text=True)
     _report(args, rows, reconciled.returncode == 0)
 
@@ -143,7 +153,11 @@ def _report(args: argparse.Namespace, rows: list[dict], reconciled: bool) -> Non
         return statistics.median(row[key] for row in rows)
 
     decoded = median("decoded")
-    print(f"\n{args.impressions:,} impressions; per round {args.updates:,} updates + {args.deletes:,} deletes")
+    order = "one after the other, no full re-sync between" if args.consecutive else "each after a full re-sync"
+    print(
+        f"\n{args.impressions:,} impressions; per round {args.updates:,} updates + {args.deletes:,} deletes"
+        f" ({len(rows)} rounds, {order})"
+    )
     print(f"{'':34}{'median':>10}{'min':>10}{'max':>10}")
     for label, key in (
         ("slot read + decode (s)", "decode_s"),
