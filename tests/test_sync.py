@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shutil
 import threading
 import time
 from datetime import date
@@ -805,7 +806,7 @@ def test_a_staging_directory_serves_one_home_and_another_home_is_refused_it(
 ) -> None:
     """Runs staged by one ADPIPE_HOME are never loaded, replayed or pruned by another home pointed at the same
     staging directory: its sync, replay and prune stop in one line, before anything is read or written. The home's
-    id goes with it when it moves."""
+    id goes with it when it moves, and a home deleted and made again at the same path takes its runs back."""
     seed_hand_built(pg)
     full(settings)
     staged = [run.run_id for run in list_runs(settings.staging_dir)]
@@ -828,6 +829,11 @@ def test_a_staging_directory_serves_one_home_and_another_home_is_refused_it(
     pg.execute("INSERT INTO clicks (campaign_id, created_at) VALUES (2, '2026-11-21 09:00:00')")
     result = run_cli("sync")
     assert result.exit_code == 0, result.stderr
+    assert per_campaign_ch(settings, "clicks") == {1: 2, 2: 1}
+    # The home deleted and made again where it was (its warehouse lost with it, say): it takes its runs back.
+    shutil.rmtree(moved)
+    replayed = run_cli("replay")
+    assert replayed.exit_code == 0, replayed.stderr
     assert per_campaign_ch(settings, "clicks") == {1: 2, 2: 1}
     # A marker that is not what adpipe wrote is one line too, not a traceback.
     marker = settings.staging_dir / "adpipe-home.json"

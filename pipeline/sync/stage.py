@@ -19,6 +19,7 @@ chronologically.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import uuid
 from contextlib import suppress
@@ -39,6 +40,8 @@ from pipeline.sync.state import load_state
 
 if TYPE_CHECKING:
     import polars as pl
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 OWNER = "adpipe-home.json"
@@ -158,12 +161,13 @@ class RunWriter:
 
 
 def check_staging(settings: Settings) -> None:
-    """Refuse a staging directory bound to another ADPIPE_HOME (`bind_staging`), in one line.
+    """Refuse, in one line, a staging directory bound to another ADPIPE_HOME (`bind_staging`).
 
     A sync takes the runs staged after its last committed one as its own (published by a sync that died before
     its commit) and loads them; replay and prune act on every run there. Two homes sharing one staging directory
     (the default, `./staging`, is relative to where adpipe runs) would load each other's runs into their
-    warehouses.
+    warehouses. A home made again where the bound one was (deleted, then synced or replayed) takes the directory
+    over: it is the same configuration, and replaying the runs into a new home is what they are kept for.
     """
     store = open_store(settings.staging_dir)
     marker = store.root / OWNER
@@ -174,21 +178,33 @@ def check_staging(settings: Settings) -> None:
         owner_id, owner_home = owner["home_id"], owner["home"]
     except (ValueError, TypeError, KeyError):
         raise ConfigError(f"{store.url(marker)} is not a file adpipe wrote: delete it, and sync again") from None
-    if owner_id != _home_id(settings.home, make=False):
-        raise ConfigError(
-            f"ADPIPE_STAGING_DIR {settings.staging_dir} holds the staged runs of another ADPIPE_HOME"
-            f" ({owner_home}): give each home a staging directory of its own; if that home is this one,"
-            f" moved without its {HOME_ID}, delete {store.url(marker)} to take its runs over"
-        )
+    home_id, here = _home_id(settings.home, make=False), str(settings.home.absolute())
+    if owner_id == home_id:
+        if owner_home != here:  # the home moved: the directory follows it
+            _write_owner(store, settings)
+        return
+    if owner_home == here and home_id is None:
+        log.info("%s is a new home where the one %s was bound to was: it takes the runs over", here, marker)
+        _write_owner(store, settings)
+        return
+    raise ConfigError(
+        f"ADPIPE_STAGING_DIR {settings.staging_dir} holds the staged runs of another ADPIPE_HOME"
+        f" ({owner_home}): give each home a staging directory of its own; if that home is this one,"
+        f" moved without its {HOME_ID}, delete {store.url(marker)} to take its runs over"
+    )
 
 
 def bind_staging(settings: Settings) -> None:
     """Write this home's id into the staging directory, unless it is there: before the home publishes a run there.
     A directory that held runs before this file existed is taken as it is."""
     store = open_store(settings.staging_dir)
-    marker = store.root / OWNER
-    if not store.is_file(marker):
-        store.write_json(marker, {"home_id": _home_id(settings.home, make=True), "home": str(settings.home)})
+    if not store.is_file(store.root / OWNER):
+        _write_owner(store, settings)
+
+
+def _write_owner(store: Store, settings: Settings) -> None:
+    home = settings.home.absolute()
+    store.write_json(store.root / OWNER, {"home_id": _home_id(home, make=True), "home": str(home)})
 
 
 def _home_id(home: Path, *, make: bool) -> str | None:
