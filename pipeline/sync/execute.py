@@ -279,7 +279,7 @@ def _stage_and_load(
             state_after = _extract_all(client, source, pipeline, options, mode, state, result)
         pipeline.finish()
         extract_seconds = time.perf_counter() - began
-        bind_staging(settings)
+        bind_staging(writer.store, settings)
         run = writer.publish(
             {
                 "mode": mode.value,

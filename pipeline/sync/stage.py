@@ -194,10 +194,9 @@ def check_staging(settings: Settings) -> None:
     )
 
 
-def bind_staging(settings: Settings) -> None:
-    """Write this home's id into the staging directory, unless it is there: before the home publishes a run there.
-    A directory that held runs before this file existed is taken as it is."""
-    store = open_store(settings.staging_dir)
+def bind_staging(store: Store, settings: Settings) -> None:
+    """Write this home's id into its staging directory (`store`), unless it is there: before the home publishes a
+    run there. A directory that held runs before this file existed is taken as it is."""
     if not store.is_file(store.root / OWNER):
         _write_owner(store, settings)
 
