@@ -1,7 +1,8 @@
 """Named points where a test makes this process SIGKILL itself, to prove crash safety at exactly that point.
 
 `ADPIPE_TEST_KILL_AT=<point>` kills at the first time the process reaches `<point>`; `<point>:<n>` at the n-th.
-The variable is read once, at import: unset (always, outside the crash tests), `kill_point` is one comparison.
+`ADPIPE_TEST_KILL_SIGNAL=SIGINT` sends that signal instead: Ctrl-C at exactly that point.
+The variables are read once, at import: unset (always, outside the crash tests), `kill_point` is one comparison.
 The points, in the order a sync reaches them:
 
 - `staging-started`: the run is recorded as running and its staging directory is open; nothing is written.
@@ -22,13 +23,14 @@ import os
 import signal
 
 _TARGET = os.environ.get("ADPIPE_TEST_KILL_AT") or None
+_SIGNAL = signal.Signals[os.environ.get("ADPIPE_TEST_KILL_SIGNAL") or "SIGKILL"]
 _reached: dict[str, int] = {}
 
 
 def kill_point(name: str) -> None:
-    """SIGKILL this process if ADPIPE_TEST_KILL_AT names this point (and, with `:n`, this is its n-th time)."""
+    """Signal this process if ADPIPE_TEST_KILL_AT names this point (and, with `:n`, this is its n-th time)."""
     if _TARGET is None:
         return
     _reached[name] = _reached.get(name, 0) + 1
     if f"{name}:{_reached[name]}" == _TARGET or (name == _TARGET and _reached[name] == 1):
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), _SIGNAL)

@@ -89,6 +89,8 @@ def capture_slot(settings: Settings, env: Mapping[str, str] | None = None) -> st
         return warehouse_slot(settings, pg.info.dbname)
 
 
-def adpipe(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+def adpipe(env: dict[str, str], *args: str, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
     """`adpipe ARGS` in a process of its own, with the environment `env`."""
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], env=env, capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )

@@ -69,12 +69,23 @@ def sleeping_backends(pg: psycopg.Connection, role: str) -> int:
 
 @pytest.mark.warehouses("chdb")
 @pytest.mark.parametrize(
-    ("slow_id", "partitions"),
-    [(1, 1), (1, 2), (4, 2)],
-    ids=["a chunk read", "a primary-key probe", "max(id) while the source opens"],
+    ("slow_id", "partitions", "settle"),
+    [(1, 1, 0.0), (1, 2, 0.0), (4, 2, 0.0), (4, 2, 2.0)],
+    ids=[
+        "a chunk read",
+        "a primary-key probe",
+        "max(id) while the source opens",
+        # By then the warehouse is open and Polars imported: the run's main thread waits for the source.
+        "max(id) while the run waits for the source",
+    ],
 )
 def test_ctrl_c_during_a_slow_source_read_stops_the_sync_at_once_and_leaves_nothing_behind(
-    settings: Settings, pg: psycopg.Connection, slow_reader: dict[str, str], slow_id: int, partitions: int
+    settings: Settings,
+    pg: psycopg.Connection,
+    slow_reader: dict[str, str],
+    slow_id: int,
+    partitions: int,
+    settle: float,
 ) -> None:
     role = slow_reader["ADPIPE_ROLE"]
     sync = subprocess.Popen(
@@ -86,22 +97,136 @@ def test_ctrl_c_during_a_slow_source_read_stops_the_sync_at_once_and_leaves_noth
     )
     try:
         wait_until(lambda: sleeping_backends(pg, role), 30, f"the sync's read of id {slow_id} to sleep on the server")
+        time.sleep(settle)
         interrupted = time.monotonic()
         sync.send_signal(signal.SIGINT)
         _, stderr = sync.communicate(timeout=SLEEP_SECONDS / 2)
         seconds = time.monotonic() - interrupted
     finally:
         sync.kill()
-    assert sync.returncode == 130
-    assert stderr.splitlines()[-1] == "error: interrupted" and "Traceback" not in stderr
     assert seconds < 10, f"the sync took {seconds:.1f} s to stop"
+    assert_stopped_cleanly(settings, pg, slow_reader, sync.returncode, stderr)
+
+
+@pytest.mark.warehouses("chdb")
+@pytest.mark.parametrize(("slow_id", "partitions"), [(1, 1)])
+def test_ctrl_c_after_the_run_is_planned_and_before_it_stages_cancels_its_reads(
+    settings: Settings, pg: psycopg.Connection, slow_reader: dict[str, str], slow_id: int, partitions: int
+) -> None:
+    """Between the plan and the staging, the source is no one's to close but the run's: the reads still running
+    (the slow first chunk of impressions, started when the source opened) are cancelled there too."""
+    env = {**slow_reader, "ADPIPE_TEST_KILL_AT": "staging-started", "ADPIPE_TEST_KILL_SIGNAL": "SIGINT"}
+    began = time.monotonic()
+    sync = adpipe(env, "sync", "--mode", "full", "--partitions", str(partitions), timeout=SLEEP_SECONDS / 2)
+    assert time.monotonic() - began < 10
+    assert_stopped_cleanly(settings, pg, slow_reader, sync.returncode, sync.stderr)
+
+
+def assert_stopped_cleanly(
+    settings: Settings, pg: psycopg.Connection, slow_reader: dict[str, str], returncode: int, stderr: str
+) -> None:
+    """Exit 130 with one line, the read cancelled on the server, nothing staged or committed; and once the source
+    is fast again, the next sync loads all of it."""
+    assert returncode == 130, stderr
+    assert stderr.splitlines()[-1] == "error: interrupted" and "Traceback" not in stderr
     # The read was cancelled on the server, not left to sleep out its minute after the client went away.
-    wait_until(lambda: sleeping_backends(pg, role) == 0, 5, "the server to cancel the sync's read")
+    wait_until(lambda: sleeping_backends(pg, slow_reader["ADPIPE_ROLE"]) == 0, 5, "the server to cancel the read")
     assert list_runs(settings.staging_dir) == [] and not list(settings.staging_dir.glob(".tmp-*"))
     assert not (settings.home / STATE_FILE).exists()
-    # Once the source is fast again, the next sync loads all of it.
     pg.execute("ALTER TABLE impressions DISABLE ROW LEVEL SECURITY")
     done = adpipe(slow_reader, "sync", "--json")
     assert done.returncode == 0, done.stderr
     tables = json.loads(done.stdout)["tables"]
     assert (tables["impressions"]["loaded"], tables["clicks"]["loaded"]) == (4, 2)
+
+
+# Polars imported on a thread, as a sync's source thread may, then the main thread blocked on a lock, as a run
+# waiting for its source or a load is.
+BLOCKED_MAIN_THREAD = """
+import os, signal, threading, time
+import pipeline.cli
+importer = threading.Thread(target=__import__, args=("polars",))
+importer.start()
+importer.join()
+threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+began = time.monotonic()
+try:
+    threading.Event().wait()
+except KeyboardInterrupt:
+    print(round(time.monotonic() - began, 1))
+"""
+
+
+def test_ctrl_c_wakes_a_main_thread_blocked_on_a_lock_once_polars_is_imported() -> None:
+    """Polars' import replaces Python's SIGINT handler with one under which a blocked wait resumes
+    (pipeline/cli/interrupt.py): without the `adpipe` command putting Python's back, this waits forever."""
+    shown = subprocess.run([sys.executable, "-c", BLOCKED_MAIN_THREAD], capture_output=True, text=True, timeout=20)
+    assert shown.returncode == 0, shown.stderr
+    assert float(shown.stdout) < 2
+
+
+# Commands on adpipe's app, run the way `python -m pipeline` runs its own.
+INTERRUPTED_COMMANDS = """
+import signal
+from pipeline.cli import app
+from pipeline.errors import AdpipeError
+
+@app.command()
+def inside_exec() -> None:
+    exec("raise KeyboardInterrupt")
+
+@app.command()
+def as_another_error() -> None:
+    try:
+        signal.raise_signal(signal.SIGINT)
+    except KeyboardInterrupt:
+        raise AdpipeError("the source read was cancelled") from None
+
+app()
+"""
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        # CPython marks an interrupt that ended code run by `exec` (as dataclasses make their methods, when a module
+        # defining one is imported) as unhandled, and `python -m` would end by SIGINT: returncode -2.
+        "inside-exec",
+        # A read Ctrl-C cancelled, an import it interrupted: the error it surfaced as is not what is reported.
+        "as-another-error",
+    ],
+)
+def test_an_interrupted_command_ends_with_130_and_one_line(tmp_path: Path, command: str) -> None:
+    (tmp_path / "interrupted_commands.py").write_text(INTERRUPTED_COMMANDS)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd()])}
+    ended = subprocess.run(
+        [sys.executable, "-m", "interrupted_commands", command], env=env, capture_output=True, text=True
+    )
+    assert ended.returncode == 130
+    assert ended.stderr.splitlines() == ["error: interrupted"]
+
+
+# Ctrl-C handled in a weakref callback, as imports run some: Python prints the KeyboardInterrupt and drops it.
+DROPPED_IN_A_CALLBACK = """
+import threading, time, weakref
+import pipeline.cli
+class Thing:
+    pass
+def callback(_):
+    raise KeyboardInterrupt
+thing = Thing()
+ref = weakref.ref(thing, callback)
+began = time.monotonic()
+try:
+    del thing
+    threading.Event().wait(20)
+except KeyboardInterrupt:
+    print(round(time.monotonic() - began, 1))
+"""
+
+
+def test_ctrl_c_dropped_by_python_in_a_weakref_callback_still_interrupts_the_main_thread() -> None:
+    shown = subprocess.run([sys.executable, "-c", DROPPED_IN_A_CALLBACK], capture_output=True, text=True, timeout=30)
+    assert shown.returncode == 0, shown.stderr
+    assert float(shown.stdout) < 2
+    assert shown.stderr == ""

@@ -5,9 +5,9 @@ Command modules register themselves on `app` when imported below.
 
 import gc
 
-# `allocator` and `openblas` first: they configure Polars' allocator and NumPy's OpenBLAS before any module imports
-# them.
-from pipeline.cli import allocator, openblas  # noqa: F401
+# `allocator`, `openblas` and `interrupt` first: they configure Polars' allocator, NumPy's OpenBLAS and Ctrl-C
+# before any module imports Polars or NumPy.
+from pipeline.cli import allocator, interrupt, openblas  # noqa: F401
 
 # isort: split
 from pipeline.cli import demo, events, kpi, report, source, sync  # noqa: F401

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from contextvars import ContextVar
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
+from pipeline.cli.interrupt import interrupted
 from pipeline.config import Settings, load_settings
 from pipeline.errors import describe_failure
 from pipeline.output import OutputFormat, render_frame, write_frame
@@ -41,14 +42,26 @@ class _FriendlyErrors(TyperGroup):
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:
-            fail("interrupted", code=130)
+            _stop_interrupted()
         except (typer.Exit, typer.Abort, TyperException):
             raise
         except Exception as exc:
+            if interrupted():  # Ctrl-C that surfaced as another error: a cancelled read, an interrupted import
+                _stop_interrupted()
             message = describe_failure(exc)
             if message is None:
                 raise
             fail(message)
+
+
+def _stop_interrupted() -> NoReturn:
+    """Exit 130 with `error: interrupted`.
+
+    First, an `exec` that ends normally: CPython 3.12 marks a KeyboardInterrupt that ended code run by `exec` of a
+    string (dataclasses make their methods so, when a module defining one is imported) as unhandled even once
+    caught, and under `python -m` the process would then end by SIGINT instead of with the code asked for."""
+    exec("")
+    fail("interrupted", code=130)
 
 
 app = typer.Typer(

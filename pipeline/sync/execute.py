@@ -15,7 +15,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from importlib.metadata import version as package_version
 from pathlib import PurePath
@@ -162,31 +162,37 @@ def _run(
 ) -> SyncResult:
     """Plan the run in the source snapshot, then name and record it with the mode it will really run in."""
     started = datetime.now(UTC)
+
+    def refused(exc: BaseException) -> None:
+        # A refused run is on record too, under the mode it was asked for (`sync_runs`, docs: Watching the sync).
+        record(client, SyncResult(new_run_id(mode), mode), started, "failed", error=str(exc) or type(exc).__name__)
+
     try:
         source = open_source()
-        with ExitStack() as stack:
-            stack.push(source.closing)
+    except BaseException as exc:
+        refused(exc)
+        raise
+    # The stage closes the source as soon as its reads are done; whatever stops the run before (Ctrl-C too, at any
+    # point) closes it here, cancelling the reads still running.
+    with source.closing:
+        try:
             planned_mode = plan_mode(
                 source.reader, client, state, mode, options.on_reset, source.changes, options.repair
             )
-            stack.pop_all()  # from here on, _stage_and_load closes the reader and the capture
-    except BaseException as exc:
-        # A refused run is on record too, under the mode it was asked for (`sync_runs`, docs: Watching the sync).
-        record(client, SyncResult(new_run_id(mode), mode), started, "failed", error=str(exc) or type(exc).__name__)
-        raise
-    mode = planned_mode
-    run_id = new_run_id(mode)
-    result = SyncResult(run_id, mode)
-    record(client, result, started, "running")
-    try:
-        run = _stage_and_load(client, settings, options, source, state, result)
-        kill_point("loaded")
-        commit(client, settings, run)
-        kill_point("committed")
-        advance_capture(settings, run)
-    except BaseException as exc:
-        record(client, result, started, "failed", error=str(exc) or type(exc).__name__)
-        raise
+        except BaseException as exc:
+            refused(exc)
+            raise
+        result = SyncResult(new_run_id(planned_mode), planned_mode)
+        record(client, result, started, "running")
+        try:
+            run = _stage_and_load(client, settings, options, source, state, result)
+            kill_point("loaded")
+            commit(client, settings, run)
+            kill_point("committed")
+            advance_capture(settings, run)
+        except BaseException as exc:
+            record(client, result, started, "failed", error=str(exc) or type(exc).__name__)
+            raise
     record(client, result, started, "success")
     return result
 
