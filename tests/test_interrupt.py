@@ -230,3 +230,23 @@ def test_ctrl_c_dropped_by_python_in_a_weakref_callback_still_interrupts_the_mai
     assert shown.returncode == 0, shown.stderr
     assert float(shown.stdout) < 2
     assert shown.stderr == ""
+
+
+# The same, as the interpreter shuts down once a command is done: its last collection runs the callback.
+DROPPED_AT_SHUTDOWN = """
+import weakref
+import pipeline.cli
+class Thing:
+    pass
+def callback(_):
+    raise KeyboardInterrupt
+thing = Thing()
+thing.itself = thing
+ref = weakref.ref(thing, callback)
+del thing
+"""
+
+
+def test_ctrl_c_as_the_process_shuts_down_after_its_command_adds_nothing_to_stderr() -> None:
+    shown = subprocess.run([sys.executable, "-c", DROPPED_AT_SHUTDOWN], capture_output=True, text=True, timeout=30)
+    assert (shown.returncode, shown.stderr) == (0, "")

@@ -51,7 +51,8 @@ def _on_unraisable(unraisable: Any) -> None:
     moved on (it needs the interpreter this one holds), and started without waiting for it, as
     `threading.Thread.start` would, a wait the signal would interrupt right here."""
     if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
-        _thread.start_new_thread(os.kill, (os.getpid(), signal.SIGINT))
+        if not sys.is_finalizing():  # else the command is over: there is nothing left to interrupt
+            _thread.start_new_thread(os.kill, (os.getpid(), signal.SIGINT))
         return
     sys.__unraisablehook__(unraisable)
 
