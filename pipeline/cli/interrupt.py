@@ -47,12 +47,13 @@ def _on_sigint(_signum: int, _frame: FrameType | None) -> None:
 def _on_unraisable(unraisable: Any) -> None:
     """A KeyboardInterrupt raised where Python cannot raise it, in a weakref callback or a destructor (imports run
     some), is printed and dropped, and the main thread then waits on as if Ctrl-C had not been pressed. The signal is
-    sent again instead, for the main thread to raise where it can: from a new thread, which runs once this one has
-    moved on (it needs the interpreter this one holds), and started without waiting for it, as
-    `threading.Thread.start` would, a wait the signal would interrupt right here."""
+    sent again instead, to the main thread (sent to the process, it may go to the thread sending it, and Python only
+    notes it there), for it to raise where it can: from a new thread, which runs once this one has moved on (it needs
+    the interpreter this one holds), and started without waiting for it, as `threading.Thread.start` would, a wait
+    the signal would interrupt right here."""
     if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
         if not sys.is_finalizing():  # else the command is over: there is nothing left to interrupt
-            _thread.start_new_thread(os.kill, (os.getpid(), signal.SIGINT))
+            _thread.start_new_thread(signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
         return
     sys.__unraisablehook__(unraisable)
 
