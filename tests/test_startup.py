@@ -14,7 +14,8 @@ import pytest
 from pipeline.config import Settings
 from tests.test_sync import seed_hand_built
 
-HEAVY = ("polars", "pyarrow", "duckdb", "chdb", "clickhouse_connect", "plotly", "pandas", "numpy")
+HEAVY = ("polars", "pyarrow", "duckdb", "chdb", "clickhouse_connect", "plotly", "pandas", "numpy", "pydantic")
+"""pydantic: Typer 0.29 parses every option through it (pyproject.toml keeps Typer below that)."""
 
 RUN_AND_LIST_IMPORTS = """
 import json, sys
