@@ -129,6 +129,20 @@ def test_deleted_impressions_leave_the_facts_and_the_aggregates(settings: Settin
     assert_equals_source(settings, pg)
 
 
+@pytest.mark.warehouses("chdb")
+def test_the_embedded_engine_holds_no_pending_delete_after_a_run(settings: Settings, pg: psycopg.Connection) -> None:
+    """A run folds its deletes into the fact table's parts before it ends: read without applying patch parts, the
+    table holds the source's rows alone. Left pending, every later read of the table applies them to every row."""
+    seed(pg)
+    full(settings)
+    pg.execute("DELETE FROM impressions WHERE id IN (1, 2)")
+    pg.execute("UPDATE impressions SET campaign_id = 2 WHERE id = 3")
+    incremental(settings)
+    unpatched = "SELECT id, campaign_id FROM impressions ORDER BY id, campaign_id SETTINGS apply_patch_parts = 0"
+    assert ch(settings, unpatched) == [(3, 2), (4, 2), (5, 3)]
+    assert_equals_source(settings, pg)
+
+
 def test_a_timestamp_moved_across_a_day_and_a_month_leaves_nothing_at_the_old_place(
     settings: Settings, pg: psycopg.Connection
 ) -> None:

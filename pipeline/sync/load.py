@@ -24,7 +24,7 @@ from clickhouse_connect.driver.client import Client
 from pipeline.catalog import SWAPPED_TABLES
 from pipeline.killpoints import kill_point
 from pipeline.storage import LocalStore, Store, s3_credentials
-from pipeline.warehouse.client import quote_identifier
+from pipeline.warehouse.client import is_embedded, quote_identifier
 from pipeline.warehouse.cluster import local_name, render_shadow, render_swap, run_on_cluster, warehouse_cluster
 from pipeline.warehouse.schema import apply_schema
 
@@ -96,6 +96,20 @@ def delete_retracted(client: Client, fact: str, retracted: str, run_id: str) -> 
         settings={"lightweight_delete_mode": "lightweight_update"},
     )
     kill_point("retracted")
+    if is_embedded(client):
+        _apply_patches(client, target)
+
+
+def _apply_patches(client: Client, table: str) -> None:
+    """Fold the patch parts of `table` into its data parts now: a mutation that rewrites their deleted-rows mask.
+
+    A read of a part with patches pending reads every column of every row to apply them, so the next run's
+    comparison with the held versions (`fact_changes`) and its delete grew with each run's patches. Merges fold
+    patches only into the parts they merge, and the embedded engine runs only while its process does: its large
+    parts kept every patch (docs/performance.md, Change capture). A server is left to its merges and its operator
+    (docs/change-capture.md).
+    """
+    client.command(f"ALTER TABLE {table} APPLY PATCHES", settings={"mutations_sync": 1})
 
 
 def _s3_source(store: Store, path: PurePath) -> tuple[str, dict[str, str]]:

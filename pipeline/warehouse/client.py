@@ -90,6 +90,15 @@ _HTTP_STATUS = re.compile(r"HTTP driver received HTTP status (\d{3})")
 """How clickhouse-connect words an HTTP error that carries no ClickHouse error code."""
 
 
+_ENGINE_OPTIONS = {
+    # The engine's background work (merges, mutations, removing replaced parts) sleeps after each look that finds
+    # nothing to start, by default 0.1 s plus a random part of up to 1 s. A server runs for days and does not mind;
+    # an adpipe process lives for seconds, and a run that waits for a mutation (after its deletes, in
+    # pipeline.sync.load) waited up to that long for one of a few hundredths of a second.
+    "background_processing_pool_task_sleep_seconds_when_no_work_random_part": 0,
+    "background_processing_pool_thread_sleep_seconds_if_nothing_to_do": 0.01,
+}
+
 _open: dict[str, tuple[Client, int | None]] = {}
 """Open clients by URL, with the lock descriptor held for an embedded engine."""
 
@@ -132,6 +141,11 @@ def connect_another(settings: Settings) -> Client:
     client = _open_client(settings)
     client.database = settings.clickhouse_database
     return client
+
+
+def is_embedded(client: Client) -> bool:
+    """Whether `client` drives the embedded engine in this process rather than a server."""
+    return client.uri.startswith("chdb://")
 
 
 def close_all() -> None:
@@ -188,7 +202,7 @@ def _open_client(settings: Settings) -> Client:
     url, options = settings.clickhouse_url, settings.clickhouse_server
     try:
         if settings.clickhouse_is_embedded:
-            client = clickhouse_connect.get_client(dsn=url, database="default")
+            client = clickhouse_connect.get_client(dsn=url, database="default", chdb_options=_ENGINE_OPTIONS)
         else:
             arguments = _server_arguments(url, options)
             client = _retrying(lambda: clickhouse_connect.get_client(dsn=url, **arguments), options, url)
