@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -28,6 +29,12 @@ from pipeline.config import Settings, load_settings
 from pipeline.source.postgres import EmbeddedPostgres
 from pipeline.warehouse import client as clickhouse
 from tests.clickhouse_http import ClickHouseHttp
+
+# A shell starts a background job with SIGINT ignored, and every process it starts inherits that: run that way, the
+# suite's Ctrl-C tests (tests/test_interrupt.py) would signal processes that cannot hear it. A Python handler is
+# reset to the default when a child executes, so the commands the tests start take Ctrl-C as in a terminal.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 WAREHOUSES = (
     pytest.param("chdb", id="chdb"),
