@@ -206,6 +206,30 @@ def test_an_interrupted_command_ends_with_130_and_one_line(tmp_path: Path, comma
     assert ended.stderr.splitlines() == ["error: interrupted"]
 
 
+# Ctrl-C while `adpipe` imports its commands, delivered inside code run by `exec` as a dataclass's is.
+INTERRUPTED_WHILE_IMPORTING = """
+import signal, sys
+
+class CtrlCWhileImporting:
+    def find_spec(self, name, path=None, target=None):
+        if name == "pipeline.cli.demo":
+            exec("signal.raise_signal(signal.SIGINT)")
+
+sys.meta_path.insert(0, CtrlCWhileImporting())
+from pipeline.cli import main
+main()
+"""
+
+
+def test_ctrl_c_while_the_commands_are_imported_ends_with_130_and_one_line(tmp_path: Path) -> None:
+    (tmp_path / "interrupted_while_importing.py").write_text(INTERRUPTED_WHILE_IMPORTING)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd()])}
+    ended = subprocess.run(
+        [sys.executable, "-m", "interrupted_while_importing", "kpi", "list"], env=env, capture_output=True, text=True
+    )
+    assert (ended.returncode, ended.stderr.splitlines()) == (130, ["error: interrupted"])
+
+
 # Ctrl-C handled in a weakref callback, as imports run some: Python prints the KeyboardInterrupt and drops it.
 DROPPED_IN_A_CALLBACK = """
 import threading, time, weakref

@@ -11,8 +11,14 @@ import sys
 from pipeline.cli import allocator, interrupt, openblas  # noqa: F401
 
 # isort: split
-from pipeline.cli import demo, events, kpi, report, source, sync  # noqa: F401
-from pipeline.cli.app import app
+try:
+    from pipeline.cli import demo, events, kpi, report, source, sync  # noqa: F401
+    from pipeline.cli.app import app
+except KeyboardInterrupt:
+    # Ctrl-C while the commands are imported, before any command can report it: the same line and code as after.
+    interrupt.clear_unhandled_mark()
+    sys.stderr.write("error: interrupted\n")
+    raise SystemExit(130) from None
 
 
 def main() -> None:

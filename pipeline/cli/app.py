@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
-from pipeline.cli.interrupt import interrupted
+from pipeline.cli.interrupt import clear_unhandled_mark, interrupted
 from pipeline.config import Settings, load_settings
 from pipeline.errors import describe_failure
 from pipeline.output import OutputFormat, render_frame, write_frame
@@ -55,12 +55,8 @@ class _FriendlyErrors(TyperGroup):
 
 
 def _stop_interrupted() -> NoReturn:
-    """Exit 130 with `error: interrupted`.
-
-    First, an `exec` that ends normally: CPython 3.12 marks a KeyboardInterrupt that ended code run by `exec` of a
-    string (dataclasses make their methods so, when a module defining one is imported) as unhandled even once
-    caught, and under `python -m` the process would then end by SIGINT instead of with the code asked for."""
-    exec("")
+    """Exit 130 with `error: interrupted`."""
+    clear_unhandled_mark()
     fail("interrupted", code=130)
 
 

@@ -39,6 +39,14 @@ def interrupted() -> bool:
     return _received.is_set()
 
 
+def clear_unhandled_mark() -> None:
+    """Before exiting with 130 after a KeyboardInterrupt was caught: an `exec` that ends normally. CPython 3.12 marks
+    a KeyboardInterrupt that ended code run by `exec` of a string (dataclasses make their methods so, when a module
+    defining one is imported) as unhandled even once caught, and under `python -m` the process would then end by
+    SIGINT instead of with the code asked for."""
+    exec("")
+
+
 def _on_sigint(_signum: int, _frame: FrameType | None) -> None:
     _received.set()
     raise KeyboardInterrupt
