@@ -94,7 +94,7 @@ _ENGINE_OPTIONS = {
     # The engine's background work (merges, mutations, removing replaced parts) sleeps after each look that finds
     # nothing to start, by default 0.1 s plus a random part of up to 1 s. A server runs for days and does not mind;
     # an adpipe process lives for seconds, and a run that waits for a mutation (after its deletes, in
-    # pipeline.sync.load) waited up to that long for one of a few hundredths of a second.
+    # pipeline.sync.load) waited up to that long for one whose work takes under a tenth of a second.
     "background_processing_pool_task_sleep_seconds_when_no_work_random_part": 0,
     "background_processing_pool_thread_sleep_seconds_if_nothing_to_do": 0.01,
 }
