@@ -143,6 +143,40 @@ def test_the_embedded_engine_holds_no_pending_delete_after_a_run(settings: Setti
     assert_equals_source(settings, pg)
 
 
+_PATCHES_LEFT_AFTER_OPENING = """
+import time
+from pipeline.config import load_settings
+from pipeline.warehouse import client
+engine = client.connect(load_settings())
+opened = time.monotonic()
+query = ("SELECT count() FROM system.parts WHERE database = currentDatabase() AND table = 'impressions' AND active"
+         " AND startsWith(name, 'patch-')")
+while engine.command(query) and time.monotonic() - opened < 0.9:
+    time.sleep(0.05)
+print(engine.command(query))
+"""
+
+
+@pytest.mark.warehouses("chdb")
+def test_the_patch_parts_runs_applied_are_gone_as_the_engine_opens(pg: psycopg.Connection, tmp_path: Path) -> None:
+    """The engine deletes an applied patch part in a cleanup pass. With the tables' earlier settings that pass did
+    nothing as a table started and came back 1 s later plus up to 10 s at random: after most adpipe processes had
+    ended. Each left its patch parts to the next, which loaded them all as it opened. The pass now runs as the tables
+    start (`schemas/clickhouse/005_sync_runs.sql`)."""
+    engine = tmp_path / "engine"
+    env = {**os.environ, "ADPIPE_CLICKHOUSE_URL": f"chdb://{engine}"}  # processes of their own, on an engine of its own
+    seed(pg)
+    assert adpipe(env, "sync", "--mode", "full").returncode == 0
+    for moved in ("2026-10-01 00:00:00", "2026-09-01 00:00:00"):  # each run leaves a patch part in a month
+        pg.execute("UPDATE impressions SET created_at = %s WHERE id IN (1, 4)", (moved,))
+        assert adpipe(env, "sync").returncode == 0
+    assert [part for part in engine.glob("store/*/*/patch-*") if (part / "count.txt").exists()]
+    check = [sys.executable, "-c", _PATCHES_LEFT_AFTER_OPENING]
+    opened = subprocess.run(check, env=env, capture_output=True, text=True)
+    assert (opened.returncode, opened.stdout) == (0, "0\n"), opened.stderr
+    assert adpipe(env, "reconcile").returncode == 0
+
+
 def test_a_timestamp_moved_across_a_day_and_a_month_leaves_nothing_at_the_old_place(
     settings: Settings, pg: psycopg.Connection
 ) -> None:

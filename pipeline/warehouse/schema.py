@@ -39,8 +39,9 @@ _IF_NOT_EXISTS = re.compile(
 
 
 def _upgrade(client: Client) -> None:
-    """Signed aggregate counts (retractions subtract), patch-part deletes on the facts, and merged-away parts deleted
-    within a second or two (`schemas/clickhouse/005_sync_runs.sql`; a single node's tables): one query when current.
+    """Signed aggregate counts (retractions subtract), patch-part deletes on the facts, and merged-away parts and
+    applied patch parts deleted as the engine opens (`schemas/clickhouse/005_sync_runs.sql`; a single node's tables):
+    one query when current.
     """
     outdated = client.query(
         "SELECT 'signed', table, name FROM system.columns WHERE database = currentDatabase()"
@@ -49,7 +50,7 @@ def _upgrade(client: Client) -> None:
         " AND name IN {facts:Array(String)} AND create_table_query NOT LIKE '%enable_block_number_column = 1%'"
         " UNION ALL SELECT 'cleanup', name, '' FROM system.tables WHERE database = currentDatabase()"
         " AND engine IN ('MergeTree', 'ReplacingMergeTree', 'SummingMergeTree')"
-        " AND create_table_query NOT LIKE '%cleanup_delay_period = 1%'",
+        " AND create_table_query NOT LIKE '%merge_tree_clear_old_parts_interval_seconds = 0%'",
         parameters={"aggregates": list(AGGREGATES), "facts": list(FACTS)},
     ).result_rows
     for upgrade, table, column in outdated:
@@ -61,5 +62,8 @@ def _upgrade(client: Client) -> None:
 _UPGRADES = {
     "signed": "MODIFY COLUMN {column} Int64",
     "patches": "MODIFY SETTING enable_block_number_column = 1, enable_block_offset_column = 1",
-    "cleanup": "MODIFY SETTING cleanup_delay_period = 1, max_cleanup_delay_period = 1",
+    "cleanup": (
+        "MODIFY SETTING cleanup_delay_period = 1, max_cleanup_delay_period = 1, cleanup_delay_period_random_add = 0,"
+        " merge_tree_clear_old_parts_interval_seconds = 0"
+    ),
 }

@@ -21,7 +21,7 @@ CREATE TABLE IF NOT EXISTS advertiser
 )
 ENGINE = ReplacingMergeTree(version, is_deleted)
 ORDER BY id
-SETTINGS non_replicated_deduplication_window = 10000, cleanup_delay_period = 1, max_cleanup_delay_period = 1;
+SETTINGS non_replicated_deduplication_window = 10000, cleanup_delay_period = 1, max_cleanup_delay_period = 1, cleanup_delay_period_random_add = 0, merge_tree_clear_old_parts_interval_seconds = 0;
 
 -- Money as Decimal(10,2), exactly the source's NUMERIC(10,2): no float rounding in spend.
 -- Campaign names are nearly unique per row, so LowCardinality would not pay here.
@@ -42,4 +42,4 @@ CREATE TABLE IF NOT EXISTS campaign
 )
 ENGINE = ReplacingMergeTree(version, is_deleted)
 ORDER BY id
-SETTINGS non_replicated_deduplication_window = 10000, cleanup_delay_period = 1, max_cleanup_delay_period = 1;
+SETTINGS non_replicated_deduplication_window = 10000, cleanup_delay_period = 1, max_cleanup_delay_period = 1, cleanup_delay_period_random_add = 0, merge_tree_clear_old_parts_interval_seconds = 0;

@@ -23,7 +23,7 @@ CREATE TABLE IF NOT EXISTS impressions
 ENGINE = MergeTree
 PARTITION BY toYYYYMM(created_at)
 ORDER BY (campaign_id, created_at, id)
-SETTINGS non_replicated_deduplication_window = 10000, cleanup_delay_period = 1, max_cleanup_delay_period = 1, enable_block_number_column = 1, enable_block_offset_column = 1;
+SETTINGS non_replicated_deduplication_window = 10000, cleanup_delay_period = 1, max_cleanup_delay_period = 1, cleanup_delay_period_random_add = 0, merge_tree_clear_old_parts_interval_seconds = 0, enable_block_number_column = 1, enable_block_offset_column = 1;
 
 CREATE TABLE IF NOT EXISTS clicks
 (
@@ -34,4 +34,4 @@ CREATE TABLE IF NOT EXISTS clicks
 ENGINE = MergeTree
 PARTITION BY toYYYYMM(created_at)
 ORDER BY (campaign_id, created_at, id)
-SETTINGS non_replicated_deduplication_window = 10000, cleanup_delay_period = 1, max_cleanup_delay_period = 1, enable_block_number_column = 1, enable_block_offset_column = 1;
+SETTINGS non_replicated_deduplication_window = 10000, cleanup_delay_period = 1, max_cleanup_delay_period = 1, cleanup_delay_period_random_add = 0, merge_tree_clear_old_parts_interval_seconds = 0, enable_block_number_column = 1, enable_block_offset_column = 1;

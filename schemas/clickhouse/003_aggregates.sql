@@ -19,7 +19,7 @@ CREATE TABLE IF NOT EXISTS campaign_daily
 ENGINE = SummingMergeTree((impressions, clicks))
 PARTITION BY toYYYYMM(day)
 ORDER BY (campaign_id, day)
-SETTINGS non_replicated_deduplication_window = 10000, cleanup_delay_period = 1, max_cleanup_delay_period = 1;
+SETTINGS non_replicated_deduplication_window = 10000, cleanup_delay_period = 1, max_cleanup_delay_period = 1, cleanup_delay_period_random_add = 0, merge_tree_clear_old_parts_interval_seconds = 0;
 
 CREATE TABLE IF NOT EXISTS campaign_hourly
 (
@@ -31,7 +31,7 @@ CREATE TABLE IF NOT EXISTS campaign_hourly
 ENGINE = SummingMergeTree((impressions, clicks))
 PARTITION BY toYYYYMM(hour)
 ORDER BY (campaign_id, hour)
-SETTINGS non_replicated_deduplication_window = 10000, cleanup_delay_period = 1, max_cleanup_delay_period = 1;
+SETTINGS non_replicated_deduplication_window = 10000, cleanup_delay_period = 1, max_cleanup_delay_period = 1, cleanup_delay_period_random_add = 0, merge_tree_clear_old_parts_interval_seconds = 0;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS impressions_daily_mv TO campaign_daily AS
 SELECT campaign_id, toDate(created_at) AS day, count() AS impressions, toUInt64(0) AS clicks

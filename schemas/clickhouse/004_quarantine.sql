@@ -16,4 +16,4 @@ CREATE TABLE IF NOT EXISTS quarantine
 )
 ENGINE = ReplacingMergeTree(version, is_resolved)
 ORDER BY (table_name, source_id, reason)
-SETTINGS non_replicated_deduplication_window = 10000, cleanup_delay_period = 1, max_cleanup_delay_period = 1;
+SETTINGS non_replicated_deduplication_window = 10000, cleanup_delay_period = 1, max_cleanup_delay_period = 1, cleanup_delay_period_random_add = 0, merge_tree_clear_old_parts_interval_seconds = 0;

@@ -5,10 +5,12 @@
 -- sync settles it as `recovered` (it loads what the run had published) or `interrupted`.
 -- This table is history: a full sync never replaces it.
 --
--- cleanup_delay_period (here and on every table): parts merged away are deleted from disk within a second or two,
--- not after 30 s. An embedded engine lives only as long as its `adpipe` process, usually shorter than that: with
--- the default, a home that syncs every minute kept every merged-away part of this table, and each process spent
--- longer loading them when it opened the engine (docs/performance.md, Change capture).
+-- The cleanup settings (here and on every table): the engine deletes the parts merged away, and the patch parts of
+-- deletes once applied, in a pass it runs as a table starts and then every second. By default that pass does nothing
+-- at the start (merge_tree_clear_old_parts_interval_seconds) and comes back 30 s later plus up to 10 s at random.
+-- An embedded engine lives only as long as its `adpipe` process, usually shorter than that: with the defaults, a home
+-- that syncs every minute kept every merged-away part of this table and every patch part of the facts, and each
+-- process spent longer loading them when it opened the engine (docs/performance.md, Change capture).
 
 CREATE TABLE IF NOT EXISTS sync_runs
 (
@@ -28,4 +30,4 @@ CREATE TABLE IF NOT EXISTS sync_runs
 )
 ENGINE = ReplacingMergeTree(updated_at)
 ORDER BY (run_id, table_name)
-SETTINGS cleanup_delay_period = 1, max_cleanup_delay_period = 1;
+SETTINGS cleanup_delay_period = 1, max_cleanup_delay_period = 1, cleanup_delay_period_random_add = 0, merge_tree_clear_old_parts_interval_seconds = 0;

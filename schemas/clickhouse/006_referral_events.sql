@@ -19,4 +19,4 @@ CREATE TABLE IF NOT EXISTS referral_events
 ENGINE = MergeTree
 PARTITION BY toDate(fired_at)
 ORDER BY (customer_id, fired_at, user_id, event_id)
-SETTINGS non_replicated_deduplication_window = 10000, cleanup_delay_period = 1, max_cleanup_delay_period = 1;
+SETTINGS non_replicated_deduplication_window = 10000, cleanup_delay_period = 1, max_cleanup_delay_period = 1, cleanup_delay_period_random_add = 0, merge_tree_clear_old_parts_interval_seconds = 0;

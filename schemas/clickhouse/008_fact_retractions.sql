@@ -20,7 +20,7 @@ CREATE TABLE IF NOT EXISTS impressions_retracted
 ENGINE = MergeTree
 PARTITION BY toYYYYMM(created_at)
 ORDER BY (run_id, campaign_id, created_at, id)
-SETTINGS non_replicated_deduplication_window = 10000, cleanup_delay_period = 1, max_cleanup_delay_period = 1;
+SETTINGS non_replicated_deduplication_window = 10000, cleanup_delay_period = 1, max_cleanup_delay_period = 1, cleanup_delay_period_random_add = 0, merge_tree_clear_old_parts_interval_seconds = 0;
 
 CREATE TABLE IF NOT EXISTS clicks_retracted
 (
@@ -32,7 +32,7 @@ CREATE TABLE IF NOT EXISTS clicks_retracted
 ENGINE = MergeTree
 PARTITION BY toYYYYMM(created_at)
 ORDER BY (run_id, campaign_id, created_at, id)
-SETTINGS non_replicated_deduplication_window = 10000, cleanup_delay_period = 1, max_cleanup_delay_period = 1;
+SETTINGS non_replicated_deduplication_window = 10000, cleanup_delay_period = 1, max_cleanup_delay_period = 1, cleanup_delay_period_random_add = 0, merge_tree_clear_old_parts_interval_seconds = 0;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS impressions_retracted_daily_mv TO campaign_daily AS
 SELECT campaign_id, toDate(created_at) AS day, -toInt64(count()) AS impressions, toInt64(0) AS clicks
