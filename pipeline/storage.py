@@ -78,6 +78,14 @@ class Store:
         with self._errors(path):
             return self.fs.get_file_info(str(path)).type == pafs.FileType.File
 
+    def holding(self, path: PurePath, names: list[str], filename: str) -> list[bool]:
+        """For each of `names`, whether the directory `path/name` holds the file `filename`: one call for all (a
+        staging area holds a directory per run, and one path object per run cost more than the looks)."""
+        base = str(path)
+        with self._errors(path):
+            infos = self.fs.get_file_info([f"{base}/{name}/{filename}" for name in names])
+        return [info.type == pafs.FileType.File for info in infos]
+
     def subdirectories(self, path: PurePath) -> list[str]:
         """Names of the directories right under `path`, sorted; none if it does not exist."""
         with self._errors(path):

@@ -220,12 +220,15 @@ def list_runs(staging_dir: StagingDir, *, after: str | None = None) -> list[Run]
     """Every committed run (one with a manifest), oldest first, or only those staged after run id `after` (run ids
     sort by time): a caller that needs only the newest reads no older manifest. Interrupted runs are not runs."""
     store = open_store(staging_dir)
+    names = [
+        name
+        for name in store.subdirectories(store.root)
+        if not name.startswith(TMP_PREFIX) and (after is None or name > after)
+    ]
     runs = []
-    for name in store.subdirectories(store.root):
-        manifest_path = store.root / name / MANIFEST
-        if name.startswith(TMP_PREFIX) or (after is not None and name <= after) or not store.is_file(manifest_path):
-            continue
-        runs.append(Run(name, store.root / name, json.loads(store.read_bytes(manifest_path)), store))
+    for name, published in zip(names, store.holding(store.root, names, MANIFEST), strict=True):
+        if published:
+            runs.append(Run(name, store.root / name, json.loads(store.read_bytes(store.root / name / MANIFEST)), store))
     return runs
 
 
@@ -237,12 +240,14 @@ def remove_interrupted(staging_dir: StagingDir) -> list[str]:
     referral events') are left alone.
     """
     store = open_store(staging_dir)
+    names = store.subdirectories(store.root)
+    runs = [name for name in names if RUN_ID.fullmatch(name)]
+    unpublished = {
+        name for name, published in zip(runs, store.holding(store.root, runs, MANIFEST), strict=True) if not published
+    }
     removed = []
-    for name in store.subdirectories(store.root):
-        interrupted = name.startswith(TMP_PREFIX) or (
-            RUN_ID.fullmatch(name) is not None and not store.is_file(store.root / name / MANIFEST)
-        )
-        if interrupted:
+    for name in names:
+        if name.startswith(TMP_PREFIX) or name in unpublished:
             store.delete_tree(store.root / name)
             removed.append(name)
     return removed
