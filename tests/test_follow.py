@@ -459,3 +459,33 @@ def test_a_warning_every_run_repeats_is_printed_once_and_again_when_it_comes_bac
 )
 def test_which_failures_a_follower_retries(error: Exception, transient: bool) -> None:
     assert is_transient(error) is transient
+
+
+def test_adbc_connections_to_one_source_share_the_drivers_database_handle(
+    settings: Settings, pg: psycopg.Connection
+) -> None:
+    """The ADBC driver's database handle connects once of its own to read the type catalog; connections made from
+    it connect once each. Made per connection, k connections cost 2k sessions; shared, k + 1 (this test's database is
+    new, so its handle is made here)."""
+    from pipeline.source.postgres import open_adbc, postgres_url
+
+    def sessions() -> int:
+        pg.execute("SELECT pg_stat_clear_snapshot()")
+        return pg.execute("SELECT sessions FROM pg_stat_database WHERE datname = current_database()").fetchone()[0]
+
+    def settled() -> int:
+        # A backend adds itself to the count when its statistics are flushed, at the latest as it exits.
+        others = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        wait_until(lambda: pg.execute(others).fetchone()[0] == 0, 10, "the closed connections' backends to end")
+        first = sessions()
+        time.sleep(0.5)
+        assert sessions() == first, "the session count was still moving"
+        return first
+
+    url = postgres_url(settings)
+    before = settled()
+    for _ in range(3):
+        conn = open_adbc(url)
+        assert conn.read_arrow("SELECT 1 AS one").column("one").to_pylist() == [1]
+        conn.close()
+    assert settled() - before == 3 + 1

@@ -270,14 +270,10 @@ class ArrowConnection:
 
     def __init__(self, url: str) -> None:
         import adbc_driver_manager
-        import adbc_driver_postgresql
 
-        self._database = adbc_driver_postgresql.connect(url)
-        try:
-            self._connection = adbc_driver_manager.AdbcConnection(self._database)
-        except BaseException:
-            self._database.close()
-            raise
+        database = _adbc_databases.get(url)
+        with _adbc_databases.lock:  # ADBC allows one call at a time on a database, from any thread
+            self._connection = adbc_driver_manager.AdbcConnection(database)
 
     def execute(self, query: str) -> None:
         """Run a statement whose result is not read (BEGIN, SET, ROLLBACK…)."""
@@ -306,7 +302,30 @@ class ArrowConnection:
 
     def close(self) -> None:
         self._connection.close()
-        self._database.close()
+
+
+@dataclass
+class _AdbcDatabases:
+    """The ADBC driver's database handle for each URL, made once per process and shared by its connections.
+
+    Making one costs a connection of its own and a read of the server's type catalog, some 40 ms and a backend
+    (docs/performance.md); a connection made from it costs a few. A handle holds no connection once made, so it
+    outlives a server restart; it is released with the process.
+    """
+
+    made: dict[str, Any] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def get(self, url: str) -> Any:
+        import adbc_driver_postgresql
+
+        with self.lock:
+            if url not in self.made:
+                self.made[url] = adbc_driver_postgresql.connect(url)
+            return self.made[url]
+
+
+_adbc_databases = _AdbcDatabases()
 
 
 def open_adbc(url: str) -> ArrowConnection:
