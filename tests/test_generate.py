@@ -360,6 +360,8 @@ def test_embedded_server_serves_commands_and_down_stops_it(tmp_path: Path) -> No
         assert "Created 2 advertisers (ids 1-2)." in first.stdout
         port = server.running_port()
         assert port is not None
+        with psycopg.connect(server.url()) as conn:
+            assert conn.execute("SHOW shared_buffers").fetchone() == ("512MB",)
         second = adpipe(home, "stats")
         assert second.returncode == 0, second.stderr
         assert table_rows(second.stdout)["advertiser"][:3] == ["2", "1", "2"]

@@ -88,6 +88,7 @@ class EmbeddedPostgres:
         logged = log_file.stat().st_size if log_file.exists() else 0
         options = (
             f"-h 127.0.0.1 -p {port} -k '' -c TimeZone=UTC -c wal_level={self.wal_level} -c max_replication_slots=64"
+            f" -c shared_buffers={EMBEDDED_SHARED_BUFFERS}"
         )
         try:
             self._pg_ctl("-w", "-o", options, "-l", str(log_file), "start")
@@ -122,6 +123,12 @@ class EmbeddedPostgres:
 
 
 _START_ATTEMPTS = 5
+
+EMBEDDED_SHARED_BUFFERS = "512MB"
+"""The embedded server's buffer cache, above Postgres's 128MB default. A sync with change capture reads again, by
+primary key, the rows the source just updated or deleted: pages the changes dirtied. With 128MB, 20,000 changes spread
+over a 10M-row table no longer fit, and that read waited on Postgres writing dirty pages out to make room
+(docs/performance.md, Change capture)."""
 
 
 def _free_port() -> int:
