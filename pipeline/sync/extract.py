@@ -24,7 +24,8 @@ import logging
 import re
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -92,6 +93,8 @@ class SourceReader:
         self._idle: list[ArrowConnection] = []  # those no read is using
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+        self._opening: Future[ArrowConnection] | None = None
+        """The first ADBC connection, opened in the background as the snapshot is taken, for the first read."""
         self.snapshot: Snapshot
 
     def __enter__(self) -> SourceReader:
@@ -105,6 +108,11 @@ class SourceReader:
             raise
         self.snapshot = Snapshot(exported, current, int(current.split(":")[0]), xid_bound, taken_at, lsn)
         self._coordinator = conn
+        if self.engine is Engine.ADBC:
+            # Opening one costs a round of the driver's catalog read, connect and snapshot import: done while the run
+            # reads the replication slot, before its first read wants it (docs/performance.md, Change capture).
+            self._pool = ThreadPoolExecutor(max_workers=self.partitions * _READS_AT_ONCE)
+            self._opening = self._pool.submit(self._open_adbc)
         if in_recovery:
             log.info("reading standby snapshot %s as of %s (last commit %s)", self.snapshot.text, lsn, replayed_at)
         else:
@@ -129,6 +137,9 @@ class SourceReader:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        if self._opening is not None:
+            with suppress(Exception):  # an open that failed: no read took it, so its error is nobody's
+                self._adbc.append(self._opening.result())
         for conn in self._adbc:
             close_adbc(self.url, conn)
         if self._pool is not None:
@@ -289,6 +300,12 @@ class SourceReader:
     def _take_connections(self, count: int) -> list[ArrowConnection]:
         with self._lock:
             taken, self._idle = self._idle[:count], self._idle[count:]
+            opening, self._opening = (self._opening, None) if len(taken) < count else (None, self._opening)
+        if opening is not None:
+            conn = opening.result()  # the error of an open that failed is the first read's
+            with self._lock:
+                self._adbc.append(conn)
+            taken.append(conn)
         while len(taken) < count:
             conn = self._open_adbc()
             with self._lock:
