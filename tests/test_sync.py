@@ -30,6 +30,7 @@ from pipeline.sync.stage import list_runs
 from pipeline.sync.state import STATE_FILE, load_state
 from pipeline.warehouse import client as clickhouse
 from tests.conftest import run_cli
+from tests.harness import wait_until
 
 pytestmark = pytest.mark.warehouses  # each test that uses `settings` runs on chdb, http and server
 
@@ -675,6 +676,35 @@ def test_a_reader_connection_that_breaks_is_one_line_and_retried(settings: Setti
     assert line.startswith("Postgres connection failed: ")
     assert "terminating connection due to administrator command" in line
     assert is_transient(broken.value)
+
+
+def test_the_first_reader_connection_opens_with_the_snapshot_and_closes_with_the_reader(
+    settings: Settings, pg: psycopg.Connection
+) -> None:
+    """The reader opens its first ADBC connection in the background as it takes the snapshot (it is ready when a run
+    has read the slot), the first read uses it, and a reader that never reads closes it all the same."""
+    from pipeline.sync.extract import SourceReader
+
+    seed_hand_built(pg)
+    client_backends = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+    )
+
+    def backends_become(count: int) -> None:
+        wait_until(lambda: pg.execute(client_backends).fetchone()[0] == count, 10, f"{count} other backends")
+
+    with SourceReader(settings) as reader:
+        backends_become(2)  # the coordinator holding the snapshot, and the connection opened beside it
+        assert reader.read_all("advertiser").num_rows == 2
+        assert reader.read_all("campaign").num_rows == 3  # each on the connection already open
+        backends_become(2)
+        time.sleep(0.3)
+        assert pg.execute(client_backends).fetchone()[0] == 2
+    backends_become(0)
+    with SourceReader(settings):
+        backends_become(2)
+    backends_become(0)  # never read: closed with the reader
 
 
 def test_a_warehouse_that_cannot_open_leaves_no_source_session_behind(
