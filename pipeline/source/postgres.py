@@ -125,9 +125,9 @@ class EmbeddedPostgres:
 _START_ATTEMPTS = 5
 
 EMBEDDED_SHARED_BUFFERS = "512MB"
-"""The embedded server's buffer cache, above Postgres's 128MB default. A sync with change capture reads again, by
-primary key, the rows the source just updated or deleted: pages the changes dirtied. With 128MB, 20,000 changes spread
-over a 10M-row table no longer fit, and that read waited on Postgres writing dirty pages out to make room
+"""The embedded server's buffer cache, above Postgres's default. A sync with change capture reads again, by primary
+key, the rows the source just updated or deleted: pages the changes dirtied. With the default, a round of changes
+spread over a large table did not fit, and that read waited on Postgres writing dirty pages out to make room
 (docs/performance.md, Change capture)."""
 
 
@@ -315,9 +315,9 @@ class ArrowConnection:
 class _AdbcDatabases:
     """The ADBC driver's database handle for each URL, made once per process and shared by its connections.
 
-    Making one costs a connection of its own and a read of the server's type catalog, some 40 ms and a backend
-    (docs/performance.md); a connection made from it costs a few. A handle holds no connection once made, so it
-    outlives a server restart; it is released with the process.
+    Making one costs a connection of its own and a read of the server's type catalog (docs/performance.md); a
+    connection made from it costs only its own connect. A handle keeps no connection open once made; it is released
+    with the process.
     """
 
     made: dict[str, Any] = field(default_factory=dict)

@@ -300,7 +300,9 @@ class SourceReader:
     def _take_connections(self, count: int) -> list[ArrowConnection]:
         with self._lock:
             taken, self._idle = self._idle[:count], self._idle[count:]
-            opening, self._opening = (self._opening, None) if len(taken) < count else (None, self._opening)
+            opening = None
+            if len(taken) < count:
+                opening, self._opening = self._opening, None
         if opening is not None:
             conn = opening.result()  # the error of an open that failed is the first read's
             with self._lock:
