@@ -1,7 +1,7 @@
 """Change capture: an incremental sync of fact updates and deletes, side by side with the full reload it replaces.
 
     uv run python bench/bench_capture.py [--impressions 10000000] [--updates 10000] [--deletes 10000] [--rounds 3]
-                                         [--consecutive]
+                                         [--consecutive] [--compare DIR]
 
 Once: 500 campaigns, `--impressions` impressions and a click per 20 impressions in the embedded Postgres of
 --home (kept for reruns, written again once earlier rounds have deleted more than 1%), then `adpipe sync --mode
@@ -15,6 +15,11 @@ and last, `adpipe reconcile` must pass (every KPI and row count against Postgres
 Each round's full re-sync leaves the next round a warehouse freshly loaded. With `--consecutive`, the rounds follow
 each other with no full re-sync between them, as a warehouse that only ever syncs incrementally sees them (the
 deletes' patch parts add up until merges fold them in); the full re-sync is timed once, at the end.
+
+With `--compare DIR` (another checkout, e.g. `git worktree add /tmp/before <rev>`), each round runs the incremental
+sync twice, once by this code and once by DIR's, each after a `_change` of its own, in alternating order, so that the
+machine's drift falls on both alike; the report gives each its medians. The child runs with DIR as its working
+directory: `python -m` puts the working directory first on sys.path, so PYTHONPATH alone would run this code twice.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--home", type=Path, default=Path("/tmp/adpipe-bench-capture"))
     parser.add_argument("--consecutive", action="store_true", help="no full re-sync between the rounds")
+    parser.add_argument("--compare", type=Path, help="another adpipe checkout, run beside this one in each round")
     args = parser.parse_args()
     os.environ["ADPIPE_HOME"] = str(args.home)
     os.environ["ADPIPE_STAGING_DIR"] = str(args.home / "staging")
@@ -54,30 +60,36 @@ def main() -> None:
         if written or not (args.home / "last_synced_ids.json").exists():
             print("first full sync …", flush=True)
             _adpipe("sync", "--mode", "full")
-        rows: list[dict] = []
-        for _ in range(args.rounds):
-            _change(pg, args.updates, args.deletes)
-            decoded, decode_seconds = _decode(pg, settings)
-            wall, result = _timed_sync("sync", "--json")
-            full_wall = None if args.consecutive else _timed_sync("sync", "--mode", "full", "--json")[0]
-            rows.append(
-                {
-                    "decoded": decoded,
-                    "decode_s": decode_seconds,
-                    "wall_s": wall,
-                    "sync_s": result["timings_s"]["total"],
-                    "fact_changes_s": result["timings_s"].get("fact_changes", 0.0),
-                    "retracted": sum(t.get("retracted", 0) for t in result["tables"].values()),
-                    "full_wall_s": full_wall,
-                }
-            )
-            print(json.dumps({**rows[-1], "timings": result["timings_s"]}), flush=True)
+        checkouts = [None] if args.compare is None else [None, args.compare]
+        rows: dict[Path | None, list[dict]] = {checkout: [] for checkout in checkouts}
+        for number in range(args.rounds):
+            for checkout in checkouts if number % 2 == 0 else checkouts[::-1]:
+                _change(pg, args.updates, args.deletes)
+                decoded, decode_seconds = _decode(pg, settings)
+                wall, result = _timed_sync("sync", "--json", checkout=checkout)
+                full_wall = None if args.consecutive else _timed_sync("sync", "--mode", "full", "--json")[0]
+                rows[checkout].append(
+                    {
+                        "decoded": decoded,
+                        "decode_s": decode_seconds,
+                        "wall_s": wall,
+                        "sync_s": result["timings_s"]["total"],
+                        "fact_changes_s": result["timings_s"].get("fact_changes", 0.0),
+                        "retracted": sum(t.get("retracted", 0) for t in result["tables"].values()),
+                        "full_wall_s": full_wall,
+                    }
+                )
+                print(
+                    json.dumps({"code": str(checkout or "this"), **rows[checkout][-1], "timings": result["timings_s"]}),
+                    flush=True,
+                )
         if args.consecutive:
             full_wall = _timed_sync("sync", "--mode", "full", "--json")[0]
-            for row in rows:
+            for row in (row for runs in rows.values() for row in runs):
                 row["full_wall_s"] = full_wall
     reconciled = subprocess.run([sys.executable, "-m", "pipeline", "reconcile"], capture_output=True, text=True)
-    _report(args, rows, reconciled.returncode == 0)
+    for checkout, runs in rows.items():
+        _report(args, runs, reconciled.returncode == 0, "this code" if checkout is None else f"the code in {checkout}")
 
 
 def _ensure_data(pg: object, impressions: int) -> bool:
@@ -136,27 +148,28 @@ def _decode(pg: object, settings: object) -> tuple[int, float]:
     return changes, time.perf_counter() - began
 
 
-def _timed_sync(*args: str) -> tuple[float, dict]:
+def _timed_sync(*args: str, checkout: Path | None = None) -> tuple[float, dict]:
     began = time.perf_counter()
-    done = _adpipe(*args)
+    done = _adpipe(*args, checkout=checkout)
     return time.perf_counter() - began, json.loads(done.stdout)
 
 
-def _adpipe(*args: str) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True)
+def _adpipe(*args: str, checkout: Path | None = None) -> subprocess.CompletedProcess:
+    """`adpipe ARGS` in a child process, by this code or by the checkout's (run in it: see the module's docstring)."""
+    done = subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, cwd=checkout)
     if done.returncode != 0:
         sys.exit(f"adpipe {' '.join(args)} failed: {done.stderr.strip()}")
     return done
 
 
-def _report(args: argparse.Namespace, rows: list[dict], reconciled: bool) -> None:
+def _report(args: argparse.Namespace, rows: list[dict], reconciled: bool, code: str) -> None:
     def median(key: str) -> float:
         return statistics.median(row[key] for row in rows)
 
     decoded = median("decoded")
     order = "one after the other, no full re-sync between" if args.consecutive else "each after a full re-sync"
     print(
-        f"\n{args.impressions:,} impressions; per round {args.updates:,} updates + {args.deletes:,} deletes"
+        f"\n{code}: {args.impressions:,} impressions; per round {args.updates:,} updates + {args.deletes:,} deletes"
         f" ({len(rows)} rounds, {order})"
     )
     print(f"{'':34}{'median':>10}{'min':>10}{'max':>10}")
