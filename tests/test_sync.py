@@ -678,6 +678,7 @@ def test_a_reader_connection_that_breaks_is_one_line_and_retried(settings: Setti
     assert is_transient(broken.value)
 
 
+@pytest.mark.warehouses("chdb")  # the source alone: one warehouse is enough
 def test_the_first_reader_connection_opens_with_the_snapshot_and_closes_with_the_reader(
     settings: Settings, pg: psycopg.Connection
 ) -> None:
