@@ -389,3 +389,27 @@ def test_one_load_at_a_time(settings: Settings, tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert load_files(settings, [tmp_path / "events.jsonl"]).staged == 13
+
+
+def test_a_staging_directory_another_home_staged_events_in_is_refused(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An events load drops the events already staged and recomputes its hours from them: from another home's
+    staging directory it would count that home's events as its own. It stops in one line, before writing."""
+    from tests.conftest import run_cli
+
+    path = write(tmp_path / "events.jsonl", LINES)
+    load_files(settings, [path])
+    marker = settings.staging_dir / "adpipe-home.json"
+    assert json.loads(marker.read_text())["home"] == str(settings.home.absolute())
+    staged = sorted(settings.staging_dir.rglob("*"))
+    monkeypatch.setenv("ADPIPE_HOME", str(tmp_path / "another-home"))
+    result = run_cli("events", "load", str(path))
+    assert (result.exit_code, result.stderr) == (
+        1,
+        f"error: ADPIPE_STAGING_DIR {settings.staging_dir} holds the staged runs of another ADPIPE_HOME"
+        f" ({settings.home.absolute()}): give each home a staging directory of its own; if that home is this one,"
+        f" moved without its home_id.json, delete {marker} to take its runs over\n",
+    )
+    assert sorted(settings.staging_dir.rglob("*")) == staged
+    assert reports(settings) == EXPECTED

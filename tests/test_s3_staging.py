@@ -396,11 +396,12 @@ def test_an_s3_url_without_bucket_is_refused(settings: Settings, monkeypatch: py
 
 
 def staged_objects(endpoint: str, settings: Settings) -> tuple[list[str], list[str]]:
-    """(event parts, quarantine files) on S3, as keys relative to the staging prefix, each checked by name."""
+    """(event parts, quarantine files) on S3, as keys relative to the staging prefix, each checked by name; beside
+    them only the marker of the home the prefix belongs to."""
     keys = objects(endpoint, settings)
     parts = [key for key in keys if key.startswith("referral_events/")]
     quarantine = [key for key in keys if key.startswith("referral_quarantine/")]
-    assert sorted(parts + quarantine) == keys  # nothing else
+    assert sorted(["adpipe-home.json", *parts, *quarantine]) == keys  # nothing else
     assert all(re.fullmatch(r"referral_events/day=2022-01-05/part-[0-9a-f]{24}\.parquet", key) for key in parts), parts
     assert all(re.fullmatch(r"referral_quarantine/[0-9a-f]{24}\.parquet", key) for key in quarantine), quarantine
     return parts, quarantine

@@ -1,8 +1,8 @@
 """`adpipe events load`: event files → clean → staged day partitions → hourly reports in Postgres, and the
 cleaned events in ClickHouse.
 
-1. Check every input first (files readable, --window, the staging store, Postgres and ClickHouse
-   reachable): bad input fails before anything is written.
+1. Check every input first (files readable, --window, the staging store and that it is this home's, Postgres and
+   ClickHouse reachable): bad input fails before anything is written.
 2. Per file: clean each chunk (batch: the whole file is one chunk), drop repeats, stage what is new. Four
    threads overlap: the next chunk is read and cleaned, this one is deduplicated and aggregated, the previous
    one's new events are written as Parquet parts, and parts already written are inserted into ClickHouse (5).
@@ -46,6 +46,7 @@ from pipeline.referral.report import HOUR_KEY, HOURLY_SCHEMA, hour_counts, hourl
 from pipeline.referral.staging import StagedKeys, read_range, staged_days, write_events, write_quarantine
 from pipeline.referral.stream import StreamAggregator
 from pipeline.source import postgres
+from pipeline.staging_home import bind_staging, check_staging
 from pipeline.storage import Store, open_store
 from pipeline.warehouse import client as clickhouse
 from pipeline.warehouse.schema import apply_schema
@@ -110,6 +111,7 @@ def load_files(
     window = timedelta(seconds=window_seconds)
     # One load at a time per ADPIPE_HOME: two would race on the staged days and the touched hours.
     with exclusive_lock(settings.home / "events-load.lock", "events load"):
+        check_staging(settings)
         return _load(settings, store, files, mode, window, progress, block_bytes, started)
 
 
@@ -127,6 +129,7 @@ def _load(
     try:
         client = clickhouse.connect(settings)
         apply_schema(client)
+        bind_staging(store, settings)
         summary = LoadSummary(mode.value, int(window.total_seconds()), [str(p) for p in files])
         staged_before = staged_days(store)
         keys = StagedKeys(store, set(staged_before))

@@ -32,6 +32,7 @@ from pipeline.errors import AdpipeError
 from pipeline.killpoints import kill_point
 from pipeline.options import Mode, Progress, SyncOptions
 from pipeline.source.capture import format_lsn, lsn_value
+from pipeline.staging_home import bind_staging
 from pipeline.sync.capture import advance
 from pipeline.sync.changes import dimension_changes, full_load_rows
 from pipeline.sync.clean import Cleaned, clean_advertisers, clean_campaigns, clean_facts, quarantine_arrow
@@ -43,14 +44,7 @@ from pipeline.sync.plan import plan_mode
 from pipeline.sync.repair import bucket_ids, differing_buckets
 from pipeline.sync.run_source import OpeningSource, RunSource, already_synced, previous_fact
 from pipeline.sync.runlog import SyncResult, TableSummary, close_interrupted_runs, record, record_recovered
-from pipeline.sync.stage import (
-    Run,
-    RunWriter,
-    bind_staging,
-    list_runs,
-    new_run_id,
-    state_runs,
-)
+from pipeline.sync.stage import Run, RunWriter, list_runs, new_run_id, state_runs
 from pipeline.sync.state import FactState, Gap, SyncState, save_state
 from pipeline.warehouse import client as clickhouse
 from pipeline.warehouse.quarantine import quarantine_counts

@@ -17,8 +17,9 @@ from pipeline.config import Settings
 from pipeline.errors import AdpipeError
 from pipeline.locks import exclusive_lock
 from pipeline.options import Mode, Progress, SyncOptions
+from pipeline.staging_home import check_staging
 from pipeline.sync.run_source import OpeningSource, SourceOptions
-from pipeline.sync.stage import check_staging, list_runs, prune_runs, remove_interrupted
+from pipeline.sync.stage import list_runs, prune_runs, remove_interrupted
 from pipeline.sync.state import SyncState, load_state
 
 if TYPE_CHECKING:

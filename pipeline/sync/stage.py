@@ -4,7 +4,7 @@ Layout under the staging directory:
 
     <run_id>/manifest.json
     <run_id>/<table>/part-00000.parquet   (zstd)
-    adpipe-home.json                      (the ADPIPE_HOME whose runs these are: `bind_staging`)
+    adpipe-home.json                      (the ADPIPE_HOME whose runs these are: `pipeline.staging_home`)
 
 The manifest is the commit point: a run directory without one is an interrupted run, never read and
 deleted by the next sync (`remove_interrupted`). Locally a run is written under `.tmp-<run_id>/`, its
@@ -21,19 +21,17 @@ from __future__ import annotations
 import json
 import logging
 import re
-import uuid
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path, PurePath
+from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.atomic import write_json_atomic
 from pipeline.config import Settings, StagingDir
-from pipeline.errors import AdpipeError, ConfigError
+from pipeline.errors import AdpipeError
 from pipeline.killpoints import kill_point
 from pipeline.storage import Store, open_store
 from pipeline.sync.state import load_state
@@ -44,10 +42,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-OWNER = "adpipe-home.json"
-"""In the staging directory: the id of the ADPIPE_HOME that stages its runs there."""
-HOME_ID = "home_id.json"
-"""In ADPIPE_HOME: the home's id, which moves with it."""
 TMP_PREFIX = ".tmp-"
 MANIFEST_FORMAT = 1
 RUN_ID = re.compile(r"\d{8}T\d{12}Z-\w+")
@@ -158,62 +152,6 @@ class RunWriter:
         """Best effort: whatever is left is an interrupted run, which the next sync deletes."""
         with suppress(OSError, AdpipeError):
             self.store.delete_tree(self.tmp_dir)
-
-
-def check_staging(settings: Settings) -> None:
-    """Refuse, in one line, a staging directory bound to another ADPIPE_HOME (`bind_staging`).
-
-    A sync takes the runs staged after its last committed one as its own (published by a sync that died before
-    its commit) and loads them; replay and prune act on every run there. Two homes sharing one staging directory
-    (the default, `./staging`, is relative to where adpipe runs) would load each other's runs into their
-    warehouses. A home made again where the bound one was (deleted, then synced or replayed) takes the directory
-    over: it is the same configuration, and replaying the runs into a new home is what they are kept for.
-    """
-    store = open_store(settings.staging_dir)
-    marker = store.root / OWNER
-    if not store.is_file(marker):
-        return
-    try:
-        owner = json.loads(store.read_bytes(marker))
-        owner_id, owner_home = owner["home_id"], owner["home"]
-    except (ValueError, TypeError, KeyError):
-        raise ConfigError(f"{store.url(marker)} is not a file adpipe wrote: delete it, and sync again") from None
-    home_id, here = _home_id(settings.home, make=False), str(settings.home.absolute())
-    if owner_id == home_id:
-        if owner_home != here:  # the home moved: the directory follows it
-            _write_owner(store, settings)
-        return
-    if owner_home == here and home_id is None:
-        log.info("%s is a new home where the one %s was bound to was: it takes the runs over", here, marker)
-        _write_owner(store, settings)
-        return
-    raise ConfigError(
-        f"ADPIPE_STAGING_DIR {settings.staging_dir} holds the staged runs of another ADPIPE_HOME"
-        f" ({owner_home}): give each home a staging directory of its own; if that home is this one,"
-        f" moved without its {HOME_ID}, delete {store.url(marker)} to take its runs over"
-    )
-
-
-def bind_staging(store: Store, settings: Settings) -> None:
-    """Write this home's id into its staging directory (`store`), unless it is there: before the home publishes a
-    run there. A directory that held runs before this file existed is taken as it is."""
-    if not store.is_file(store.root / OWNER):
-        _write_owner(store, settings)
-
-
-def _write_owner(store: Store, settings: Settings) -> None:
-    home = settings.home.absolute()
-    store.write_json(store.root / OWNER, {"home_id": _home_id(home, make=True), "home": str(home)})
-
-
-def _home_id(home: Path, *, make: bool) -> str | None:
-    """The home's id (made on first use when `make`); None for a home without one yet."""
-    path = home / HOME_ID
-    if not path.is_file():
-        if not make:
-            return None
-        write_json_atomic(path, {"home_id": uuid.uuid4().hex})
-    return json.loads(path.read_text())["home_id"]
 
 
 def list_runs(staging_dir: StagingDir, *, after: str | None = None) -> list[Run]:
