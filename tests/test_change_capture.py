@@ -15,7 +15,7 @@ import os
 import signal
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from types import MappingProxyType
 from urllib.parse import urlsplit, urlunsplit
@@ -216,6 +216,49 @@ def test_a_row_deleted_then_inserted_again(settings: Settings, pg: psycopg.Conne
     pg.execute("INSERT INTO clicks (campaign_id, created_at) VALUES (1, '2026-11-21 00:01:00')")
     incremental(settings)
     assert [row[0] for row in facts_ch(settings, "clicks")] == [1, 3, 4]
+    assert_equals_source(settings, pg)
+
+
+def test_a_fact_whose_id_changes_leaves_its_old_id_for_the_new_one(settings: Settings, pg: psycopg.Connection) -> None:
+    """A primary key updated past every synced id, and one updated into an id freed below them: the decoded update
+    names both keys, and the old one must not stay behind."""
+    seed(pg)
+    full(settings)
+    pg.execute("UPDATE impressions SET id = 100 WHERE id = 2")
+    pg.execute("DELETE FROM clicks WHERE id = 2")
+    pg.execute("UPDATE clicks SET id = 2 WHERE id = 3")
+    incremental(settings)
+    assert [row[0] for row in facts_ch(settings, "impressions")] == [1, 3, 4, 5, 100]
+    assert facts_ch(settings, "clicks") == [
+        (1, 1, datetime(2026, 11, 20, 10, 0, 30)),
+        (2, 2, datetime(2026, 11, 21, 8, 31)),
+    ]
+    assert_equals_source(settings, pg)
+
+
+def test_several_changes_to_one_row_between_syncs_leave_its_last_version(
+    settings: Settings, pg: psycopg.Connection
+) -> None:
+    """Only the version each row had when the sync read it counts: an intermediate version never reached the
+    warehouse and is retracted from nothing, and a row inserted and changed since the last sync is simply new."""
+    seed(pg)
+    full(settings)
+    pg.execute("UPDATE impressions SET campaign_id = 2 WHERE id = 1")
+    pg.execute("UPDATE impressions SET campaign_id = 3 WHERE id = 1")
+    pg.execute("UPDATE impressions SET created_at = created_at - interval '40 days' WHERE id = 4")
+    pg.execute("DELETE FROM impressions WHERE id = 4")
+    pg.execute("INSERT INTO impressions (campaign_id, created_at) VALUES (2, '2026-11-25 10:00:00')")
+    pg.execute("UPDATE impressions SET campaign_id = 1 WHERE id = 6")
+    result = incremental(settings)
+    assert result.tables["impressions"].retracted == 2  # impression 1's first version, and impression 4
+    assert [(row[0], row[1]) for row in facts_ch(settings, "impressions")] == [(1, 3), (2, 1), (3, 1), (5, 3), (6, 1)]
+    assert daily_ch(settings, "impressions", "campaign_daily", "day") == {
+        (1, date(2026, 11, 20)): 1,
+        (1, date(2026, 11, 21)): 1,
+        (1, date(2026, 11, 25)): 1,
+        (3, date(2026, 11, 20)): 1,
+        (3, date(2026, 11, 22)): 1,
+    }
     assert_equals_source(settings, pg)
 
 
