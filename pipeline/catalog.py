@@ -9,6 +9,10 @@ DIMENSIONS = ("advertiser", "campaign")
 """Source tables re-read whole on every run; changes are found by row hashes (`pipeline.sync.changes`)."""
 FACTS = ("impressions", "clicks")
 """Append-mostly source tables, synced by id with late-commit gaps (`pipeline.sync.gaps`)."""
+FIRST_ID = 1
+"""The lowest id the warehouse takes: SERIAL ids start at 1, and the warehouse keys rows by unsigned ids. A row
+written with a lower id (the source allows any) is read on every run (`SourceReader.read_ids_in`) and set aside in
+quarantine (`pipeline.sync.clean`): an id sync reads only above its high-water id, which starts at 0."""
 SOURCE_TABLES = (*DIMENSIONS, *FACTS)
 """The source tables, parents before children (the order their foreign keys need)."""
 

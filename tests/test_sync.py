@@ -103,6 +103,51 @@ def test_full_sync_of_hand_built_rows(settings: Settings, pg: psycopg.Connection
     assert ch(settings, "SELECT count() FROM quarantine FINAL") == [(0,)]
 
 
+def test_rows_with_ids_below_1_go_to_quarantine_on_every_run_and_leave_it_when_deleted(
+    settings: Settings, pg: psycopg.Connection
+) -> None:
+    """SERIAL ids start at 1, but the source takes any id written explicitly, and the warehouse keys rows by
+    unsigned ids: a row below 1 is set aside with its reason, never dropped, whether it was there at the full sync
+    or written after it; the id at the top of the type is an ordinary row."""
+    from pipeline.analytics.reconcile import reconcile
+
+    seed_hand_built(pg)
+    pg.execute("INSERT INTO advertiser (id, name) VALUES (0, 'Zero')")
+    pg.execute(
+        "INSERT INTO campaign (id, name, bid, budget, advertiser_id) VALUES (-3, 'Minus', 1, 1, 1), (4, 'On', 1, 1, 0)"
+    )
+    pg.execute(
+        "INSERT INTO impressions (id, campaign_id, created_at) VALUES (0, 1, '2026-11-20 11:00:00'),"
+        " (-5, 2, '2026-11-20 12:00:00'), (2147483647, 2, '2026-11-20 13:00:00'), (7, -3, '2026-11-20 14:00:00')"
+    )
+    pg.execute("INSERT INTO clicks (id, campaign_id, created_at) VALUES (-1, 1, '2026-11-20 11:00:30')")
+    quarantined = "SELECT table_name, source_id, reason FROM quarantine FINAL ORDER BY table_name, source_id"
+    full(settings)
+    assert per_campaign_ch(settings, "impressions") == {1: 3, 2: 2}  # ids 1-3; 4 and 2147483647
+    assert per_campaign_ch(settings, "clicks") == {1: 2}
+    assert ch(settings, quarantined) == [
+        ("advertiser", 0, "id below 1"),
+        ("campaign", -3, "id below 1"),
+        ("campaign", 4, "campaign without advertiser"),
+        ("clicks", -1, "id below 1"),
+        ("impressions", -5, "id below 1"),
+        ("impressions", 0, "id below 1"),
+        ("impressions", 7, "campaign_id below 1"),
+    ]
+    assert reconcile(settings).ok
+    # Written after the full sync, below every synced id; and one set aside before, deleted.
+    pg.execute("INSERT INTO impressions (id, campaign_id, created_at) VALUES (-7, 1, '2026-11-21 09:00:00')")
+    pg.execute("DELETE FROM impressions WHERE id = -5")
+    incremental(settings)
+    assert per_campaign_ch(settings, "impressions") == {1: 3, 2: 2}
+    assert [row[1:] for row in ch(settings, quarantined) if row[0] == "impressions"] == [
+        (-7, "id below 1"),
+        (0, "id below 1"),
+        (7, "campaign_id below 1"),
+    ]
+    assert reconcile(settings).ok
+
+
 def test_full_sync_of_generated_data_equals_postgres(settings: Settings, pg: psycopg.Connection) -> None:
     Generator(pg, seed=7).batch(advertisers=3, campaigns=4, impressions=500, ctr=0.1)
     full(settings, chunk_rows=700)  # several chunks per table, with parallel partitions

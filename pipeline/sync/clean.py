@@ -9,9 +9,15 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import polars as pl
 import pyarrow as pa
+
+from pipeline.catalog import FIRST_ID
+
+if TYPE_CHECKING:
+    from polars.expr.whenthen import Then
 
 FUTURE_TOLERANCE = timedelta(minutes=5)
 """Clock skew allowed between the source's writers and its database clock."""
@@ -40,11 +46,15 @@ class Cleaned:
 
 
 def clean_facts(table: str, rows: pa.Table, now: datetime) -> Cleaned:
-    """Impressions or clicks: a campaign and a created_at no later than `now` plus the tolerance."""
+    """Impressions or clicks: ids the warehouse takes, a campaign, and a created_at no later than `now` plus the
+    tolerance."""
     frame = pl.from_arrow(rows)
     reason = (
-        pl.when(pl.col("campaign_id").is_null())
+        _id_below_first("id")
+        .when(pl.col("campaign_id").is_null())
         .then(pl.lit("campaign_id is NULL"))
+        .when(pl.col("campaign_id") < FIRST_ID)
+        .then(pl.lit(f"campaign_id below {FIRST_ID}"))
         .when(pl.col("created_at").is_null())
         .then(pl.lit("created_at is NULL"))
         .when(pl.col("created_at") > now + FUTURE_TOLERANCE)
@@ -61,7 +71,7 @@ def clean_facts(table: str, rows: pa.Table, now: datetime) -> Cleaned:
 
 def clean_advertisers(rows: pa.Table) -> Cleaned:
     frame = pl.from_arrow(rows)
-    reason = pl.when(pl.col("name").str.strip_chars() == "").then(pl.lit("advertiser name is empty"))
+    reason = _id_below_first("id").when(pl.col("name").str.strip_chars() == "").then(pl.lit("advertiser name is empty"))
     valid, quarantined = _split("advertiser", frame, reason)
     valid = valid.select(
         pl.col("id").cast(pl.UInt32),
@@ -76,7 +86,8 @@ def clean_campaigns(rows: pa.Table, advertiser_ids: pl.Series) -> Cleaned:
     """Campaigns need a valid advertiser, positive money, and a flight that does not end before it starts."""
     frame = pl.from_arrow(rows).with_columns(pl.col("bid", "budget").cast(MONEY))
     reason = (
-        pl.when(pl.col("advertiser_id").is_null() | ~pl.col("advertiser_id").is_in(advertiser_ids.implode()))
+        _id_below_first("id")
+        .when(pl.col("advertiser_id").is_null() | ~pl.col("advertiser_id").is_in(advertiser_ids.implode()))
         .then(pl.lit("campaign without advertiser"))
         .when(pl.col("bid") <= 0)
         .then(pl.lit("bid <= 0"))
@@ -98,6 +109,11 @@ def clean_campaigns(rows: pa.Table, advertiser_ids: pl.Series) -> Cleaned:
         _utc("created_at"),
     )
     return Cleaned(_with_row_hash(valid), quarantined)
+
+
+def _id_below_first(column: str) -> Then:
+    """The first rule of every table: the warehouse keys rows by unsigned ids from `FIRST_ID` up."""
+    return pl.when(pl.col(column) < FIRST_ID).then(pl.lit(f"{column} below {FIRST_ID}"))
 
 
 def _split(table: str, frame: pl.DataFrame, reason: pl.Expr) -> tuple[pl.DataFrame, pl.DataFrame]:

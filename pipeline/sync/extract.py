@@ -245,10 +245,14 @@ class SourceReader:
             bounds.append(found[0])
         return bounds
 
-    def read_ids_in(self, table: str, ranges: list[tuple[int, int]]) -> pa.Table:
-        """Rows whose id lies in any of the inclusive `ranges`: the re-check of earlier gaps (usually few)."""
-        # The bounds come from our own state file and are forced to int: nothing user-typed reaches the SQL.
-        condition = " OR ".join(f"id BETWEEN {int(lo)} AND {int(hi)}" for lo, hi in ranges) or "false"
+    def read_ids_in(self, table: str, ranges: list[tuple[int, int]], *, below: int | None = None) -> pa.Table:
+        """Rows whose id lies in any of the inclusive `ranges` (the re-check of earlier gaps, usually few), or is
+        below `below` (ids the id sync never reaches, `catalog.FIRST_ID`: usually none, found by the index)."""
+        # The bounds come from our own state file and catalog and are forced to int: nothing user-typed reaches the
+        # SQL. An open lower bound, not a smallest integer: a literal beyond the column's type would compare as
+        # numeric, and the index would not serve it.
+        tests = [f"id BETWEEN {int(lo)} AND {int(hi)}" for lo, hi in ranges]
+        condition = " OR ".join([*tests, *([] if below is None else [f"id < {int(below)}"])]) or "false"
         return self._read(table, [f"SELECT {_columns(table)} FROM {table} WHERE {condition} ORDER BY id"])
 
     def read_ids(self, table: str, ids: list[int]) -> pa.Table:

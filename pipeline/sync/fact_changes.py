@@ -19,7 +19,7 @@ import polars as pl
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
-from pipeline.catalog import SOURCE_COLUMNS
+from pipeline.catalog import FIRST_ID, SOURCE_COLUMNS
 from pipeline.sync.clean import UTC_MICROS, clean_facts
 from pipeline.warehouse.client import quote_identifier
 
@@ -62,11 +62,11 @@ def fact_changes(
 
 
 def _held_versions(client: Client, table: str, ids: list[int]) -> pl.DataFrame:
-    """The warehouse's live rows of `ids` (its fact tables hold one version per id).
+    """The warehouse's live rows of `ids` (its fact tables hold one version per id, and none below `FIRST_ID`).
 
     A semi join with the ids rather than `id IN`: the same rows, read faster (docs/performance.md, Change capture)."""
     frames = [pl.DataFrame(schema=FACT_SCHEMA)]
-    for batch in itertools.batched(sorted(ids), _BATCH):
+    for batch in itertools.batched(sorted(i for i in ids if i >= FIRST_ID), _BATCH):
         arrow = client.query_arrow(
             f"SELECT id, campaign_id, created_at FROM {quote_identifier(table)}"
             f" LEFT SEMI JOIN {_id_set(batch, 'UInt64')} AS changed USING id",

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from pipeline.catalog import FACTS
+from pipeline.catalog import FACTS, FIRST_ID
 from pipeline.config import Settings
 from pipeline.options import Engine, Mode
 from pipeline.prefetch import Prefetch
@@ -44,13 +44,15 @@ class FactChunk:
 
     rows: pa.Table
     covers: tuple[int, int] | None
-    """(after, upto): the chunk holds every row with after < id <= upto. None: the rows found in earlier gaps."""
+    """(after, upto): the chunk holds every row with after < id <= upto. None: the rows outside the id sync, found
+    in earlier gaps or below `catalog.FIRST_ID`."""
 
 
 class FactRead:
     """The rows of one fact table a run stages, read ahead in a thread from the moment it is created: the rows that
-    filled the earlier gaps of `previous`, then chunks of `chunk_rows` rows above its high-water id, up to the
-    highest id in the snapshot (`high_water`). Iterating gives `FactChunk`s in that order; `close()` stops it.
+    filled the earlier gaps of `previous` and any with an id below `catalog.FIRST_ID`, then chunks of `chunk_rows`
+    rows above its high-water id, up to the highest id in the snapshot (`high_water`). Iterating gives `FactChunk`s
+    in that order; `close()` stops it.
     """
 
     def __init__(self, reader: SourceReader, table: str, previous: FactState, chunk_rows: int) -> None:
@@ -59,8 +61,10 @@ class FactRead:
         self.chunks = Prefetch(self._read(reader), name=f"adpipe-read-{table}")
 
     def _read(self, reader: SourceReader) -> Iterator[FactChunk]:
-        if self.previous.gaps:
-            yield FactChunk(reader.read_ids_in(self.table, [(gap.lo, gap.hi) for gap in self.previous.gaps]), None)
+        gaps = [(gap.lo, gap.hi) for gap in self.previous.gaps]
+        outside = reader.read_ids_in(self.table, gaps, below=FIRST_ID)
+        if gaps or outside.num_rows:  # with gaps, even none filled: the run carries those still open
+            yield FactChunk(outside, None)
         chunks = reader.read_id_range(self.table, self.previous.high_water, self.high_water, self.chunk_rows)
         for after, upto, rows in chunks:
             yield FactChunk(rows, (after, upto))
