@@ -148,6 +148,65 @@ def test_rows_with_ids_below_1_go_to_quarantine_on_every_run_and_leave_it_when_d
     assert reconcile(settings).ok
 
 
+def test_dates_and_times_the_warehouse_cannot_hold_go_to_quarantine_and_infinity_too(
+    settings: Settings, pg: psycopg.Connection
+) -> None:
+    """Facts are counted per day and hour from 1970 on; dimension times must fit DateTime64 (1900 to 2300) and campaign
+    dates ClickHouse's Date (1970 to 2149-06-06), where an insert of another date fails. Postgres' infinities fit
+    nothing. Each such row is set aside with its reason, spelled out in its JSON as far as it can be; a fact moved
+    into or out of range by an update follows."""
+    from pipeline.analytics.reconcile import reconcile
+
+    seed_hand_built(pg)
+    pg.execute(
+        "INSERT INTO advertiser (name, created_at) VALUES ('Old', '1899-12-31 23:59:59'), ('Epoch', '1969-12-31 23:00')"
+    )
+    pg.execute(
+        "INSERT INTO campaign (name, bid, budget, start_date, end_date, advertiser_id) VALUES"
+        " ('Sixties', 1, 1, '1969-12-31', '2026-12-31', 1), ('Open', 1, 1, '2026-11-01', 'infinity', 1),"
+        " ('Late', 1, 1, '2026-11-01', '2149-06-06', 2)"
+    )
+    pg.execute(
+        "INSERT INTO impressions (campaign_id, created_at) VALUES (1, '1969-12-31 23:59:59.999999'),"
+        " (1, '-infinity'), (2, 'infinity'), (2, '1970-01-01 00:00:00')"
+    )
+    quarantined = "SELECT table_name, source_id, reason FROM quarantine FINAL ORDER BY table_name, source_id"
+    full(settings)
+    assert ch(settings, quarantined) == [
+        ("advertiser", 3, "created_at out of range"),
+        ("campaign", 4, "start_date out of range"),
+        ("campaign", 5, "end_date out of range"),
+        ("impressions", 5, "created_at out of range"),
+        ("impressions", 6, "created_at out of range"),
+        ("impressions", 7, "created_at out of range"),
+    ]
+    assert ch(settings, "SELECT id FROM current_advertiser ORDER BY id") == [(1,), (2,), (4,)]
+    assert ch(settings, "SELECT id, end_date FROM current_campaign WHERE id = 6") == [(6, date(2149, 6, 6))]
+    assert ch(settings, "SELECT id, toString(created_at) FROM impressions WHERE id > 4") == [
+        (8, "1970-01-01 00:00:00.000000")
+    ]
+    (row,) = ch(settings, "SELECT row FROM quarantine FINAL WHERE table_name = 'campaign' AND source_id = 5")[0]
+    assert json.loads(row) | {"created_at": None} == {
+        "id": 5,
+        "name": "Open",
+        "bid": "1.00",
+        "budget": "1.00",
+        "start_date": "2026-11-01",
+        "end_date": None,  # infinity
+        "advertiser_id": 1,
+        "updated_at": None,
+        "created_at": None,
+    }
+    assert reconcile(settings).ok
+    # Moved out of range, and back into it.
+    pg.execute("UPDATE impressions SET created_at = '-infinity' WHERE id = 1")
+    pg.execute("UPDATE impressions SET created_at = '2026-11-22 10:00:00' WHERE id = 5")
+    incremental(settings)
+    assert [row[1] for row in ch(settings, quarantined) if row[0] == "impressions"] == [1, 6, 7]
+    assert ch(settings, "SELECT id FROM impressions ORDER BY id") == [(2,), (3,), (4,), (5,), (8,)]
+    assert reconcile(settings).ok
+
+
 def test_full_sync_of_generated_data_equals_postgres(settings: Settings, pg: psycopg.Connection) -> None:
     Generator(pg, seed=7).batch(advertisers=3, campaigns=4, impressions=500, ctr=0.1)
     full(settings, chunk_rows=700)  # several chunks per table, with parallel partitions

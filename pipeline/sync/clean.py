@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import polars as pl
@@ -21,6 +21,19 @@ if TYPE_CHECKING:
 
 FUTURE_TOLERANCE = timedelta(minutes=5)
 """Clock skew allowed between the source's writers and its database clock."""
+
+FACT_EARLIEST = datetime(1970, 1, 1)
+"""The earliest created_at a fact may have: the aggregates count facts per day and per hour in ClickHouse `Date`
+and `DateTime`, which start there (an earlier fact would be counted on 1970-01-01)."""
+TIMESTAMP_RANGE = (datetime(1900, 1, 1), datetime(2300, 1, 1))
+"""The timestamps a dimension row may hold, [from, to): ClickHouse `DateTime64`'s range."""
+DATE_RANGE = (date(1970, 1, 1), date(2149, 6, 6))
+"""The dates a campaign may hold, both ends included: ClickHouse `Date`'s range (an insert outside it fails).
+
+Postgres' `infinity` and `-infinity` are outside every range here: the reader's conversion to Arrow turns them
+into values hundreds of thousands of years back."""
+_PRINTABLE = (date(1, 1, 1), date(9999, 12, 31))
+"""The dates a quarantined row's JSON spells out; further ones (the infinities above) are written as null."""
 
 UTC_MICROS = pl.Datetime("us", "UTC")
 MONEY = pl.Decimal(10, 2)
@@ -46,8 +59,8 @@ class Cleaned:
 
 
 def clean_facts(table: str, rows: pa.Table, now: datetime) -> Cleaned:
-    """Impressions or clicks: ids the warehouse takes, a campaign, and a created_at no later than `now` plus the
-    tolerance."""
+    """Impressions or clicks: ids the warehouse takes, a campaign, and a created_at from `FACT_EARLIEST` to `now`
+    plus the tolerance."""
     frame = pl.from_arrow(rows)
     reason = (
         _id_below_first("id")
@@ -59,6 +72,8 @@ def clean_facts(table: str, rows: pa.Table, now: datetime) -> Cleaned:
         .then(pl.lit("created_at is NULL"))
         .when(pl.col("created_at") > now + FUTURE_TOLERANCE)
         .then(pl.lit("created_at in the future"))
+        .when(pl.col("created_at") < FACT_EARLIEST)
+        .then(pl.lit("created_at out of range"))
     )
     valid, quarantined = _split(table, frame, reason)
     valid = valid.select(
@@ -70,8 +85,12 @@ def clean_facts(table: str, rows: pa.Table, now: datetime) -> Cleaned:
 
 
 def clean_advertisers(rows: pa.Table) -> Cleaned:
+    """Advertisers need a name, and times the warehouse holds."""
     frame = pl.from_arrow(rows)
-    reason = _id_below_first("id").when(pl.col("name").str.strip_chars() == "").then(pl.lit("advertiser name is empty"))
+    reason = _out_of_range(
+        _id_below_first("id").when(pl.col("name").str.strip_chars() == "").then(pl.lit("advertiser name is empty")),
+        ["updated_at", "created_at"],
+    )
     valid, quarantined = _split("advertiser", frame, reason)
     valid = valid.select(
         pl.col("id").cast(pl.UInt32),
@@ -83,7 +102,8 @@ def clean_advertisers(rows: pa.Table) -> Cleaned:
 
 
 def clean_campaigns(rows: pa.Table, advertiser_ids: pl.Series) -> Cleaned:
-    """Campaigns need a valid advertiser, positive money, and a flight that does not end before it starts."""
+    """Campaigns need a valid advertiser, positive money, dates and times the warehouse holds, and a flight that
+    does not end before it starts."""
     frame = pl.from_arrow(rows).with_columns(pl.col("bid", "budget").cast(MONEY))
     reason = (
         _id_below_first("id")
@@ -93,9 +113,9 @@ def clean_campaigns(rows: pa.Table, advertiser_ids: pl.Series) -> Cleaned:
         .then(pl.lit("bid <= 0"))
         .when(pl.col("budget") <= 0)
         .then(pl.lit("budget <= 0"))
-        .when(pl.col("end_date") < pl.col("start_date"))
-        .then(pl.lit("end_date before start_date"))
     )
+    reason = _out_of_range(reason, ["start_date", "end_date", "updated_at", "created_at"])
+    reason = reason.when(pl.col("end_date") < pl.col("start_date")).then(pl.lit("end_date before start_date"))
     valid, quarantined = _split("campaign", frame, reason)
     valid = valid.select(
         pl.col("id").cast(pl.UInt32),
@@ -116,6 +136,15 @@ def _id_below_first(column: str) -> Then:
     return pl.when(pl.col(column) < FIRST_ID).then(pl.lit(f"{column} below {FIRST_ID}"))
 
 
+def _out_of_range(rules: Then, columns: list[str]) -> Then:
+    """`rules`, then one per column: a value the warehouse's type cannot hold (`DATE_RANGE`, `TIMESTAMP_RANGE`)."""
+    for column in columns:
+        low, high = DATE_RANGE if column.endswith("_date") else TIMESTAMP_RANGE
+        inside = pl.col(column).is_between(low, high, closed="both" if column.endswith("_date") else "left")
+        rules = rules.when(~inside).then(pl.lit(f"{column} out of range"))
+    return rules
+
+
 def _split(table: str, frame: pl.DataFrame, reason: pl.Expr) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Rows with no reason, and the others as quarantine entries keeping the source row as JSON."""
     source_columns = frame.columns
@@ -124,9 +153,21 @@ def _split(table: str, frame: pl.DataFrame, reason: pl.Expr) -> tuple[pl.DataFra
         pl.lit(table).alias("table_name"),
         pl.col("id").cast(pl.Int64).alias("source_id"),
         pl.col("_reason").alias("reason"),
-        pl.struct(source_columns).struct.json_encode().alias("row"),
+        pl.struct([_printable(frame, column) for column in source_columns]).struct.json_encode().alias("row"),
     )
     return frame.filter(pl.col("_reason").is_null()).drop("_reason"), quarantined
+
+
+def _printable(frame: pl.DataFrame, column: str) -> pl.Expr:
+    """The column for a quarantined row's JSON: Polars cannot spell out a date beyond `_PRINTABLE`, and stops."""
+    dtype = frame.schema[column]
+    if dtype == pl.Date:
+        low, high = _PRINTABLE
+    elif isinstance(dtype, pl.Datetime):
+        low, high = (datetime.combine(day, datetime.min.time()) for day in _PRINTABLE)
+    else:
+        return pl.col(column)
+    return pl.when(pl.col(column).is_between(low, high)).then(pl.col(column)).alias(column)
 
 
 def _utc(column: str) -> pl.Expr:
