@@ -58,6 +58,7 @@ def test_ids_must_be_integers_written_as_numbers_or_text(tmp_path: Path) -> None
         OK.replace("a1", "b4").replace('"user_id": 5', '"user_id": {"id": 5}'),  # 4
         OK.replace("a1", "b5").replace('"user_id": 5', '"user_id": null'),  # 5
         OK.replace("a1", "b6").replace('"customer_id": 3', '"customer_id": 3, "customer_id": 4'),  # 6 first counts
+        OK.replace("a1", "b7").replace('"event_type": "FaqClick"', '"event_type": null'),  # 7
     ]
     path.write_text("\n".join(lines) + "\n")
     (chunk,) = iter_line_chunks(path, None)
@@ -68,7 +69,19 @@ def test_ids_must_be_integers_written_as_numbers_or_text(tmp_path: Path) -> None
         (3, "user_id is not an integer"),
         (4, "user_id is not an integer"),
         (5, "missing user_id"),
+        (7, "missing event_type"),
     ]
+
+
+@pytest.mark.parametrize("block_bytes", [None, 2, 4, 1 << 20])
+def test_a_byte_order_mark_at_the_start_of_the_file_is_not_part_of_its_first_line(
+    tmp_path: Path, block_bytes: int | None
+) -> None:
+    path = tmp_path / "e.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + f"{OK}\n\xef\xbb\xbf{OK}\n".encode())  # only the first one is a mark
+    cleaned = [clean_chunk(chunk, "e.jsonl") for chunk in iter_line_chunks(path, block_bytes)]
+    assert [row for c in cleaned for row in c.events.select("event_id", "line_number").rows()] == [("a1", 1)]
+    assert [row for c in cleaned for row in c.quarantined.select("line_number", "reason").rows()] == [(2, "bad JSON")]
 
 
 @pytest.mark.parametrize("block_bytes", [1, 2, 5, 13, 26, 27, 28, 40, 79, 80, 81, 1000])

@@ -64,7 +64,9 @@ def clean_chunk(chunk: LineChunk, source: str) -> Cleaned:
         & pl.col("event_type").is_in(EVENT_TYPES)
         & pl.col("fired_at_parsed").is_not_null()
     )
-    frame = frame.with_columns(valid=valid)
+    # A null field makes its test null, not false (`is_in` of a null event_type): such a line is not valid either,
+    # and must reach the quarantine rather than fall out of both filters.
+    frame = frame.with_columns(valid=valid.fill_null(False))
     events = frame.filter("valid").select(
         "event_id",
         pl.col("customer_int").alias("customer_id"),

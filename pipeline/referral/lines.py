@@ -63,10 +63,17 @@ def check_readable(path: Path) -> None:
         raise AdpipeError(f"{path}: cannot read ({exc.strerror})") from None
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
 def iter_line_chunks(path: Path, block_bytes: int | None = DEFAULT_BLOCK_BYTES) -> Iterator[LineChunk]:
-    """The file's lines in chunks of about `block_bytes` (None: the whole file as one chunk)."""
+    """The file's lines in chunks of about `block_bytes` (None: the whole file as one chunk).
+
+    A byte order mark at the start of the file (as some Windows tools write UTF-8) is not part of its first line."""
     next_line = 1
     with path.open("rb") as handle:
+        if handle.read(len(_BOM)) != _BOM:
+            handle.seek(0)
         for data in _blocks(handle, block_bytes) if block_bytes else [handle.read()]:
             if not data:
                 return
