@@ -68,21 +68,36 @@ def load_settings() -> Settings:
     """
     load_dotenv(Path.cwd() / ".env", override=False)
     home = Path(os.environ.get("ADPIPE_HOME", ".adpipe")).absolute()
-    clickhouse_url = os.environ.get("ADPIPE_CLICKHOUSE_URL") or f"chdb://{home / 'clickhouse'}"
+    clickhouse_url = _url("ADPIPE_CLICKHOUSE_URL", _CLICKHOUSE_SCHEMES) or f"chdb://{home / 'clickhouse'}"
     return Settings(
         home=home,
-        postgres_url=os.environ.get("ADPIPE_POSTGRES_URL") or _postgres_url_from_seed_variables(),
-        postgres_replica_url=os.environ.get("ADPIPE_POSTGRES_REPLICA_URL") or None,
+        postgres_url=_url("ADPIPE_POSTGRES_URL", _POSTGRES_SCHEMES) or _postgres_url_from_seed_variables(),
+        postgres_replica_url=_url("ADPIPE_POSTGRES_REPLICA_URL", _POSTGRES_SCHEMES),
         clickhouse_url=clickhouse_url,
         clickhouse_database=_clickhouse_database(clickhouse_url),
         staging_dir=parse_staging_dir(os.environ.get("ADPIPE_STAGING_DIR", "staging")),
         clickhouse_server=clickhouse_server_options(),
-        clickhouse_reader_url=os.environ.get("ADPIPE_CLICKHOUSE_READER_URL") or None,
+        clickhouse_reader_url=_url("ADPIPE_CLICKHOUSE_READER_URL", _CLICKHOUSE_SCHEMES[1:]),
         change_capture=_boolean("ADPIPE_CHANGE_CAPTURE", default=True),
         capture_wait_seconds=_number("ADPIPE_CAPTURE_WAIT_SECONDS", 30.0, minimum=0),
         capture_lag_warning_bytes=_whole("ADPIPE_CAPTURE_LAG_WARNING_BYTES", 1 << 30, minimum=0),
         engine_wait_seconds=_number("ADPIPE_ENGINE_WAIT_SECONDS", 60.0, minimum=0),
     )
+
+
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+_CLICKHOUSE_SCHEMES = ("chdb://", "http://", "https://")
+
+
+def _url(name: str, schemes: tuple[str, ...]) -> str | None:
+    """The URL in variable `name` (None when unset or empty), refused in one line unless it has one of `schemes`.
+
+    The value itself is not repeated: a connection string that is not a URL (`host=… password=…`) would show its
+    password, which only a URL's masking hides."""
+    value = os.environ.get(name) or None
+    if value is not None and not value.lower().startswith(schemes):
+        raise ConfigError(f"{name} must be a URL starting with {' or '.join(schemes)}")
+    return value
 
 
 S3_SCHEME = "s3://"

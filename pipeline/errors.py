@@ -90,7 +90,8 @@ class SyncRefusedError(AdpipeError):
 
 
 def describe_failure(exc: BaseException) -> str | None:
-    """One line for an expected failure (ours, or a database connection that broke); None for a bug.
+    """One line for an expected failure (ours, a database connection that broke, or the file system's); None for a
+    bug.
 
     A connection that breaks in the middle of a Postgres read surfaces as the driver's error (`_broken_connection`).
     """
@@ -98,6 +99,8 @@ def describe_failure(exc: BaseException) -> str | None:
         return str(exc)
     if _broken_connection(exc):
         return f"Postgres connection failed: {first_line(exc)}"
+    if isinstance(exc, OSError):  # the machine's: a directory that cannot be made, a full disk, a file in the way
+        return f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else first_line(exc)
     return None
 
 

@@ -209,3 +209,38 @@ def test_a_sync_with_both_servers_unreachable_is_one_line(clean_env: Path, monke
         ("error: cannot reach ClickHouse at http://default:***@127.0.0.1:1/adpipe", "error: cannot reach Postgres at")
     ), result.stderr
     assert "s3cret" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "schemes"),
+    [
+        ("ADPIPE_POSTGRES_URL", "host=db.internal password=s3cret dbname=ads", "postgresql:// or postgres://"),
+        ("ADPIPE_POSTGRES_REPLICA_URL", "db.internal:5432", "postgresql:// or postgres://"),
+        ("ADPIPE_CLICKHOUSE_URL", "ftp://default:s3cret@db.internal", "chdb:// or http:// or https://"),
+        ("ADPIPE_CLICKHOUSE_READER_URL", "chdb:///tmp/x", "http:// or https://"),
+    ],
+)
+def test_a_server_setting_that_is_not_a_url_of_its_kind_is_one_line_without_its_value(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str, schemes: str
+) -> None:
+    """Before anything connects: a key=value connection string would otherwise reach the driver and come back as a
+    traceback, and a URL of another scheme would be tried as an HTTP server. The value may hold a password."""
+    monkeypatch.setenv(name, value)
+    result = run_cli("sync")
+    assert (result.exit_code, result.stderr) == (1, f"error: {name} must be a URL starting with {schemes}\n")
+    assert not (clean_env / ".adpipe").exists()
+
+
+def test_a_home_or_staging_directory_the_file_system_refuses_is_one_line(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (clean_env / "a-file").write_text("")
+    monkeypatch.setenv("ADPIPE_HOME", str(clean_env / "a-file" / "home"))
+    result = run_cli("sync")
+    assert (result.exit_code, result.stderr) == (1, f"error: {clean_env / 'a-file' / 'home'}: Not a directory\n")
+    monkeypatch.setenv("ADPIPE_HOME", str(clean_env / "home"))
+    monkeypatch.setenv("ADPIPE_STAGING_DIR", str(clean_env / "a-file"))
+    result = run_cli("sync")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert "a-file" in result.stderr and "Not a directory" in result.stderr
