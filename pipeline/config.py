@@ -77,7 +77,7 @@ def load_settings() -> Settings:
         clickhouse_database=_clickhouse_database(clickhouse_url),
         staging_dir=parse_staging_dir(os.environ.get("ADPIPE_STAGING_DIR", "staging")),
         clickhouse_server=clickhouse_server_options(),
-        clickhouse_reader_url=_url("ADPIPE_CLICKHOUSE_READER_URL", _CLICKHOUSE_SCHEMES[1:]),
+        clickhouse_reader_url=_url("ADPIPE_CLICKHOUSE_READER_URL", _CLICKHOUSE_SCHEMES),
         change_capture=_boolean("ADPIPE_CHANGE_CAPTURE", default=True),
         capture_wait_seconds=_number("ADPIPE_CAPTURE_WAIT_SECONDS", 30.0, minimum=0),
         capture_lag_warning_bytes=_whole("ADPIPE_CAPTURE_LAG_WARNING_BYTES", 1 << 30, minimum=0),

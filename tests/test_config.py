@@ -217,7 +217,7 @@ def test_a_sync_with_both_servers_unreachable_is_one_line(clean_env: Path, monke
         ("ADPIPE_POSTGRES_URL", "host=db.internal password=s3cret dbname=ads", "postgresql:// or postgres://"),
         ("ADPIPE_POSTGRES_REPLICA_URL", "db.internal:5432", "postgresql:// or postgres://"),
         ("ADPIPE_CLICKHOUSE_URL", "ftp://default:s3cret@db.internal", "chdb:// or http:// or https://"),
-        ("ADPIPE_CLICKHOUSE_READER_URL", "chdb:///tmp/x", "http:// or https://"),
+        ("ADPIPE_CLICKHOUSE_READER_URL", "tcp://adpipe_reader@db.internal:9000", "chdb:// or http:// or https://"),
     ],
 )
 def test_a_server_setting_that_is_not_a_url_of_its_kind_is_one_line_without_its_value(
