@@ -207,6 +207,30 @@ def test_dates_and_times_the_warehouse_cannot_hold_go_to_quarantine_and_infinity
     assert reconcile(settings).ok
 
 
+def test_a_source_without_a_table_or_column_the_sync_reads_stops_it_in_one_line(
+    settings: Settings, pg: psycopg.Connection
+) -> None:
+    """Columns added or retyped do not matter (types are cast, and what does not fit is quarantined); one missing
+    is named before anything is read, instead of the driver's error on the first read of it."""
+    seed_hand_built(pg)
+    full(settings)
+    pg.execute("ALTER TABLE campaign ADD COLUMN note text, ALTER COLUMN bid TYPE text")
+    incremental(settings)
+    url = re.sub(r":[^:@/]*@", ":***@", settings.postgres_url or "")
+    for change, problem in (
+        ("ALTER TABLE impressions RENAME COLUMN created_at TO ts", "table impressions has no column created_at"),
+        ("ALTER TABLE impressions RENAME TO impression", "no table impressions"),
+    ):
+        pg.execute(change)
+        for mode in ("incremental", "full"):
+            result = run_cli("sync", "--mode", mode)
+            assert (result.exit_code, result.stderr) == (
+                1,
+                f"error: the source Postgres at {url}: {problem}, which adpipe reads"
+                " (the source schema: schemas/postgres/V1__create_schema.sql)\n",
+            )
+
+
 def test_full_sync_of_generated_data_equals_postgres(settings: Settings, pg: psycopg.Connection) -> None:
     Generator(pg, seed=7).batch(advertisers=3, campaigns=4, impressions=500, ctr=0.1)
     full(settings, chunk_rows=700)  # several chunks per table, with parallel partitions

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from pipeline.catalog import SOURCE_TABLES
+from pipeline.catalog import SOURCE_COLUMNS, SOURCE_TABLES
 from pipeline.config import Settings, mask_url
 from pipeline.errors import AdpipeError, SourceError, first_line
 from pipeline.locks import exclusive_lock
@@ -176,6 +176,33 @@ def connect_replica(settings: Settings) -> psycopg.Connection:
             url=mask_url(url),
         )
     return conn
+
+
+def check_source_columns(conn: psycopg.Connection, url: str) -> None:
+    """Refuse, in one line, a source without a table or column the sync reads (`catalog.SOURCE_COLUMNS`): one
+    altered by hand, or a schema other than the seed's. Otherwise the first read of it fails mid-run, in the driver's
+    words. Types are not checked: the clean step casts, and quarantines what does not fit."""
+    found = conn.execute(
+        "SELECT name, attname::text FROM unnest(%s::text[]) AS name LEFT JOIN pg_attribute"
+        " ON attrelid = to_regclass('public.' || name) AND attnum > 0 AND NOT attisdropped",
+        (list(SOURCE_TABLES),),
+    ).fetchall()
+    columns = {table: set() for table in SOURCE_TABLES}
+    for table, column in found:
+        if column is not None:
+            columns[table].add(column)
+    for table, wanted in SOURCE_COLUMNS.items():
+        if not columns[table]:
+            problem = f"no table {table}"
+        elif missing := [column for column in wanted if column not in columns[table]]:
+            problem = f"table {table} has no column {', '.join(missing)}"
+        else:
+            continue
+        raise SourceError(
+            f"the source Postgres at {mask_url(url)}: {problem}, which adpipe reads"
+            " (the source schema: schemas/postgres/V1__create_schema.sql)",
+            url=mask_url(url),
+        )
 
 
 def next_transaction_id(url: str, what: str) -> int:

@@ -33,7 +33,7 @@ from pipeline.config import Settings, mask_url
 from pipeline.errors import SourceError, SyncRefusedError
 from pipeline.source import capture as slots
 from pipeline.source.pgoutput import DecodedTransaction
-from pipeline.source.postgres import connect, connect_replica, postgres_url
+from pipeline.source.postgres import check_source_columns, connect, connect_replica, postgres_url
 from pipeline.sync.extract import Snapshot
 from pipeline.sync.state import SyncState, load_state
 
@@ -125,6 +125,7 @@ def _arm(conn: psycopg.Connection, settings: Settings, state: SyncState) -> RunC
     if reason := slots.unsupported_reason(conn):
         return RunCapture(None, reason, trusted=False)
     slot = warehouse_slot(settings, conn.info.dbname)
+    check_source_columns(conn, postgres_url(settings))  # the publication names the tables: say first if one is gone
     slots.ensure_publication(conn, SOURCE_TABLES)
     if state.capture_slot not in (None, slot):
         # A slot named before names told warehouses apart: this warehouse no longer follows it.

@@ -39,6 +39,7 @@ from pipeline.errors import SourceError
 from pipeline.options import Engine
 from pipeline.source.postgres import (
     ArrowConnection,
+    check_source_columns,
     close_adbc,
     connect,
     connect_replica,
@@ -102,6 +103,7 @@ class SourceReader:
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         exported, current, taken_at, lsn, in_recovery, replayed_at = conn.execute(_SNAPSHOT_SQL).fetchone()
         try:
+            check_source_columns(conn, self.url)
             xid_bound = self._xid_bound(in_recovery)
         except BaseException:
             conn.close()
