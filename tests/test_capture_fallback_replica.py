@@ -185,3 +185,25 @@ def test_a_fact_table_left_empty_by_truncate_stops_the_sync_as_a_reset(
     assert ids(settings, "clicks") == []
     assert campaign_ctr(settings) == {1: (3, 0), 2: (1, 0), 3: (1, 0)}
     reconciles(settings)  # a full run stages no file for an empty table: the snapshot has no clicks, as the source
+
+
+def test_a_quarantined_fact_deleted_from_the_source_stops_the_sync_until_repair_resolves_it(
+    settings: Settings, pg: psycopg.Connection
+) -> None:
+    """Neither side holds a quarantined row, so no bucket of `--repair` differs when it leaves the source: repair
+    compares every quarantined id as well, and resolves the entries whose rows are gone."""
+    seed(pg)
+    pg.execute(
+        "INSERT INTO impressions (id, campaign_id, created_at) VALUES (6, NULL, '2026-11-22 12:00:00'),"
+        " (-3, 1, '2026-11-22 12:00:00'), (7, 3, '2026-11-22 13:00:00')"
+    )
+    ok(adpipe("sync", "--mode", "full"))
+    quarantined = "SELECT source_id, reason FROM quarantine FINAL WHERE table_name = 'impressions' ORDER BY source_id"
+    assert ch(settings, quarantined) == [(-3, "id below 1"), (6, "campaign_id is NULL")]
+    pg.execute("DELETE FROM impressions WHERE id IN (6, -3)")
+    assert refused(adpipe("sync")).startswith("error: 2 impressions rows synced earlier are no longer in the source")
+    ok(adpipe("sync", "--repair"))
+    assert ch(settings, quarantined) == []
+    assert ids(settings, "impressions") == [1, 2, 3, 4, 5, 7]
+    reconciles(settings)
+    ok(adpipe("sync"))

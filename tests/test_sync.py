@@ -138,7 +138,8 @@ def test_rows_with_ids_below_1_go_to_quarantine_on_every_run_and_leave_it_when_d
     # Written after the full sync, below every synced id; and one set aside before, deleted.
     pg.execute("INSERT INTO impressions (id, campaign_id, created_at) VALUES (-7, 1, '2026-11-21 09:00:00')")
     pg.execute("DELETE FROM impressions WHERE id = -5")
-    incremental(settings)
+    result = sync(settings, SyncOptions(mode=Mode.INCREMENTAL))
+    assert result.tables["impressions"].quarantined == 1  # -7; 0 is in quarantine already
     assert per_campaign_ch(settings, "impressions") == {1: 3, 2: 2}
     assert [row[1:] for row in ch(settings, quarantined) if row[0] == "impressions"] == [
         (-7, "id below 1"),
@@ -146,6 +147,9 @@ def test_rows_with_ids_below_1_go_to_quarantine_on_every_run_and_leave_it_when_d
         (7, "campaign_id below 1"),
     ]
     assert reconcile(settings).ok
+    # Nothing changed: nothing set aside again.
+    result = sync(settings, SyncOptions(mode=Mode.INCREMENTAL))
+    assert {table: summary.quarantined for table, summary in result.tables.items()} == dict.fromkeys(result.tables, 0)
 
 
 def test_dates_and_times_the_warehouse_cannot_hold_go_to_quarantine_and_infinity_too(

@@ -26,7 +26,7 @@ import polars as pl
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
-from pipeline.catalog import DIMENSIONS, FACTS, LOAD_ORDER, RETRACTED
+from pipeline.catalog import DIMENSIONS, FACTS, FIRST_ID, LOAD_ORDER, RETRACTED
 from pipeline.config import Settings
 from pipeline.errors import AdpipeError
 from pipeline.killpoints import kill_point
@@ -41,7 +41,7 @@ from pipeline.sync.fact_changes import fact_changes
 from pipeline.sync.gaps import new_gaps, open_gaps
 from pipeline.sync.load import create_shadow, delete_retracted, drop_shadow, load_part, swap_in
 from pipeline.sync.plan import plan_mode
-from pipeline.sync.repair import bucket_ids, differing_buckets
+from pipeline.sync.repair import bucket_ids, differing_buckets, quarantined_ids
 from pipeline.sync.run_source import OpeningSource, RunSource, already_synced, previous_fact
 from pipeline.sync.runlog import SyncResult, TableSummary, close_interrupted_runs, record, record_recovered
 from pipeline.sync.stage import Run, RunWriter, list_runs, new_run_id, state_runs
@@ -344,13 +344,14 @@ def _extract_all(
     facts = {}
     for table in FACTS:
         previous = previous_fact(state, table, mode)
-        facts[table] = _sync_fact(source, pipeline, options, table, previous, quarantine, result)
+        facts[table], below_first = _sync_fact(source, pipeline, options, table, previous, quarantine, result, full)
         if not full:
-            ids = source.seen.changed.get(table, frozenset())
+            ids = source.seen.changed.get(table, frozenset()) | below_first
             if options.repair:
                 with _stopwatch(pipeline.timings, "repair"):
                     differing = differing_buckets(reader, client, table, previous.high_water)
                     ids = ids | bucket_ids(reader, client, table, differing)
+                    ids |= quarantined_ids(client, table, previous.high_water)
             changed |= _apply_fact_changes(client, source, pipeline, table, ids, previous, quarantine, resolved, result)
     pipeline.write("quarantine", quarantine_arrow(quarantine, version))
     pipeline.write("quarantine", quarantine_arrow(resolved, version, resolved=True))
@@ -433,16 +434,27 @@ def _sync_fact(
     previous: FactState,
     quarantine: list[pl.DataFrame],
     result: SyncResult,
-) -> FactState:
-    """Stage the rows that arrived since `previous`: late rows in its gaps, and everything above its high-water id."""
+    full: bool,
+) -> tuple[FactState, frozenset[int]]:
+    """Stage the rows that arrived since `previous`: late rows in its gaps, and everything above its high-water id.
+
+    Rows below `FIRST_ID`, which every run reads, are staged (into quarantine) by a full run; an incremental run
+    returns their ids instead, to be compared with the quarantine the warehouse holds like changed rows (so a row
+    set aside once is not set aside again by every run)."""
     summary = result.tables.setdefault(table, TableSummary())
     snapshot = source.reader.snapshot
     read = source.fact_read(table, previous, options.chunk_rows)
     gaps: list[Gap] = []
+    below_first: frozenset[int] = frozenset()
     for chunk in _timed(read.chunks, pipeline.timings, "extract_wait"):
-        _stage_fact_rows(pipeline, table, chunk.rows, snapshot.taken_at, quarantine, summary)
+        rows = chunk.rows
+        if chunk.covers is None and not full:
+            ids = pl.from_arrow(rows.column("id"))
+            below_first = frozenset(ids.filter(ids < FIRST_ID).to_list())
+            rows = rows.filter((ids >= FIRST_ID).to_arrow())
+        _stage_fact_rows(pipeline, table, rows, snapshot.taken_at, quarantine, summary)
         if chunk.covers is None:
-            gaps += open_gaps(previous.gaps, _ids(chunk.rows), snapshot)
+            gaps += open_gaps(previous.gaps, _ids(rows), snapshot)
             continue
         after, upto = chunk.covers
         gaps += new_gaps(_ids(chunk.rows), after, upto, snapshot)
@@ -450,7 +462,7 @@ def _sync_fact(
             options.progress(table, upto - previous.high_water, read.high_water - previous.high_water)
     high_water = max(read.high_water, previous.high_water)
     anchor = source.reader.created_at_of(table, high_water) if high_water else None
-    return FactState(high_water, anchor.isoformat() if anchor else previous.anchor_created_at, gaps)
+    return FactState(high_water, anchor.isoformat() if anchor else previous.anchor_created_at, gaps), below_first
 
 
 def _ids(rows: pa.Table) -> np.ndarray:
