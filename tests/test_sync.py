@@ -12,7 +12,7 @@ import re
 import shutil
 import threading
 import time
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from unittest.mock import ANY
 
@@ -233,6 +233,33 @@ def test_a_source_without_a_table_or_column_the_sync_reads_stops_it_in_one_line(
                 f"error: the source Postgres at {url}: {problem}, which adpipe reads"
                 " (the source schema: schemas/postgres/V1__create_schema.sql)\n",
             )
+
+
+def test_a_fact_set_aside_as_in_the_future_is_loaded_once_the_source_clock_reaches_it(
+    settings: Settings, pg: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer's clock ahead of the database's puts a row in the future, for a while: nothing changes the row when
+    its time comes, so each incremental run compares the rows set aside for it again. (The 5-minute tolerance is set
+    to 0 here, so that the test waits a second, not minutes.)"""
+    from pipeline.analytics.reconcile import reconcile
+    from pipeline.sync import clean
+
+    monkeypatch.setattr(clean, "FUTURE_TOLERANCE", timedelta(0))
+    seed_hand_built(pg)
+    pg.execute(
+        "INSERT INTO impressions (campaign_id, created_at) VALUES (2, now() AT TIME ZONE 'UTC' + interval '1 second')"
+    )
+    (due,) = pg.execute("SELECT created_at FROM impressions WHERE id = 5").fetchone()
+    full(settings)
+    quarantined = "SELECT table_name, source_id, reason FROM quarantine FINAL"
+    assert ch(settings, quarantined) == [("impressions", 5, "created_at in the future")]
+    assert per_campaign_ch(settings, "impressions") == {1: 3, 2: 1}
+    wait_until(lambda: pg.execute("SELECT now() AT TIME ZONE 'UTC' > %s", (due,)).fetchone()[0], 10, "the row's time")
+    result = sync(settings, SyncOptions(mode=Mode.INCREMENTAL))
+    assert (result.tables["impressions"].loaded, result.tables["impressions"].quarantined) == (1, 0)
+    assert ch(settings, quarantined) == []
+    assert per_campaign_ch(settings, "impressions") == {1: 3, 2: 2}
+    assert reconcile(settings).ok
 
 
 def test_full_sync_of_generated_data_equals_postgres(settings: Settings, pg: psycopg.Connection) -> None:

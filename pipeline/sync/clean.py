@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 
 FUTURE_TOLERANCE = timedelta(minutes=5)
 """Clock skew allowed between the source's writers and its database clock."""
+IN_THE_FUTURE = "created_at in the future"
+"""The one reason a fact can stop being true of a row that does not change: time catches up with it. Incremental runs
+compare such rows again (`pipeline.sync.execute`)."""
 
 FACT_EARLIEST = datetime(1970, 1, 1)
 """The earliest created_at a fact may have: the aggregates count facts per day and per hour in ClickHouse `Date`
@@ -71,7 +74,7 @@ def clean_facts(table: str, rows: pa.Table, now: datetime) -> Cleaned:
         .when(pl.col("created_at").is_null())
         .then(pl.lit("created_at is NULL"))
         .when(pl.col("created_at") > now + FUTURE_TOLERANCE)
-        .then(pl.lit("created_at in the future"))
+        .then(pl.lit(IN_THE_FUTURE))
         .when(pl.col("created_at") < FACT_EARLIEST)
         .then(pl.lit("created_at out of range"))
     )

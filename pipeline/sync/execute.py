@@ -35,19 +35,26 @@ from pipeline.source.capture import format_lsn, lsn_value
 from pipeline.staging_home import bind_staging
 from pipeline.sync.capture import advance
 from pipeline.sync.changes import dimension_changes, full_load_rows
-from pipeline.sync.clean import Cleaned, clean_advertisers, clean_campaigns, clean_facts, quarantine_arrow
+from pipeline.sync.clean import (
+    IN_THE_FUTURE,
+    Cleaned,
+    clean_advertisers,
+    clean_campaigns,
+    clean_facts,
+    quarantine_arrow,
+)
 from pipeline.sync.extract import SourceReader
 from pipeline.sync.fact_changes import fact_changes
 from pipeline.sync.gaps import new_gaps, open_gaps
 from pipeline.sync.load import create_shadow, delete_retracted, drop_shadow, load_part, swap_in
 from pipeline.sync.plan import plan_mode
-from pipeline.sync.repair import bucket_ids, differing_buckets, quarantined_ids
+from pipeline.sync.repair import bucket_ids, differing_buckets
 from pipeline.sync.run_source import OpeningSource, RunSource, already_synced, previous_fact
 from pipeline.sync.runlog import SyncResult, TableSummary, close_interrupted_runs, record, record_recovered
 from pipeline.sync.stage import Run, RunWriter, list_runs, new_run_id, state_runs
 from pipeline.sync.state import FactState, Gap, SyncState, save_state
 from pipeline.warehouse import client as clickhouse
-from pipeline.warehouse.quarantine import quarantine_counts
+from pipeline.warehouse.quarantine import quarantine_counts, quarantined_ids
 from pipeline.warehouse.schema import apply_schema
 
 log = logging.getLogger(__name__)
@@ -341,17 +348,20 @@ def _extract_all(
     resolved: list[pl.DataFrame] = []
     reader = source.reader
     changed = _sync_dimensions(client, reader, pipeline, full, version, quarantine, resolved, result)
+    # Rows set aside for a created_at ahead of the source's clock may be due now: compared again, like changed rows.
+    due = {} if full else quarantined_ids(client, IN_THE_FUTURE)
     facts = {}
     for table in FACTS:
         previous = previous_fact(state, table, mode)
         facts[table], below_first = _sync_fact(source, pipeline, options, table, previous, quarantine, result, full)
         if not full:
-            ids = source.seen.changed.get(table, frozenset()) | below_first
+            ids = source.seen.changed.get(table, frozenset()) | below_first | due.get(table, set())
             if options.repair:
                 with _stopwatch(pipeline.timings, "repair"):
                     differing = differing_buckets(reader, client, table, previous.high_water)
                     ids = ids | bucket_ids(reader, client, table, differing)
-                    ids |= quarantined_ids(client, table, previous.high_water)
+                    # A quarantined row that left the source is in no differing bucket: neither side holds it.
+                    ids |= {i for i in quarantined_ids(client).get(table, set()) if i <= previous.high_water}
             changed |= _apply_fact_changes(client, source, pipeline, table, ids, previous, quarantine, resolved, result)
     pipeline.write("quarantine", quarantine_arrow(quarantine, version))
     pipeline.write("quarantine", quarantine_arrow(resolved, version, resolved=True))

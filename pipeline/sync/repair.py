@@ -58,18 +58,6 @@ def differing_buckets(reader: SourceReader, client: Client, table: str, upto: in
     return [(b * BUCKET_IDS, min(upto, (b + 1) * BUCKET_IDS - 1)) for b in sorted(differing)]
 
 
-def quarantined_ids(client: Client, table: str, upto: int) -> set[int]:
-    """The source ids (at most `upto`) of `table`'s rows the warehouse holds in quarantine, compared one by one on
-    every repair: a quarantined row deleted from the source leaves an entry no bucket shows (neither side holds the
-    row), which the count check would report on every run."""
-    rows = client.query(
-        "SELECT DISTINCT source_id FROM quarantine FINAL"
-        " WHERE table_name = {table:String} AND source_id <= {upto:Int64}",
-        parameters={"table": table, "upto": upto},
-    ).result_rows
-    return {row[0] for row in rows}
-
-
 def bucket_ids(reader: SourceReader, client: Client, table: str, ranges: list[tuple[int, int]]) -> set[int]:
     """Every id in the ranges on either side: the rows to compare one by one."""
     if not ranges:

@@ -33,3 +33,16 @@ def accounted_rows(client: Client, table: str, upto: int) -> int:
         "    AND source_id <= {upto:UInt64})",
         parameters={"table": table, "upto": upto},
     ).result_rows[0][0]
+
+
+def quarantined_ids(client: Client, reason: str | None = None) -> dict[str, set[int]]:
+    """Source table → ids of its rows in quarantine now (for `reason` only, if given)."""
+    ids: dict[str, set[int]] = {}
+    rows = client.query(
+        "SELECT table_name, source_id FROM quarantine FINAL WHERE {reason:Nullable(String)} IS NULL"
+        " OR reason = {reason:Nullable(String)}",
+        parameters={"reason": reason},
+    ).result_rows
+    for table, source_id in rows:
+        ids.setdefault(table, set()).add(source_id)
+    return ids
