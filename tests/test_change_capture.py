@@ -143,6 +143,31 @@ def test_the_embedded_engine_holds_no_pending_delete_after_a_run(settings: Setti
     assert_equals_source(settings, pg)
 
 
+@pytest.mark.warehouses("chdb")
+def test_deletes_the_engine_cannot_fold_yet_leave_the_rows_right_and_a_warning(
+    settings: Settings, pg: psycopg.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Folding a run's deletes in is a mutation, queued behind any other: one that fails (here a person's delete that
+    throws) holds it. The delete itself is committed and every read applies it, so the run completes
+    and says so, instead of failing every sync until someone kills that mutation."""
+    seed(pg)
+    full(settings)
+    ch(settings, "ALTER TABLE impressions DELETE WHERE throwIf(id > 0, 'held') SETTINGS mutations_sync = 0")
+    pg.execute("DELETE FROM impressions WHERE id = 1")
+    pg.execute("UPDATE impressions SET campaign_id = 2 WHERE id = 3")
+    with caplog.at_level(logging.WARNING, logger="pipeline.sync.load"):
+        result = incremental(settings)
+    assert result.tables["impressions"].retracted == 2
+    assert "the deleted rows of `impressions` are not folded into its parts yet" in caplog.text
+    assert_equals_source(settings, pg)
+    ch(settings, "KILL MUTATION WHERE table = 'impressions' AND command LIKE '%throwIf%' SYNC")
+    pg.execute("DELETE FROM impressions WHERE id = 2")
+    incremental(settings)
+    unpatched = "SELECT id FROM impressions ORDER BY id SETTINGS apply_patch_parts = 0"
+    assert ch(settings, unpatched) == [(3,), (4,), (5,)]  # the way clear, every delete is folded in
+    assert_equals_source(settings, pg)
+
+
 _PATCHES_LEFT_AFTER_OPENING = """
 import time
 from pipeline.config import load_settings
