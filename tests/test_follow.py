@@ -30,7 +30,7 @@ from pipeline.errors import BusyError, ConfigError, SourceError, StagingError, S
 from pipeline.options import parse_duration
 from pipeline.sync.follow import MAX_BACKOFF_SECONDS, RepeatedWarnings, backoff
 from pipeline.sync.stage import list_runs
-from tests.conftest import run_cli
+from tests.conftest import run_cli, server_directory
 from tests.harness import adpipe, capture_slot, wait_until
 from tests.test_sync import seed_hand_built
 
@@ -489,3 +489,30 @@ def test_adbc_connections_to_one_source_share_the_drivers_database_handle(
         assert conn.read_arrow("SELECT 1 AS one").column("one").to_pylist() == [1]
         conn.close()
     assert settled() - before == 3 + 1
+
+
+def test_the_shared_adbc_handle_serves_connections_after_its_server_restarts() -> None:
+    """A follower keeps the driver's database handle for its whole life, across restarts of the source (an
+    operator's, a failover to the same address): the handle holds no connection, and connections made from it after
+    the restart work, while one made before fails as a broken connection, which the follower retries."""
+    from pipeline.errors import describe_failure
+    from pipeline.source.postgres import EmbeddedPostgres, open_adbc
+
+    with server_directory("adpipe-test-pg-restart-") as directory:
+        server = EmbeddedPostgres(directory / "postgres")
+        url = server.url()
+        try:
+            before = open_adbc(url)
+            assert before.read_arrow("SELECT 1 AS one").column("one").to_pylist() == [1]
+            server.stop()
+            assert server._try_start(int(url.rsplit(":", 1)[1].split("/")[0]))  # the same address
+            after = open_adbc(url)
+            assert after.read_arrow("SELECT 2 AS two").column("two").to_pylist() == [2]
+            after.close()
+            with pytest.raises(Exception) as broken:
+                before.read_arrow("SELECT 3")
+            assert describe_failure(broken.value).startswith("Postgres connection failed: ")
+            assert is_transient(broken.value)
+            before.close()
+        finally:
+            server.stop()
