@@ -61,6 +61,11 @@ def aggregate_ch(settings: Settings, column: str) -> dict[int, int]:
     return dict(ch(settings, f"SELECT campaign_id, sum({column}) FROM campaign_daily GROUP BY campaign_id"))
 
 
+def quarantine_ch(settings: Settings) -> list[tuple[str, int, str]]:
+    """The rows set aside now: (source table, source id, reason), in that order."""
+    return ch(settings, "SELECT table_name, source_id, reason FROM quarantine FINAL ORDER BY table_name, source_id")
+
+
 def seed_hand_built(pg: psycopg.Connection) -> None:
     """Two advertisers; campaign 1 has 3 impressions and 2 clicks, campaign 2 has 1 impression, campaign 3 none."""
     pg.execute("INSERT INTO advertiser (name, updated_at) VALUES ('Acme', now()), ('Globex', now())")
@@ -121,11 +126,10 @@ def test_rows_with_ids_below_1_go_to_quarantine_on_every_run_and_leave_it_when_d
         " (-5, 2, '2026-11-20 12:00:00'), (2147483647, 2, '2026-11-20 13:00:00'), (7, -3, '2026-11-20 14:00:00')"
     )
     pg.execute("INSERT INTO clicks (id, campaign_id, created_at) VALUES (-1, 1, '2026-11-20 11:00:30')")
-    quarantined = "SELECT table_name, source_id, reason FROM quarantine FINAL ORDER BY table_name, source_id"
     full(settings)
     assert per_campaign_ch(settings, "impressions") == {1: 3, 2: 2}  # ids 1-3; 4 and 2147483647
     assert per_campaign_ch(settings, "clicks") == {1: 2}
-    assert ch(settings, quarantined) == [
+    assert quarantine_ch(settings) == [
         ("advertiser", 0, "id below 1"),
         ("campaign", -3, "id below 1"),
         ("campaign", 4, "campaign without advertiser"),
@@ -141,7 +145,7 @@ def test_rows_with_ids_below_1_go_to_quarantine_on_every_run_and_leave_it_when_d
     result = sync(settings, SyncOptions(mode=Mode.INCREMENTAL))
     assert result.tables["impressions"].quarantined == 1  # -7; 0 is in quarantine already
     assert per_campaign_ch(settings, "impressions") == {1: 3, 2: 2}
-    assert [row[1:] for row in ch(settings, quarantined) if row[0] == "impressions"] == [
+    assert [row[1:] for row in quarantine_ch(settings) if row[0] == "impressions"] == [
         (-7, "id below 1"),
         (0, "id below 1"),
         (7, "campaign_id below 1"),
@@ -174,9 +178,8 @@ def test_dates_and_times_the_warehouse_cannot_hold_go_to_quarantine_and_infinity
         "INSERT INTO impressions (campaign_id, created_at) VALUES (1, '1969-12-31 23:59:59.999999'),"
         " (1, '-infinity'), (2, 'infinity'), (2, '1970-01-01 00:00:00')"
     )
-    quarantined = "SELECT table_name, source_id, reason FROM quarantine FINAL ORDER BY table_name, source_id"
     full(settings)
-    assert ch(settings, quarantined) == [
+    assert quarantine_ch(settings) == [
         ("advertiser", 3, "created_at out of range"),
         ("campaign", 4, "start_date out of range"),
         ("campaign", 5, "end_date out of range"),
@@ -206,7 +209,7 @@ def test_dates_and_times_the_warehouse_cannot_hold_go_to_quarantine_and_infinity
     pg.execute("UPDATE impressions SET created_at = '-infinity' WHERE id = 1")
     pg.execute("UPDATE impressions SET created_at = '2026-11-22 10:00:00' WHERE id = 5")
     incremental(settings)
-    assert [row[1] for row in ch(settings, quarantined) if row[0] == "impressions"] == [1, 6, 7]
+    assert [row[1] for row in quarantine_ch(settings) if row[0] == "impressions"] == [1, 6, 7]
     assert ch(settings, "SELECT id FROM impressions ORDER BY id") == [(2,), (3,), (4,), (5,), (8,)]
     assert reconcile(settings).ok
 
@@ -251,13 +254,12 @@ def test_a_fact_set_aside_as_in_the_future_is_loaded_once_the_source_clock_reach
     )
     (due,) = pg.execute("SELECT created_at FROM impressions WHERE id = 5").fetchone()
     full(settings)
-    quarantined = "SELECT table_name, source_id, reason FROM quarantine FINAL"
-    assert ch(settings, quarantined) == [("impressions", 5, "created_at in the future")]
+    assert quarantine_ch(settings) == [("impressions", 5, "created_at in the future")]
     assert per_campaign_ch(settings, "impressions") == {1: 3, 2: 1}
     wait_until(lambda: pg.execute("SELECT now() AT TIME ZONE 'UTC' > %s", (due,)).fetchone()[0], 10, "the row's time")
     result = sync(settings, SyncOptions(mode=Mode.INCREMENTAL))
     assert (result.tables["impressions"].loaded, result.tables["impressions"].quarantined) == (1, 0)
-    assert ch(settings, quarantined) == []
+    assert quarantine_ch(settings) == []
     assert per_campaign_ch(settings, "impressions") == {1: 3, 2: 2}
     assert reconcile(settings).ok
 
@@ -519,9 +521,7 @@ def test_bad_rows_are_quarantined_with_reasons(settings: Settings, pg: psycopg.C
         "(NULL, '2026-11-20 10:00:00'), (1, now() AT TIME ZONE 'UTC' + interval '1 day')"  # ids 5, 6
     )
     full(settings)
-    assert ch(
-        settings, "SELECT table_name, source_id, reason FROM quarantine FINAL ORDER BY table_name, source_id"
-    ) == [
+    assert quarantine_ch(settings) == [
         ("campaign", 4, "campaign without advertiser"),
         ("campaign", 5, "bid <= 0"),
         ("campaign", 6, "budget <= 0"),
@@ -565,9 +565,7 @@ def test_a_row_breaking_several_rules_is_quarantined_for_the_first_in_the_docume
         "(1, NULL)"  # id 7
     )
     full(settings)
-    assert ch(
-        settings, "SELECT table_name, source_id, reason FROM quarantine FINAL ORDER BY table_name, source_id"
-    ) == [
+    assert quarantine_ch(settings) == [
         ("advertiser", 3, "advertiser name is empty"),
         ("campaign", 4, "campaign without advertiser"),
         ("campaign", 5, "campaign without advertiser"),
