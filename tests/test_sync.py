@@ -264,6 +264,51 @@ def test_a_fact_set_aside_as_in_the_future_is_loaded_once_the_source_clock_reach
     assert reconcile(settings).ok
 
 
+def test_a_warehouse_emptied_or_replaced_stops_the_incremental_sync_until_replayed(
+    settings: Settings, pg: psycopg.Connection
+) -> None:
+    """A warehouse with no sync history (a new server, a lost volume) under a home that synced before: an incremental
+    run would add the newest rows to a warehouse holding none of the rest, and exit 0. It stops in one line; replay
+    loads the staged runs into it, and the syncs go on from there. With --on-reset full, a full sync runs instead."""
+    from pipeline.analytics.reconcile import reconcile
+
+    seed_hand_built(pg)
+    full(settings)
+    pg.execute("INSERT INTO clicks (campaign_id, created_at) VALUES (2, '2026-11-21 09:00:00')")
+    incremental(settings)
+
+    def empty_the_warehouse() -> None:
+        clickhouse.connect(settings).command(f"DROP DATABASE {settings.clickhouse_database} SYNC")
+        clickhouse.close_all()  # the next command opens it again, and creates the database
+
+    empty_the_warehouse()
+    pg.execute("INSERT INTO impressions (campaign_id, created_at) VALUES (2, '2026-11-22 09:00:00')")
+    last = load_state(settings.home).last_run_id
+    result = run_cli("sync")
+    assert (result.exit_code, result.stderr) == (
+        1,
+        f"error: the warehouse holds no sync history, though this home last synced run {last}:"
+        " it was emptied or replaced; run `adpipe replay` to load the staged runs into it, then sync, or"
+        " `adpipe sync --mode full`\n",
+    )
+    assert per_campaign_ch(settings, "impressions") == {}
+    assert run_cli("replay").exit_code == 0
+    assert (per_campaign_ch(settings, "impressions"), per_campaign_ch(settings, "clicks")) == (
+        {1: 3, 2: 1},
+        {1: 2, 2: 1},
+    )
+    incremental(settings)
+    assert per_campaign_ch(settings, "impressions") == {1: 3, 2: 2}
+    assert reconcile(settings).ok
+    empty_the_warehouse()
+    incremental(settings, on_reset=OnReset.FULL)
+    assert (per_campaign_ch(settings, "impressions"), per_campaign_ch(settings, "clicks")) == (
+        {1: 3, 2: 2},
+        {1: 2, 2: 1},
+    )
+    assert reconcile(settings).ok
+
+
 def test_full_sync_of_generated_data_equals_postgres(settings: Settings, pg: psycopg.Connection) -> None:
     Generator(pg, seed=7).batch(advertisers=3, campaigns=4, impressions=500, ctr=0.1)
     full(settings, chunk_rows=700)  # several chunks per table, with parallel partitions

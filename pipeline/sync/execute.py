@@ -111,6 +111,7 @@ def replay_runs(settings: Settings, progress: Progress | None = None) -> list[st
     for done, run in enumerate(chosen, start=1):
         load_run(client, run)
         commit(client, settings, run)
+        record_recovered(client, run)  # the warehouse's history says what it holds (`plan_mode` relies on it)
         if progress:
             progress("replay", done, len(chosen))
     return [run.run_id for run in chosen]

@@ -2,7 +2,8 @@
 
 An incremental run is refused, or becomes full, when the source was reset since the last run: ids restarted,
 a fact table truncated (seen by change capture), or, with change capture off, facts synced earlier gone from the
-source. A replica that has not replayed what the last run read is refused.
+source; or when the warehouse holds no sync history (emptied or replaced). A replica that has not replayed what the
+last run read is refused.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pipeline.options import Mode, OnReset
 from pipeline.source.capture import lsn_value
 from pipeline.sync.capture import Changes
 from pipeline.sync.extract import SourceReader
+from pipeline.sync.runlog import has_history
 from pipeline.sync.state import SyncState
 from pipeline.warehouse.quarantine import accounted_rows
 
@@ -42,6 +44,17 @@ def plan_mode(
         return mode
     if reader.replica:
         _refuse_replica_behind(reader, state)
+    if not has_history(client):
+        # Emptied or replaced (a new server, a lost volume): an incremental run would add the rows since the last
+        # sync to a warehouse holding none of those before it, and pass.
+        replaced = f"the warehouse holds no sync history, though this home last synced run {state.last_run_id}"
+        if on_reset is OnReset.STOP:
+            raise SyncRefusedError(
+                f"{replaced}: it was emptied or replaced; run `adpipe replay` to load the staged runs into it, then"
+                " sync, or `adpipe sync --mode full`"
+            )
+        log.warning("%s: running a full sync", replaced)
+        return Mode.FULL
     if changes is not None:
         # The slot reports deletes and updates, also of the row at the high-water mark, so only a truncation is a
         # reset; a replaced source database has no slot, which the capture check refused already.

@@ -102,6 +102,11 @@ def record(client: Client, result: SyncResult, started: datetime, status: str, e
         log.exception("could not record run %s in sync_runs", result.run_id)
 
 
+def has_history(client: Client) -> bool:
+    """Whether the warehouse's sync_runs holds any run: a warehouse an adpipe home synced into always does."""
+    return bool(client.command("SELECT count() > 0 FROM sync_runs"))
+
+
 def close_interrupted_runs(client: Client, recovered: set[str], last_committed: str | None) -> list[str]:
     """Settle the runs whose sync_runs rows still say `running`; returns the ids of those marked `interrupted`.
 
