@@ -309,6 +309,28 @@ def test_a_warehouse_emptied_or_replaced_stops_the_incremental_sync_until_replay
     assert reconcile(settings).ok
 
 
+def test_reconcile_says_when_the_staged_runs_lost_the_full_run_they_build_on(
+    settings: Settings, pg: psycopg.Connection
+) -> None:
+    """The staging directory emptied by hand: syncs go on staging their runs, but these no longer reach back to a
+    full run, so there is no snapshot to recompute the KPIs from. Reconcile says so, and what restores one."""
+    from pipeline.analytics.reconcile import reconcile
+
+    seed_hand_built(pg)
+    full(settings)
+    shutil.rmtree(settings.staging_dir)
+    pg.execute("INSERT INTO clicks (campaign_id, created_at) VALUES (2, '2026-11-21 09:00:00')")
+    incremental(settings)
+    with pytest.raises(AdpipeError) as refused:
+        reconcile(settings)
+    assert str(refused.value) == (
+        f"the staged runs in {settings.staging_dir} do not reach back to the full run the warehouse builds on"
+        " (deleted, or another staging directory): run `adpipe sync --mode full` to stage a complete snapshot"
+    )
+    full(settings)
+    assert reconcile(settings).ok
+
+
 def test_full_sync_of_generated_data_equals_postgres(settings: Settings, pg: psycopg.Connection) -> None:
     Generator(pg, seed=7).batch(advertisers=3, campaigns=4, impressions=500, ctr=0.1)
     full(settings, chunk_rows=700)  # several chunks per table, with parallel partitions

@@ -28,6 +28,7 @@ from pipeline.source.postgres import connect as connect_postgres
 from pipeline.sqlfiles import sql_text, statements
 from pipeline.storage import LocalStore, Store, open_store
 from pipeline.sync.stage import current_state_files
+from pipeline.sync.state import load_state
 
 RELATIVE_TOLERANCE = 1e-9
 """Floating-point KPIs (ratios) may differ in the last bits between engines; counts must be equal."""
@@ -53,7 +54,12 @@ def snapshot_connection(settings: Settings) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with views over the committed snapshot files, named like the warehouse tables."""
     files = current_state_files(settings)
     if not files.get("advertiser") and not files.get("impressions"):
-        raise AdpipeError(f"no committed snapshot in {settings.staging_dir}: run `adpipe sync` first")
+        if load_state(settings.home).last_run_id is None:
+            raise AdpipeError(f"no committed snapshot in {settings.staging_dir}: run `adpipe sync` first")
+        raise AdpipeError(
+            f"the staged runs in {settings.staging_dir} do not reach back to the full run the warehouse builds on"
+            " (deleted, or another staging directory): run `adpipe sync --mode full` to stage a complete snapshot"
+        )
     store = open_store(settings.staging_dir)
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
