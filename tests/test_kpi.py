@@ -286,6 +286,9 @@ def test_kpi_csv_json_and_parquet(synced: Settings, tmp_path) -> None:
         (("kpi", "campaign_ctr", "--from", "2026-01-07", "--to", "2026-01-06"), "--from 2026-01-07 is after --to"),
         (("kpi", "campaign_ctr", "--format", "parquet"), "--format parquet needs --out FILE"),
         (("kpi", "campaign_ctr", "--out", "x.xlsx"), "cannot tell the format from 'x.xlsx'"),
+        # Deleted in the source: a mistyped or stale id is said, not answered with an empty table.
+        (("kpi", "campaign_ctr", "--campaign", "4"), "--campaign 4: the warehouse has no campaign with that id"),
+        (("kpi", "advertiser_ctr", "--advertiser", "99"), "--advertiser 99: the warehouse has no advertiser with"),
     ],
 )
 def test_kpi_bad_input_is_one_clear_line(synced: Settings, args: tuple[str, ...], message: str) -> None:

@@ -102,9 +102,26 @@ def run_duckdb(connection: Any, kpi: Kpi, filters: Filters) -> pl.DataFrame:
 
 
 def compute(settings: Settings, name: str, filters: Filters) -> pl.DataFrame:
-    """One KPI from the warehouse."""
+    """One KPI from the warehouse; an advertiser or campaign filter must name one the warehouse has."""
     kpi = get_kpi(name)
-    return run_clickhouse(warehouse_client(settings), kpi, filters)
+    client = warehouse_client(settings)
+    _check_filtered_ids(client, filters)
+    return run_clickhouse(client, kpi, filters)
+
+
+def _check_filtered_ids(client: Client, filters: Filters) -> None:
+    """A mistyped id would otherwise give an empty result, which reads as "no traffic"."""
+    for option, noun, value in (
+        ("--advertiser", "advertiser", filters.advertiser_id),
+        ("--campaign", "campaign", filters.campaign_id),
+    ):
+        if value is not None and not client.command(
+            f"SELECT count() FROM live_{noun} WHERE id = {{id:UInt32}}", parameters={"id": value}
+        ):
+            raise AdpipeError(
+                f"{option} {value}: the warehouse has no {noun} with that id (not in the source, in quarantine, or"
+                " not synced yet)"
+            )
 
 
 def warehouse_client(settings: Settings) -> Client:
