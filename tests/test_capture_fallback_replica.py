@@ -207,3 +207,25 @@ def test_a_quarantined_fact_deleted_from_the_source_stops_the_sync_until_repair_
     assert ids(settings, "impressions") == [1, 2, 3, 4, 5, 7]
     reconciles(settings)
     ok(adpipe("sync"))
+
+
+def test_the_newest_facts_deleted_look_like_a_reset_and_repair_converges(
+    settings: Settings, pg: psycopg.Connection
+) -> None:
+    """Without the slot, deleting the rows at the top of the synced ids cannot be told from ids that restarted: the
+    sync stops and names the full sync. A repair compares every synced id instead, which is right either way, and
+    brings the last synced id down to the source's highest."""
+    synced_in_full(pg)
+    pg.execute("DELETE FROM impressions WHERE id IN (2, 5)")
+    pg.execute("DELETE FROM clicks WHERE id = 3")
+    assert refused(adpipe("sync")).startswith("error: the source was reset (impressions max id 4 is below the last")
+    ok(adpipe("sync", "--repair"))
+    assert (ids(settings, "impressions"), ids(settings, "clicks")) == ([1, 3, 4], [1, 2])
+    assert campaign_ctr(settings) == {1: (2, 2), 2: (1, 0), 3: (0, 0)}
+    reconciles(settings)
+    # The sequence goes on above the old mark; an id drawn again below it (a restarted sequence) is read too.
+    pg.execute("INSERT INTO impressions (campaign_id, created_at) VALUES (3, '2026-11-23 10:00:00')")  # id 6
+    pg.execute("INSERT INTO clicks (id, campaign_id, created_at) VALUES (3, 1, '2026-11-23 10:00:30')")
+    ok(adpipe("sync"))
+    assert (ids(settings, "impressions"), ids(settings, "clicks")) == ([1, 3, 4, 6], [1, 2, 3])
+    reconciles(settings)

@@ -9,6 +9,7 @@ anything else; its parts carry the same deduplication tokens, so nothing is coun
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -472,6 +473,11 @@ def _sync_fact(
         if options.progress:
             options.progress(table, upto - previous.high_water, read.high_water - previous.high_water)
     high_water = max(read.high_water, previous.high_water)
+    if options.repair and read.high_water < high_water:
+        # The repair compared every id up to the old mark, and the source has none above its max now (the newest
+        # rows deleted, or ids restarted): the mark comes down to it, so that ids drawn again above it are read.
+        high_water = read.high_water
+        gaps = [dataclasses.replace(gap, hi=min(gap.hi, high_water)) for gap in gaps if gap.lo <= high_water]
     anchor = source.reader.created_at_of(table, high_water) if high_water else None
     return FactState(high_water, anchor.isoformat() if anchor else previous.anchor_created_at, gaps), below_first
 

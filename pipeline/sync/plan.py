@@ -60,7 +60,9 @@ def plan_mode(
         # reset; a replaced source database has no slot, which the capture check refused already.
         reason = f"{', '.join(sorted(changes.truncated))} truncated" if changes.truncated else None
     else:
-        reason = reset_reason(reader, state)
+        # A repair compares every synced id with the warehouse, which is right whatever happened to the ids: the
+        # newest facts deleted look like ids restarted (the max id falls below the last synced one), and are not.
+        reason = None if repair else reset_reason(reader, state)
         if reason is None and not repair and (vanished := vanished_reason(reader, client, state)):
             if on_reset is OnReset.STOP:
                 raise SyncRefusedError(
