@@ -48,37 +48,44 @@ def plan_mode(
         # Emptied or replaced (a new server, a lost volume): an incremental run would add the rows since the last
         # sync to a warehouse holding none of those before it, and pass.
         replaced = f"the warehouse holds no sync history, though this home last synced run {state.last_run_id}"
-        if on_reset is OnReset.STOP:
-            raise SyncRefusedError(
-                f"{replaced}: it was emptied or replaced; run `adpipe replay` to load the staged runs into it, then"
-                " sync, or `adpipe sync --mode full`"
-            )
-        log.warning("%s: running a full sync", replaced)
-        return Mode.FULL
+        return _stop_or_full(
+            on_reset,
+            f"{replaced}: it was emptied or replaced; run `adpipe replay` to load the staged runs into it, then sync,"
+            " or `adpipe sync --mode full`",
+            replaced,
+        )
     if changes is not None:
         # The slot reports deletes and updates, also of the row at the high-water mark, so only a truncation is a
         # reset; a replaced source database has no slot, which the capture check refused already.
         reason = f"{', '.join(sorted(changes.truncated))} truncated" if changes.truncated else None
-    else:
+    elif repair:
         # A repair compares every synced id with the warehouse, which is right whatever happened to the ids: the
         # newest facts deleted look like ids restarted (the max id falls below the last synced one), and are not.
-        reason = None if repair else reset_reason(reader, state)
-        if reason is None and not repair and (vanished := vanished_reason(reader, client, state)):
-            if on_reset is OnReset.STOP:
-                raise SyncRefusedError(
-                    f"{vanished}: run `adpipe sync --repair` to find and remove them, or `adpipe sync --mode full`"
-                )
-            log.warning("%s: running a full sync", vanished)
-            return Mode.FULL
-    if reason:
-        if on_reset is OnReset.STOP:
-            raise SyncRefusedError(
-                f"the source was reset ({reason}); run `adpipe sync --mode full`, "
-                "or pass --on-reset full to do so automatically"
+        reason = None
+    else:
+        reason = reset_reason(reader, state)
+        if reason is None and (vanished := vanished_reason(reader, client, state)):
+            return _stop_or_full(
+                on_reset,
+                f"{vanished}: run `adpipe sync --repair` to find and remove them, or `adpipe sync --mode full`",
+                vanished,
             )
-        log.warning("the source was reset (%s): running a full sync", reason)
-        return Mode.FULL
+    if reason:
+        return _stop_or_full(
+            on_reset,
+            f"the source was reset ({reason}); run `adpipe sync --mode full`, or pass --on-reset full to do so"
+            " automatically",
+            f"the source was reset ({reason})",
+        )
     return mode
+
+
+def _stop_or_full(on_reset: OnReset, refusal: str, reason: str) -> Mode:
+    """Refuse the run with `refusal`, or with --on-reset full run it full, logging `reason`."""
+    if on_reset is OnReset.STOP:
+        raise SyncRefusedError(refusal)
+    log.warning("%s: running a full sync", reason)
+    return Mode.FULL
 
 
 def reset_reason(reader: SourceReader, state: SyncState) -> str | None:
