@@ -352,6 +352,9 @@ def _extract_all(
     changed = _sync_dimensions(client, reader, pipeline, full, version, quarantine, resolved, result)
     # Rows set aside for a created_at ahead of the source's clock may be due now: compared again, like changed rows.
     due = {} if full else quarantined_ids(client, IN_THE_FUTURE)
+    # A repair compares every quarantined id too: a quarantined row that left the source is in no differing bucket,
+    # as neither side holds it.
+    set_aside = quarantined_ids(client) if options.repair and not full else {}
     facts = {}
     for table in FACTS:
         previous = previous_fact(state, table, mode)
@@ -362,8 +365,7 @@ def _extract_all(
                 with _stopwatch(pipeline.timings, "repair"):
                     differing = differing_buckets(reader, client, table, previous.high_water)
                     ids = ids | bucket_ids(reader, client, table, differing)
-                    # A quarantined row that left the source is in no differing bucket: neither side holds it.
-                    ids |= {i for i in quarantined_ids(client).get(table, set()) if i <= previous.high_water}
+                    ids |= {i for i in set_aside.get(table, set()) if i <= previous.high_water}
             changed |= _apply_fact_changes(client, source, pipeline, table, ids, previous, quarantine, resolved, result)
     pipeline.write("quarantine", quarantine_arrow(quarantine, version))
     pipeline.write("quarantine", quarantine_arrow(resolved, version, resolved=True))
