@@ -292,6 +292,7 @@ def test_a_warehouse_emptied_or_replaced_stops_the_incremental_sync_until_replay
         " `adpipe sync --mode full`\n",
     )
     assert per_campaign_ch(settings, "impressions") == {}
+    assert run_cli("sync").stderr == result.stderr  # the refused run's own record is no history
     assert run_cli("replay").exit_code == 0
     assert (per_campaign_ch(settings, "impressions"), per_campaign_ch(settings, "clicks")) == (
         {1: 3, 2: 1},

@@ -103,8 +103,9 @@ def record(client: Client, result: SyncResult, started: datetime, status: str, e
 
 
 def has_history(client: Client) -> bool:
-    """Whether the warehouse's sync_runs holds any run: a warehouse an adpipe home synced into always does."""
-    return bool(client.command("SELECT count() > 0 FROM sync_runs"))
+    """Whether the warehouse's sync_runs holds a run that loaded it: a warehouse an adpipe home synced into always
+    does. Refused and failed runs do not count: a run refused for want of history records itself as failed."""
+    return bool(client.command("SELECT count() > 0 FROM sync_runs WHERE status IN ('success', 'recovered')"))
 
 
 def close_interrupted_runs(client: Client, recovered: set[str], last_committed: str | None) -> list[str]:
