@@ -8,7 +8,8 @@ Once: 500 campaigns, `--impressions` impressions and a click per 20 impressions 
 full`. Each round then, in the source: `--updates` impressions moved to another campaign and a day later, and
 `--deletes` impressions deleted, in one transaction. Then, measured:
   decode   the slot read and decoded alone (pg_logical_slot_peek_binary_changes + our pgoutput decoder)
-  adpipe   `adpipe sync --json` in a subprocess: process wall, the sync's own time and its stages
+  adpipe   `adpipe sync --json` in a subprocess: process wall, the sync's own time (`timings_s.total`, up to
+           its commit, plus `settle`: its deletes folded in beside the slot's advance) and its stages
   full     `adpipe sync --mode full` in a subprocess: what a user without change capture would run instead
 and last, `adpipe reconcile` must pass (every KPI and row count against Postgres and the snapshots).
 
@@ -73,7 +74,7 @@ def main() -> None:
                         "decoded": decoded,
                         "decode_s": decode_seconds,
                         "wall_s": wall,
-                        "sync_s": result["timings_s"]["total"],
+                        "sync_s": result["timings_s"]["total"] + result["timings_s"].get("settle", 0.0),
                         "fact_changes_s": result["timings_s"].get("fact_changes", 0.0),
                         "retracted": sum(t.get("retracted", 0) for t in result["tables"].values()),
                         "full_wall_s": full_wall,

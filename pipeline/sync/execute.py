@@ -32,6 +32,7 @@ from pipeline.config import Settings
 from pipeline.errors import AdpipeError
 from pipeline.killpoints import kill_point
 from pipeline.options import Mode, Progress, SyncOptions
+from pipeline.prefetch import Worker
 from pipeline.source.capture import format_lsn, lsn_value
 from pipeline.staging_home import bind_staging
 from pipeline.sync.capture import advance
@@ -47,7 +48,7 @@ from pipeline.sync.clean import (
 from pipeline.sync.extract import SourceReader
 from pipeline.sync.fact_changes import fact_changes
 from pipeline.sync.gaps import new_gaps, open_gaps
-from pipeline.sync.load import create_shadow, delete_retracted, drop_shadow, load_part, swap_in
+from pipeline.sync.load import create_shadow, delete_retracted, drop_shadow, fold_deletes, load_part, swap_in
 from pipeline.sync.plan import plan_mode
 from pipeline.sync.repair import bucket_ids, differing_buckets
 from pipeline.sync.run_source import OpeningSource, RunSource, already_synced, previous_fact
@@ -97,7 +98,7 @@ def recover_pending_runs(client: Client, settings: Settings, pending: list[Run])
         log.warning("loading run %s, staged but not committed by an earlier sync", run.run_id)
         load_run(client, run)
         commit(client, settings, run)
-        advance_capture(settings, run)
+        settle(client, settings, run)
         record_recovered(client, run)
 
 
@@ -112,6 +113,7 @@ def replay_runs(settings: Settings, progress: Progress | None = None) -> list[st
     for done, run in enumerate(chosen, start=1):
         load_run(client, run)
         commit(client, settings, run)
+        fold_deletes(client, deleted_from(run))
         record_recovered(client, run)  # the warehouse's history says what it holds (`plan_mode` relies on it)
         if progress:
             progress("replay", done, len(chosen))
@@ -192,7 +194,9 @@ def _run(
             kill_point("loaded")
             commit(client, settings, run)
             kill_point("committed")
-            advance_capture(settings, run)
+            settled = time.perf_counter()
+            settle(client, settings, run)
+            result.timings["settle"] = time.perf_counter() - settled
         except BaseException as exc:
             record(client, result, started, "failed", error=str(exc) or type(exc).__name__)
             raise
@@ -200,11 +204,25 @@ def _run(
     return result
 
 
+def settle(client: Client, settings: Settings, run: Run) -> None:
+    """After a run is committed: move its replication slot past the changes it applied, and meanwhile fold its
+    deletes into the fact tables' parts. The one is Postgres' work and the other the engine's, so they overlap."""
+    with Worker("adpipe-advance", backlog=1) as advancing:
+        advancing.submit(advance_capture, settings, run)
+        fold_deletes(client, deleted_from(run))
+        advancing.wait()
+
+
 def advance_capture(settings: Settings, run: Run) -> None:
-    """After a run is committed: move its replication slot past the changes the run applied."""
+    """Move the committed run's replication slot past the changes the run applied."""
     capture = run.manifest.get("capture") or {}
     advance_to = capture.get("advance_to")
     advance(settings, capture.get("slot"), lsn_value(advance_to) if advance_to else None)
+
+
+def deleted_from(run: Run) -> list[str]:
+    """The fact tables a loaded run deleted versions from (`delete_retracted`): those whose retractions it staged."""
+    return [RETRACTED_FROM[table] for table in LOAD_ORDER if table in RETRACTED_FROM and run.parts(table)]
 
 
 class _Pipeline:

@@ -15,7 +15,7 @@ warehouse's own cluster rendering (pipeline/warehouse/cluster.py: `render_shadow
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import PurePath
 
@@ -97,19 +97,25 @@ def delete_retracted(client: Client, fact: str, retracted: str, run_id: str) -> 
         settings={"lightweight_delete_mode": "lightweight_update"},
     )
     kill_point("retracted")
-    if is_embedded(client):
-        _apply_patches(client, target)
 
 
-def _apply_patches(client: Client, table: str) -> None:
-    """Fold the patch parts of `table` into its data parts now: a mutation that rewrites their deleted-rows mask.
+def fold_deletes(client: Client, facts: Iterable[str]) -> None:
+    """On the embedded engine, fold the patch parts `delete_retracted` left in `facts` into their data parts now: a
+    mutation per table that rewrites their deleted-rows mask. It changes no row, so it may wait until the run is
+    committed.
 
     A read of a part with patches pending reads every column of every row to apply them, so the next run's
     comparison with the held versions (`fact_changes`) and its delete grew with each run's patches. Merges fold
     patches only into the parts they merge, and the embedded engine runs only while its process does: its large
     parts kept every patch (docs/performance.md, Change capture). A server is left to its merges and its operator
-    (docs/change-capture.md). A fold that fails is logged and left to a later run: it changes no row.
+    (docs/change-capture.md). A fold that fails is logged and left to a later run.
     """
+    if is_embedded(client):
+        for fact in facts:
+            _apply_patches(client, quote_identifier(fact))
+
+
+def _apply_patches(client: Client, table: str) -> None:
     try:
         client.command(f"ALTER TABLE {table} APPLY PATCHES", settings={"mutations_sync": 1})
     except WarehouseError as exc:
