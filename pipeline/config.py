@@ -95,9 +95,27 @@ def _url(name: str, schemes: tuple[str, ...]) -> str | None:
     The value itself is not repeated: a connection string that is not a URL (`host=… password=…`) would show its
     password, which only a URL's masking hides."""
     value = os.environ.get(name) or None
-    if value is not None and not value.lower().startswith(schemes):
+    if value is None:
+        return None
+    if not value.lower().startswith(schemes):
         raise ConfigError(f"{name} must be a URL starting with {' or '.join(schemes)}")
+    if value.lower().startswith(("http://", "https://")):
+        _check_server_url(name, value)
     return value
+
+
+def _check_server_url(name: str, url: str) -> None:
+    """What the ClickHouse driver would otherwise fail on with a traceback (libpq checks a Postgres URL itself)."""
+    try:
+        urlsplit(url).port  # noqa: B018 (parsing it is the check)
+    except ValueError:
+        # Most often a password with a character a URL reserves: the host part then ends at it.
+        raise ConfigError(
+            f"{name} has no valid port: a user or password holding / ? # @ or : must write them percent-encoded"
+            " (%2F %3F %23 %40 %3A)"
+        ) from None
+    if {parameter.partition("=")[0].lower() for parameter in urlsplit(url).query.split("&")} & {"user", "password"}:
+        raise ConfigError(f"{name}: give the user and password before the host (http://user:password@host:8123/db)")
 
 
 S3_SCHEME = "s3://"
@@ -155,6 +173,11 @@ def _clickhouse_database(url: str) -> str:
 
 def mask_url(url: str) -> str:
     """The URL with its password (in the user info or a `password=` query parameter) replaced by `***`."""
+    scheme, separator, rest = url.partition("://")
+    if separator and "@" in rest and "@" not in urlsplit(url).netloc:
+        # A user or password with a reserved character that is not percent-encoded (`a:b/c@host`) ends the URL's
+        # host part early, where its parser finds no password: hide everything before the last `@`.
+        return f"{scheme}://***@{rest.rpartition('@')[2]}"
     parts = urlsplit(url)
     masked = parts
     if parts.password is not None:

@@ -99,6 +99,8 @@ def describe_failure(exc: BaseException) -> str | None:
         return str(exc)
     if _broken_connection(exc):
         return f"Postgres connection failed: {first_line(exc)}"
+    if _refused_privilege(exc):
+        return f"Postgres refused: {first_line(exc)} (the grants each command needs: docs/operations.md#grants)"
     if isinstance(exc, OSError):  # the machine's: a directory that cannot be made, a full disk, a file in the way
         return f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else first_line(exc)
     return None
@@ -124,6 +126,14 @@ def _broken_connection(exc: BaseException) -> bool:
         driver is not None and isinstance(exc, driver.OperationalError)
         for driver in (sys.modules.get("psycopg"), sys.modules.get("adbc_driver_manager"))
     )
+
+
+def _refused_privilege(exc: BaseException) -> bool:
+    """Postgres refused for want of a privilege (SQLSTATE 42501), through psycopg or ADBC (which both carry the
+    SQLSTATE) or ConnectorX (whose errors carry only the server's words)."""
+    if getattr(exc, "sqlstate", None) == "42501":
+        return True
+    return isinstance(exc, RuntimeError) and "permission denied for " in str(exc)
 
 
 def first_line(exc: BaseException, limit: int = 300) -> str:

@@ -416,6 +416,9 @@ def _open(url: str, what: str) -> psycopg.Connection:
         raise SourceError(
             f"cannot reach {what} at {masked}: {first_line(exc)}", url=masked, transient=_transient(exc)
         ) from None
+    except psycopg.ProgrammingError as exc:  # libpq refused the URL itself (an unknown query parameter, say)
+        masked = mask_url(url)
+        raise SourceError(f"cannot use the URL of {what} {masked}: {first_line(exc)}", url=masked) from None
     conn.url = url
     return conn
 
@@ -428,6 +431,17 @@ def _transient(exc: psycopg.OperationalError) -> bool:
 
 
 _TRANSIENT_REFUSALS = ("the database system is", "too many clients", "remaining connection slots")
+
+
+def _relation_exists(conn: psycopg.Connection, name: str) -> bool:
+    """Whether relation `schema.table` exists, read from the catalog: `to_regclass` needs USAGE on the schema, which
+    a role that only reads the source tables need not have on `referral`."""
+    schema, table = name.split(".")
+    return conn.execute(
+        "SELECT EXISTS (SELECT FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relname = %s)",
+        (schema, table),
+    ).fetchone()[0]
 
 
 SCHEMA_MARKERS = {"V1": "public.advertiser", "V2": "referral.click_through_rate"}
@@ -446,6 +460,6 @@ def apply_source_schema(conn: psycopg.Connection) -> None:
         for file in sorted(migrations, key=lambda f: int(f.name[1:].split("__")[0])):
             version = file.name.split("__")[0]
             marker = SCHEMA_MARKERS[version]
-            if not conn.execute("SELECT to_regclass(%s) IS NOT NULL", (marker,)).fetchone()[0]:
+            if not _relation_exists(conn, marker):
                 log.info("applying %s", file.name)
                 conn.execute(file.read_text())

@@ -1,0 +1,90 @@
+"""A Postgres role without a privilege a command needs: one `error:` line naming what was refused, nothing changed.
+
+The grants each command needs are in docs/operations.md (Grants); these tests take them away one at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+
+from pipeline.config import Settings
+from tests.conftest import run_cli
+from tests.test_sync import seed_hand_built
+
+pytestmark = pytest.mark.warehouses("chdb")
+
+SOURCE_TABLES = "advertiser, campaign, impressions, clicks"
+
+
+@contextmanager
+def as_role(
+    settings: Settings, pg: psycopg.Connection, monkeypatch: pytest.MonkeyPatch, *grants: str, database: str = ""
+) -> Iterator[str]:
+    """Run the block's commands as a new login role holding only `grants` (`{role}` in them is its name), on the
+    test's source database or on `database`."""
+    role = f"adpipe_p_{settings.clickhouse_database[2:]}"
+    pg.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'limited-role'")
+    try:
+        for grant in grants:
+            pg.execute(grant.format(role=role))
+        url = urlsplit(settings.postgres_url)
+        path = f"/{database}" if database else url.path
+        url = url._replace(netloc=f"{role}:limited-role@{url.hostname}:{url.port}", path=path)
+        monkeypatch.setenv("ADPIPE_POSTGRES_URL", urlunsplit(url))
+        yield role
+    finally:
+        pg.execute(f"DROP OWNED BY {role}")
+        pg.execute(f"DROP ROLE {role}")
+
+
+def test_a_role_that_reads_the_source_tables_alone_may_run_the_source_commands(
+    settings: Settings, pg: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The referral schema is not the sync's: a role without USAGE on it still runs `stats` and a sync."""
+    seed_hand_built(pg)
+    with as_role(settings, pg, monkeypatch, f"GRANT SELECT ON {SOURCE_TABLES} TO {{role}}"):
+        stats = run_cli("stats")
+        assert stats.exit_code == 0, stats.stderr
+        assert "impressions" in stats.stdout
+        synced = run_cli("sync", "--mode", "full")
+        assert synced.exit_code == 0, synced.stderr
+
+
+@pytest.mark.parametrize("engine", ["adbc", "connectorx"])
+def test_a_table_the_role_may_not_read_stops_the_sync_in_one_line(
+    settings: Settings, pg: psycopg.Connection, monkeypatch: pytest.MonkeyPatch, engine: str
+) -> None:
+    seed_hand_built(pg)
+    with as_role(settings, pg, monkeypatch, "GRANT SELECT ON advertiser, campaign, impressions TO {role}"):
+        for command in (["stats"], ["sync", "--mode", "full", "--engine", engine]):
+            result = run_cli(*command)
+            assert result.exit_code == 1, (command, result.stdout)
+            assert result.stderr.startswith("error: Postgres refused: permission denied for table clicks"), command
+            assert result.stderr.count("\n") == 1, result.stderr
+            assert "limited-role" not in result.stderr
+    assert not settings.staging_dir.exists() or not any(settings.staging_dir.glob("*-full"))
+    assert not (settings.home / "last_synced_ids.json").exists()
+
+
+def test_a_role_that_may_not_create_the_missing_source_schema_says_so(
+    settings: Settings, pg: psycopg.Connection, pg_server_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database without the source tables, and a role that may not create them (Postgres 15+ takes CREATE on
+    schema public from everyone but its owner)."""
+    empty = f"{settings.clickhouse_database}_empty"
+    with psycopg.connect(pg_server_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{empty}"')
+    try:
+        with as_role(settings, pg, monkeypatch, database=empty):
+            result = run_cli("stats")
+        assert result.exit_code == 1
+        assert result.stderr.startswith("error: Postgres refused: permission denied for schema public"), result.stderr
+        assert result.stderr.count("\n") == 1
+    finally:
+        with psycopg.connect(pg_server_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE "{empty}" WITH (FORCE)')
