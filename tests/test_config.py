@@ -123,6 +123,11 @@ def test_clickhouse_database_from_server_url_path(
         ("postgresql://a:s3cret@db/ads?Password=s3cret", "postgresql://a:***@db/ads?Password=***"),
         ("postgresql://adpipe@db/ads", "postgresql://adpipe@db/ads"),
         ("chdb:///tmp/home/clickhouse", "chdb:///tmp/home/clickhouse"),
+        # Reserved characters a password should have percent-encoded end the host part early: all of it is hidden.
+        ("postgresql://adpipe:hun/ter2@db:5432/ads", "postgresql://***@db:5432/ads"),
+        ("postgresql://adpipe:hun#ter2@db/ads", "postgresql://***@db/ads"),
+        ("postgresql://adpipe:hun?ter2@db/ads", "postgresql://***@db/ads"),
+        ("http://default:12/34@localhost:8123/adpipe", "http://***@localhost:8123/adpipe"),
     ],
 )
 def test_mask_url(url: str, masked: str) -> None:
@@ -244,3 +249,31 @@ def test_a_home_or_staging_directory_the_file_system_refuses_is_one_line(
     assert result.exit_code == 1
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
     assert "a-file" in result.stderr and "Not a directory" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("ADPIPE_CLICKHOUSE_URL", "http://adpipe:hun/ter2@db:8123/adpipe", "has no valid port"),
+        ("ADPIPE_CLICKHOUSE_READER_URL", "http://reader:s3cret@db:99999/adpipe", "has no valid port"),
+        ("ADPIPE_CLICKHOUSE_URL", "http://db:8123/adpipe?user=adpipe&password=s3cret", "give the user and password"),
+    ],
+)
+def test_a_clickhouse_url_the_driver_cannot_parse_is_one_line_without_its_value(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    result = run_cli("status")
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: {name}") and message in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1
+    assert "s3cret" not in result.stderr and "ter2" not in result.stderr
+
+
+def test_a_postgres_url_libpq_refuses_is_one_line(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ADPIPE_POSTGRES_URL", "postgresql://adpipe:s3cret@127.0.0.1:1/ads?bogus=1")
+    result = run_cli("stats")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: cannot use the URL of Postgres postgresql://adpipe:***@127.0.0.1:1/ads")
+    assert "bogus" in result.stderr and result.stderr.count("\n") == 1
+    assert "s3cret" not in result.stderr
