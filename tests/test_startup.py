@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from pipeline.config import Settings
+from tests.conftest import run_cli
 from tests.test_sync import seed_hand_built
 
 HEAVY = ("polars", "pyarrow", "duckdb", "chdb", "clickhouse_connect", "plotly", "pandas", "numpy", "pydantic")
@@ -89,7 +90,40 @@ def test_the_console_script_exits_with_the_commands_code() -> None:
     assert (help_.returncode, "Advertising data from Postgres to ClickHouse" in help_.stdout) == (0, True)
     unknown = subprocess.run([sys.executable, "-m", "pipeline", "no-such-command"], capture_output=True, text=True)
     assert unknown.returncode == 2
-    assert "No such command 'no-such-command'" in unknown.stderr
+    assert unknown.stderr == "error: No such command 'no-such-command'. (see `python -m pipeline --help`)\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "message", "command"),
+    [
+        (["sync", "--mode", "bogus"], "Invalid value for '--mode': 'bogus' is not one of", "adpipe sync"),
+        (["kpi", "campaign_ctr", "--from", "2026-13-01"], "Invalid value for '--from': '2026-13-01'", "adpipe kpi"),
+        (["campaigns"], "Missing option '--advertiser-id'.", "adpipe campaigns"),
+        (["events", "load"], "Missing argument 'files'.", "adpipe events load"),
+    ],
+)
+def test_a_command_line_that_does_not_parse_is_one_line_and_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], message: str, command: str
+) -> None:
+    monkeypatch.setenv("ADPIPE_HOME", str(tmp_path / "home"))
+    result = run_cli(*args)
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: {message}") and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.endswith(f"(see `{command} --help`)\n")
+    assert not (tmp_path / "home").exists()
+
+
+def test_a_group_alone_shows_its_help() -> None:
+    result = run_cli("events")
+    assert "Usage: adpipe events" in result.stdout + result.stderr
+    assert "error:" not in result.stderr
+
+
+def test_a_reset_not_confirmed_changes_nothing(settings: Settings, pg: psycopg.Connection) -> None:
+    seed_hand_built(pg)
+    result = run_cli("reset", input="n\n")
+    assert (result.exit_code, result.stderr.splitlines()[-1]) == (1, "error: not confirmed: nothing was changed")
+    assert pg.execute("SELECT count(*) FROM impressions").fetchone()[0] == 4
 
 
 def test_a_command_that_loads_duckdb_ends_without_a_word_on_stderr(

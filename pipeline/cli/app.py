@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from typer._click.exceptions import NoArgsIsHelpError, UsageError  # Typer's own click (the version is pinned)
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
@@ -32,7 +33,8 @@ err_console = Console(stderr=True)
 
 
 class _FriendlyErrors(TyperGroup):
-    """Turns expected failures into one line on stderr and exit code 1, for every command.
+    """Turns expected failures into one line on stderr and exit code 1, for every command (2 for a command line that
+    does not parse, as every click program).
 
     Living in the command group (not in `main`) means tests that invoke the app get exactly
     what a user gets. Unexpected exceptions — bugs — keep their traceback.
@@ -43,7 +45,14 @@ class _FriendlyErrors(TyperGroup):
             return super().invoke(ctx)
         except KeyboardInterrupt:
             _stop_interrupted()
-        except (typer.Exit, typer.Abort, TyperException):
+        except NoArgsIsHelpError:  # a command group alone: its help
+            raise
+        except UsageError as exc:  # a malformed option or argument, a missing one, a command that is not
+            command = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
+            fail(f"{exc.format_message()} (see `{command} --help`)", code=exc.exit_code)
+        except typer.Abort:  # a question answered no (or stdin closed)
+            fail("not confirmed: nothing was changed")
+        except (typer.Exit, TyperException):
             raise
         except Exception as exc:
             if interrupted():  # Ctrl-C that surfaced as another error: a cancelled read, an interrupted import
