@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from dotenv import load_dotenv
+from dotenv.parser import parse_stream
 
 from pipeline.errors import ConfigError
 
@@ -66,7 +67,7 @@ def load_settings() -> Settings:
 
     The CLI calls this once per command and passes the result down: nothing below it reads the environment.
     """
-    load_dotenv(Path.cwd() / ".env", override=False)
+    _load_env_file(Path.cwd() / ".env")
     home = Path(os.environ.get("ADPIPE_HOME", ".adpipe")).absolute()
     clickhouse_url = _url("ADPIPE_CLICKHOUSE_URL", _CLICKHOUSE_SCHEMES) or f"chdb://{home / 'clickhouse'}"
     return Settings(
@@ -83,6 +84,18 @@ def load_settings() -> Settings:
         capture_lag_warning_bytes=_whole("ADPIPE_CAPTURE_LAG_WARNING_BYTES", 1 << 30, minimum=0),
         engine_wait_seconds=_number("ADPIPE_ENGINE_WAIT_SECONDS", 60.0, minimum=0),
     )
+
+
+def _load_env_file(path: Path) -> None:
+    """Set the variables of `.env` not already set. A line that is not `NAME=value` stops the command: skipped, as
+    python-dotenv would skip it, a setting with an unclosed quote would leave the embedded default in its place."""
+    if not path.is_file():
+        return
+    with path.open(encoding="utf-8") as stream:
+        broken = [binding.original.line for binding in parse_stream(stream) if binding.error]
+    if broken:
+        raise ConfigError(f"{path}: line {broken[0]} is not NAME=value (an unclosed quote?)")
+    load_dotenv(path, override=False)
 
 
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://")

@@ -65,6 +65,18 @@ def test_dotenv_is_read_but_the_environment_wins(clean_env: Path, monkeypatch: p
     assert settings.clickhouse_database == "dotenv_db"
 
 
+def test_a_dotenv_line_that_does_not_parse_stops_the_command(clean_env: Path) -> None:
+    """Skipped, as python-dotenv skips it with a warning, the setting would leave the embedded default in its place:
+    the command would run against another database and exit 0."""
+    (clean_env / ".env").write_text('ADPIPE_HOME=/srv/home\nADPIPE_POSTGRES_URL="postgresql://u:s3cret@db:1/ads\n')
+    result = run_cli("stats")
+    assert (result.exit_code, result.stderr) == (
+        1,
+        f"error: {clean_env / '.env'}: line 2 is not NAME=value (an unclosed quote?)\n",
+    )
+    assert not (clean_env / ".adpipe").exists()
+
+
 def test_seed_postgres_variables_make_the_url(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("POSTGRES_HOST", "db.example")
     monkeypatch.setenv("POSTGRES_PORT", "6543")
