@@ -289,6 +289,8 @@ def test_kpi_csv_json_and_parquet(synced: Settings, tmp_path) -> None:
         # Deleted in the source: a mistyped or stale id is said, not answered with an empty table.
         (("kpi", "campaign_ctr", "--campaign", "4"), "--campaign 4: the warehouse has no campaign with that id"),
         (("kpi", "advertiser_ctr", "--advertiser", "99"), "--advertiser 99: the warehouse has no advertiser with"),
+        # reconcile over nothing would pass every check
+        (("reconcile", "--campaign", "99999"), "--campaign 99999: the warehouse has no campaign with that id"),
     ],
 )
 def test_kpi_bad_input_is_one_clear_line(synced: Settings, args: tuple[str, ...], message: str) -> None:

@@ -105,11 +105,11 @@ def compute(settings: Settings, name: str, filters: Filters) -> pl.DataFrame:
     """One KPI from the warehouse; an advertiser or campaign filter must name one the warehouse has."""
     kpi = get_kpi(name)
     client = warehouse_client(settings)
-    _check_filtered_ids(client, filters)
+    check_filtered_ids(client, filters)
     return run_clickhouse(client, kpi, filters)
 
 
-def _check_filtered_ids(client: Client, filters: Filters) -> None:
+def check_filtered_ids(client: Client, filters: Filters) -> None:
     """A mistyped id would otherwise give an empty result, which reads as "no traffic"."""
     for option, noun, value in (
         ("--advertiser", "advertiser", filters.advertiser_id),

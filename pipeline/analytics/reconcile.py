@@ -20,7 +20,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from clickhouse_connect.driver.client import Client
 
-from pipeline.analytics.kpi import Filters, list_kpis, run_clickhouse, run_duckdb, warehouse_client
+from pipeline.analytics.kpi import Filters, check_filtered_ids, list_kpis, run_clickhouse, run_duckdb, warehouse_client
 from pipeline.catalog import DIMENSIONS, FACTS, RETRACTED, SOURCE_COLUMNS, SOURCE_TABLES, live_rows
 from pipeline.config import Settings
 from pipeline.errors import AdpipeError
@@ -109,6 +109,7 @@ def reconcile(settings: Settings, filters: Filters | None = None) -> ReconcileRe
     """Every KPI in ClickHouse vs DuckDB; row counts in Postgres vs ClickHouse vs the snapshots."""
     filters = filters or Filters()
     client = warehouse_client(settings)
+    check_filtered_ids(client, filters)  # else every check passes, over nothing
     snapshots = snapshot_connection(settings)
     report = ReconcileReport()
     for kpi in list_kpis():
