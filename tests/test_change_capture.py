@@ -27,6 +27,7 @@ from pipeline.analytics.kpi import Filters, get_kpi, run_clickhouse
 from pipeline.analytics.reconcile import reconcile
 from pipeline.config import Settings, load_settings
 from pipeline.errors import SyncRefusedError
+from pipeline.locks import exclusive_lock
 from pipeline.options import Mode, OnReset
 from pipeline.source.capture import format_lsn, lsn_value, slot_info
 from pipeline.source.generate import Generator
@@ -415,6 +416,10 @@ def test_a_dropped_slot_stops_incremental_syncs_until_a_full_one(settings: Setti
     seed(pg)
     full(settings)
     slot = capture_slot(settings)
+    with exclusive_lock(settings.home / "sync.lock", "sync"):  # a sync or a follower running: it keeps its slot
+        busy = run_cli("capture", "drop")
+    assert (busy.exit_code, busy.stderr.startswith("error: sync is busy: another adpipe process")) == (1, True)
+    assert slot_info(pg, slot) is not None
     assert run_cli("capture", "drop").exit_code == 0
     assert slot_info(pg, slot) is None
     result = run_cli("sync")

@@ -400,7 +400,7 @@ def snapshots_prune(keep: Annotated[int, typer.Option(help="Staged runs to keep.
 @capture_app.command("drop")
 def capture_drop() -> None:
     """Drop this warehouse's replication slot, so a retired pipeline holds no WAL (a full sync starts it again)."""
-    from pipeline.sync.capture import drop_capture
+    from pipeline.sync.run import drop_capture
 
     slot = drop_capture(current_settings())
     console.print(f"Dropped replication slot {slot}." if slot else "No replication slot to drop.")

@@ -18,6 +18,7 @@ from pipeline.errors import AdpipeError
 from pipeline.locks import exclusive_lock
 from pipeline.options import Mode, Progress, SyncOptions
 from pipeline.staging_home import check_staging
+from pipeline.sync import capture
 from pipeline.sync.run_source import OpeningSource, SourceOptions
 from pipeline.sync.stage import list_runs, prune_runs, remove_interrupted
 from pipeline.sync.state import SyncState, load_state
@@ -94,6 +95,12 @@ def prune(settings: Settings, keep: int) -> list[str]:
     with sync_lock(settings):
         check_staging(settings)
         return prune_runs(settings, keep)
+
+
+def drop_capture(settings: Settings) -> str | None:
+    """`capture.drop_capture` under the sync lock: a sync or follower running would lose its slot in mid-run."""
+    with sync_lock(settings):
+        return capture.drop_capture(settings)
 
 
 def replay(settings: Settings, progress: Progress | None = None) -> list[str]:
