@@ -223,6 +223,7 @@ def test_reset_asks_and_no_changes_nothing(settings: Settings, pg: psycopg.Conne
     before = fingerprint(pg)
     result = run_cli("reset", input="n\n")
     assert result.exit_code == 1
+    assert result.stderr == "error: not confirmed: nothing was changed\n"
     assert "Delete every row of advertiser, campaign, impressions and clicks? [y/N]" in result.stdout
     assert "Emptied" not in result.stdout
     assert fingerprint(pg) == before
@@ -245,6 +246,9 @@ def test_reset_asks_and_no_changes_nothing(settings: Settings, pg: psycopg.Conne
         (["batch", "--ctr", "1.5"], "--ctr must be between 0 and 1, got 1.5"),
         (["batch", "--ctr", "-0.1"], "--ctr must be between 0 and 1, got -0.1"),
         (["clicks", "--campaign-id", "1", "--ratio", "2"], "--ratio must be between 0 and 1, got 2.0"),
+        # The rows are dated around --now: year 1 would write dates before the common era, 9999 past the calendar.
+        (["batch", "--now", "0001-01-01"], "--now must be between 1970-02-01 and 2149-05-01, got 0001-01-01 00:00:00"),
+        (["campaigns", "--advertiser-id", "1", "--now", "9999-12-30"], "--now must be between 1970-02-01 and"),
     ],
 )
 def test_bad_input_is_one_line_and_changes_nothing(
@@ -254,8 +258,19 @@ def test_bad_input_is_one_line_and_changes_nothing(
     before = fingerprint(pg)
     result = run_cli(*args)
     assert result.exit_code == 1
-    assert result.stderr == f"error: {message}\n"
+    assert result.stderr.startswith(f"error: {message}") and result.stderr.count("\n") == 1, result.stderr
     assert "Traceback" not in result.stdout
+    assert fingerprint(pg) == before
+
+
+@pytest.mark.parametrize("args", [["batch", "--seed", "-1"], ["advertisers", "--seed", "-1"]])
+def test_a_negative_seed_is_refused_as_the_command_line_is_parsed(
+    settings: Settings, pg: psycopg.Connection, args: list[str]
+) -> None:
+    before = fingerprint(pg)
+    result = run_cli(*args)
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: Invalid value for '--seed': -1 is not in the range x>=0.")
     assert fingerprint(pg) == before
 
 

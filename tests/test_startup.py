@@ -119,13 +119,6 @@ def test_a_group_alone_shows_its_help() -> None:
     assert "error:" not in result.stderr
 
 
-def test_a_reset_not_confirmed_changes_nothing(settings: Settings, pg: psycopg.Connection) -> None:
-    seed_hand_built(pg)
-    result = run_cli("reset", input="n\n")
-    assert (result.exit_code, result.stderr.splitlines()[-1]) == (1, "error: not confirmed: nothing was changed")
-    assert pg.execute("SELECT count(*) FROM impressions").fetchone()[0] == 4
-
-
 def test_a_command_that_loads_duckdb_ends_without_a_word_on_stderr(
     settings: Settings, pg: psycopg.Connection, tmp_path: Path
 ) -> None:

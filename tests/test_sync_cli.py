@@ -153,10 +153,13 @@ def test_sync_against_unreachable_postgres_is_one_line(
     assert list(settings.staging_dir.glob("*")) == []
 
 
-def test_invalid_chunk_rows_is_refused(settings: Settings) -> None:
-    result = run_cli("sync", "--chunk-rows", "0")
-    assert result.exit_code == 1
-    assert "--chunk-rows must be 1 or more, got 0" in result.stderr
+@pytest.mark.parametrize(
+    ("option", "value"), [("--chunk-rows", "0"), ("--partitions", "0"), ("--partitions", "-2"), ("--keep", "0")]
+)
+def test_invalid_sync_options_are_refused_before_the_run(settings: Settings, option: str, value: str) -> None:
+    result = run_cli("sync", option, value)
+    assert (result.exit_code, result.stderr) == (1, f"error: {option} must be 1 or more, got {value}\n")
+    assert not settings.staging_dir.exists() or not any(settings.staging_dir.iterdir())
 
 
 def test_prune_keeps_what_the_warehouse_needs(settings: Settings, pg: psycopg.Connection) -> None:

@@ -12,7 +12,7 @@ from pipeline.cli.app import app, console, current_settings
 
 @app.command()
 def demo(
-    seed: Annotated[int, typer.Option(help="Random seed for the generated data.")] = 42,
+    seed: Annotated[int, typer.Option(min=0, help="Random seed for the generated data.")] = 42,
     yes: Annotated[
         bool, typer.Option("--yes", help="Allow the demo to empty an external Postgres (ADPIPE_POSTGRES_URL).")
     ] = False,

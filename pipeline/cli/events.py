@@ -29,7 +29,7 @@ def generate(
     events: Annotated[int, typer.Option(help="Lines to write.")] = 10_000,
     customers: Annotated[int, typer.Option(help="Customers (referral pages).")] = 20,
     users: Annotated[int, typer.Option(help="Distinct users.")] = 1_000,
-    seed: Annotated[int | None, typer.Option(help="Random seed: the same seed writes the same file.")] = None,
+    seed: Annotated[int | None, typer.Option(min=0, help="Random seed: the same seed writes the same file.")] = None,
 ) -> None:
     """Write a realistic, time-ordered event file with a controlled share of every defect."""
     from pipeline.referral.generate import generate_file

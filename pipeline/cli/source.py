@@ -13,7 +13,7 @@ from pipeline.cli.app import app, console, current_settings
 if TYPE_CHECKING:
     from pipeline.source.generate import Generator
 
-Seed = Annotated[int | None, typer.Option(help="Random seed: the same seed writes the same data.")]
+Seed = Annotated[int | None, typer.Option(min=0, help="Random seed: the same seed writes the same data.")]
 Now = Annotated[
     datetime | None,
     typer.Option(

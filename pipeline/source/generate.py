@@ -38,11 +38,18 @@ class BatchResult:
     clicks: int
 
 
+EARLIEST_NOW = datetime(1970, 2, 1)
+LATEST_NOW = datetime(2149, 5, 1)  # campaigns end up to 30 days later, and ClickHouse's Date ends on 2149-06-06
+
+
 class Generator:
     """Writes generated rows into the source tables; `seed` makes a run reproducible."""
 
     def __init__(self, conn: psycopg.Connection, seed: int | None = None, now: datetime | None = None) -> None:
         """`now` (naive UTC) is the clock the data is generated against; with `seed`, the rows are reproducible."""
+        if now is not None and not EARLIEST_NOW <= now <= LATEST_NOW:
+            # The rows are dated up to 14 days before it and 30 after: they must fit the warehouse's dates.
+            raise AdpipeError(f"--now must be between {EARLIEST_NOW:%Y-%m-%d} and {LATEST_NOW:%Y-%m-%d}, got {now}")
         self.conn = conn
         self.rng = np.random.default_rng(seed)
         self.faker = Faker()

@@ -39,6 +39,8 @@ def sync(settings: Settings, options: SyncOptions) -> SyncResult:
 def check_options(options: SyncOptions) -> None:
     if options.chunk_rows < 1:
         raise AdpipeError(f"--chunk-rows must be 1 or more, got {options.chunk_rows}")
+    if options.partitions < 1:
+        raise AdpipeError(f"--partitions must be 1 or more, got {options.partitions}")
     if options.keep is not None and options.keep < 1:
         raise AdpipeError(f"--keep must be 1 or more, got {options.keep}")
 
