@@ -498,8 +498,8 @@ def _sync_fact(
         # rows deleted, or ids restarted): the mark comes down to it, so that ids drawn again above it are read.
         high_water = read.high_water
         gaps = [dataclasses.replace(gap, hi=min(gap.hi, high_water)) for gap in gaps if gap.lo <= high_water]
-    anchor = source.reader.created_at_of(table, high_water) if high_water else None
-    return FactState(high_water, anchor.isoformat() if anchor else previous.anchor_created_at, gaps), below_first
+    anchor = source.reader.anchor_of(table, high_water) if high_water else None
+    return FactState(high_water, anchor or previous.anchor_created_at, gaps), below_first
 
 
 def _ids(rows: pa.Table) -> np.ndarray:

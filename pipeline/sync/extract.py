@@ -190,9 +190,21 @@ class SourceReader:
     def max_id(self, table: str) -> int:
         return self.coordinator.execute(f"SELECT coalesce(max(id), 0) FROM {table}").fetchone()[0]
 
-    def created_at_of(self, table: str, row_id: int) -> datetime | None:
-        row = self.coordinator.execute(f"SELECT created_at FROM {table} WHERE id = %s", (row_id,)).fetchone()
-        return row[0] if row else None
+    def anchor_of(self, table: str, row_id: int) -> str | None:
+        """The created_at of row `row_id` as ISO 8601 text, None without the row (or its time): what a later run
+        compares to tell the same row from a new one under a reused id. A time before year 1 or an infinity, which
+        Python cannot hold, is Postgres' own text."""
+        row = self.coordinator.execute(
+            f"SELECT to_char(created_at, 'YYYY-MM-DD HH24:MI:SS.US BC'), created_at::text FROM {table} WHERE id = %s",
+            (row_id,),
+        ).fetchone()
+        if row is None or row[1] is None:
+            return None
+        text, shown = row
+        try:
+            return datetime.fromisoformat(text.removesuffix(" AD")).isoformat()
+        except (AttributeError, ValueError):  # None for an infinity; BC, or a year past 9999
+            return shown
 
     def count_ids(self, table: str, upto: int, outside: list[tuple[int, int]]) -> int:
         """Rows with id <= upto, not counting those in the inclusive ranges `outside` (ranges from our own state)."""

@@ -97,8 +97,8 @@ def reset_reason(reader: SourceReader, state: SyncState) -> str | None:
         current_max = reader.max_id(table)
         if current_max < previous.high_water:
             return f"{table} max id {current_max} is below the last synced id {previous.high_water}"
-        anchor = reader.created_at_of(table, previous.high_water)
-        if anchor is not None and previous.anchor_created_at and anchor.isoformat() != previous.anchor_created_at:
+        anchor = reader.anchor_of(table, previous.high_water)
+        if anchor is not None and previous.anchor_created_at and anchor != previous.anchor_created_at:
             return f"{table} row {previous.high_water} is not the row synced last time"
     return None
 
