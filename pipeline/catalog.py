@@ -5,6 +5,8 @@ Every other module asks here instead of keeping its own list.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 DIMENSIONS = ("advertiser", "campaign")
 """Source tables re-read whole on every run; changes are found by row hashes (`pipeline.sync.changes`)."""
 FACTS = ("impressions", "clicks")
@@ -13,6 +15,10 @@ FIRST_ID = 1
 """The lowest id the warehouse takes: SERIAL ids start at 1, and the warehouse keys rows by unsigned ids. A row
 written with a lower id (the source allows any) is read on every run (`SourceReader.read_ids_in`) and set aside in
 quarantine (`pipeline.sync.clean`): an id sync reads only above its high-water id, which starts at 0."""
+COUNTED_TIMES = (datetime(1970, 1, 1), datetime(2106, 2, 7))
+"""The event times the warehouse counts per day and hour, [from, to): ClickHouse `Date` and `DateTime` hold those
+(an impression, click or referral event outside would be counted on another day). Rows outside go to quarantine as
+out of range, even those in the future: no clock brings them in."""
 SOURCE_TABLES = (*DIMENSIONS, *FACTS)
 """The source tables, parents before children (the order their foreign keys need)."""
 

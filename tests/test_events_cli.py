@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -128,3 +128,20 @@ def test_referral_schema_added_to_an_existing_source_database(settings: Settings
     with connect(settings) as conn:
         assert conn.execute("SELECT to_regclass('referral.clicks') IS NOT NULL").fetchone()[0]
         assert conn.execute("SELECT name FROM advertiser").fetchall() == [("kept",)]
+
+
+def test_events_the_warehouse_cannot_date_are_quarantined_and_the_rest_load(settings: Settings, tmp_path: Path) -> None:
+    """ClickHouse partitions the events by day and the reports count hours: a time outside 1970-01-01 to 2106-02-07
+    would land on another day (1960 on 2139-06-07), and year 1 failed the load."""
+    times = ["0001-01-01T00:00:00Z", "1960-01-01T00:00:00Z", "1970-01-01T00:00:00Z", "2400-01-01T00:00:00Z"]
+    lines = [
+        json.dumps(
+            {"event_id": f"e{n}", "customer_id": 1, "user_id": 1, "fired_at": at, "event_type": "ReferralPageLoad"}
+        )
+        for n, at in enumerate(times)
+    ]
+    result = run_cli("events", "load", str(write(tmp_path / "e.jsonl", lines)), "--json")
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["valid"], summary["quarantined"]) == (1, {"fired_at out of range": 3})
+    assert [row[:3] for row in reports(settings)] == [(1, datetime(1970, 1, 1), 1)]

@@ -18,6 +18,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from pipeline.catalog import COUNTED_TIMES
 from pipeline.referral.events import EVENT_SCHEMA, EVENT_TYPES, ORDER, keep_first
 from pipeline.referral.lines import LineChunk
 
@@ -62,7 +63,7 @@ def clean_chunk(chunk: LineChunk, source: str) -> Cleaned:
         & pl.col("customer_int").is_not_null()
         & pl.col("user_int").is_not_null()
         & pl.col("event_type").is_in(EVENT_TYPES)
-        & pl.col("fired_at_parsed").is_not_null()
+        & pl.col("fired_at_parsed").is_between(*COUNTED_TIMES, closed="left")
     )
     # A null field makes its test null, not false (`is_in` of a null event_type): such a line is not valid either,
     # and must reach the quarantine rather than fall out of both filters.
@@ -105,7 +106,9 @@ def _reason() -> pl.Expr:
         .then(pl.lit("user_id is not an integer"))
         .when(~pl.col("event_type").is_in(EVENT_TYPES))
         .then(pl.lit("invalid event_type"))
-        .otherwise(pl.lit("unparseable fired_at"))
+        .when(pl.col("fired_at_parsed").is_null())
+        .then(pl.lit("unparseable fired_at"))
+        .otherwise(pl.lit("fired_at out of range"))
     )
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 import pyarrow as pa
 
-from pipeline.catalog import FIRST_ID
+from pipeline.catalog import COUNTED_TIMES, FIRST_ID
 
 if TYPE_CHECKING:
     from polars.expr.whenthen import Then
@@ -25,10 +25,6 @@ IN_THE_FUTURE = "created_at in the future"
 """The one reason a fact can stop being true of a row that does not change: time catches up with it. Incremental runs
 compare such rows again (`pipeline.sync.execute`)."""
 
-FACT_RANGE = (datetime(1970, 1, 1), datetime(2106, 2, 7))
-"""The created_at a fact may have, [from, to): the aggregates count facts per day and per hour in ClickHouse `Date`
-and `DateTime`, the latter from 1970-01-01 to 2106-02-07 (a fact outside would be counted on another day). A fact
-dated past the end is out of range, not in the future: no clock brings it in."""
 TIMESTAMP_RANGE = (datetime(1900, 1, 1), datetime(2300, 1, 1))
 """The timestamps a dimension row may hold, [from, to): ClickHouse `DateTime64`'s range."""
 DATE_RANGE = (date(1970, 1, 1), date(2149, 6, 6))
@@ -63,8 +59,8 @@ class Cleaned:
 
 
 def clean_facts(table: str, rows: pa.Table, now: datetime) -> Cleaned:
-    """Impressions or clicks: ids the warehouse takes, a campaign, and a created_at in `FACT_RANGE`, up to `now` plus
-    the tolerance."""
+    """Impressions or clicks: ids the warehouse takes, a campaign, and a created_at in `COUNTED_TIMES`, up to `now`
+    plus the tolerance."""
     frame = pl.from_arrow(rows)
     reason = (
         _id_below_first("id")
@@ -74,7 +70,7 @@ def clean_facts(table: str, rows: pa.Table, now: datetime) -> Cleaned:
         .then(pl.lit(f"campaign_id below {FIRST_ID}"))
         .when(pl.col("created_at").is_null())
         .then(pl.lit("created_at is NULL"))
-        .when(~pl.col("created_at").is_between(*FACT_RANGE, closed="left"))
+        .when(~pl.col("created_at").is_between(*COUNTED_TIMES, closed="left"))
         .then(pl.lit("created_at out of range"))
         .when(pl.col("created_at") > now + FUTURE_TOLERANCE)
         .then(pl.lit(IN_THE_FUTURE))
