@@ -859,6 +859,34 @@ def test_snapshots_verify_detects_a_changed_file(settings: Settings, pg: psycopg
     assert "clicks/part-00000.parquet: sha256" in result.stderr
 
 
+def test_a_staged_run_that_is_not_what_its_manifest_says_is_refused_before_anything_changes(
+    settings: Settings, pg: psycopg.Connection
+) -> None:
+    """Replay checks every part it will load first: one found damaged half way left the warehouse half rebuilt and
+    the state back at the full run. A manifest that is not one adpipe wrote is one line for every command."""
+    seed_hand_built(pg)
+    full(settings)
+    pg.execute("INSERT INTO impressions (campaign_id, created_at) VALUES (2, '2026-11-22 10:00:00')")
+    incremental(settings)
+    before = (per_campaign_ch(settings, "impressions"), load_state(settings.home).last_run_id)
+    full_run, incremental_run = list_runs(settings.staging_dir)
+    part = incremental_run.directory / "impressions" / "part-00000.parquet"
+    part.write_bytes(part.read_bytes() + b"garbage")
+    replayed = run_cli("replay")
+    assert replayed.exit_code == 1
+    assert replayed.stderr.startswith(f"error: staged run {incremental_run.run_id}: impressions/part-00000.parquet:")
+    assert replayed.stderr.endswith("; nothing was replayed\n")
+    assert (per_campaign_ch(settings, "impressions"), load_state(settings.home).last_run_id) == before
+    for damage in ("{not json", "{}", '{"mode": "full", "tables": {"clicks": 1}, "source": {}, "state_after": {}}'):
+        (full_run.directory / "manifest.json").write_text(damage)
+        for command in (["snapshots", "list"], ["snapshots", "verify"], ["replay"], ["reconcile"]):
+            result = run_cli(*command)
+            assert result.exit_code == 1, (damage, command)
+            assert result.stderr.startswith(f"error: staged run {full_run.run_id}: its manifest.json is not one adpipe")
+            assert result.stderr.count("\n") == 1, result.stderr
+    assert run_cli("sync").exit_code == 0  # it reads only the runs after the last one it committed
+
+
 def test_missing_ranges() -> None:
     import numpy as np
 

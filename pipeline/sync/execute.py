@@ -29,7 +29,7 @@ from clickhouse_connect.driver.client import Client
 
 from pipeline.catalog import DIMENSIONS, FACTS, FIRST_ID, LOAD_ORDER, RETRACTED
 from pipeline.config import Settings
-from pipeline.errors import AdpipeError
+from pipeline.errors import AdpipeError, StagingError
 from pipeline.killpoints import kill_point
 from pipeline.options import Mode, Progress, SyncOptions
 from pipeline.prefetch import Worker
@@ -53,7 +53,7 @@ from pipeline.sync.plan import plan_mode
 from pipeline.sync.repair import bucket_ids, differing_buckets
 from pipeline.sync.run_source import OpeningSource, RunSource, already_synced, previous_fact
 from pipeline.sync.runlog import SyncResult, TableSummary, close_interrupted_runs, record, record_recovered
-from pipeline.sync.stage import Run, RunWriter, list_runs, new_run_id, state_runs
+from pipeline.sync.stage import Run, RunWriter, list_runs, new_run_id, state_runs, verify_runs
 from pipeline.sync.state import FactState, Gap, SyncState, save_state
 from pipeline.warehouse import client as clickhouse
 from pipeline.warehouse.quarantine import quarantine_counts, quarantined_ids
@@ -108,6 +108,11 @@ def replay_runs(settings: Settings, progress: Progress | None = None) -> list[st
     chosen = state_runs(runs, runs[-1].run_id if runs else None)
     if not chosen:
         raise AdpipeError(f"nothing to replay: no full run staged in {settings.staging_dir}")
+    # Checked before anything is loaded: a part found damaged half way would leave the warehouse half rebuilt.
+    if problems := verify_runs(chosen).problems:
+        first, more = problems[0], len(problems) - 1
+        also = f", and {more} more (`adpipe snapshots verify` lists them)" if more else ""
+        raise StagingError(f"staged run {first.run_id}: {first.path}: {first.problem}{also}; nothing was replayed")
     client = clickhouse.connect(settings)
     apply_schema(client)
     for done, run in enumerate(chosen, start=1):

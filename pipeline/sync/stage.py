@@ -18,6 +18,7 @@ chronologically.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -31,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.config import Settings, StagingDir
-from pipeline.errors import AdpipeError
+from pipeline.errors import AdpipeError, StagingError, first_line
 from pipeline.killpoints import kill_point
 from pipeline.storage import Store, open_store
 from pipeline.sync.state import load_state
@@ -166,8 +167,40 @@ def list_runs(staging_dir: StagingDir, *, after: str | None = None) -> list[Run]
     runs = []
     for name, published in zip(names, store.holding(store.root, names, MANIFEST), strict=True):
         if published:
-            runs.append(Run(name, store.root / name, json.loads(store.read_bytes(store.root / name / MANIFEST)), store))
+            runs.append(Run(name, store.root / name, _read_manifest(store, name), store))
     return runs
+
+
+def _read_manifest(store: Store, run_id: str) -> dict[str, Any]:
+    """A run's manifest, refused in one line when it is not one adpipe wrote (edited, cut short, another tool's):
+    every command that reads the staged runs would otherwise fail deep inside, on the first key it lacks."""
+    try:
+        manifest = json.loads(store.read_bytes(store.root / run_id / MANIFEST))
+    except ValueError as exc:  # not UTF-8 or not JSON
+        problem: str | None = f"not JSON: {first_line(exc, 80)}"
+    else:
+        problem = _manifest_problem(manifest)
+    if problem is not None:
+        raise StagingError(
+            f"staged run {run_id}: its {MANIFEST} is not one adpipe wrote ({problem}); restore it from a backup, or"
+            f" move the run out of {store.root} (a replay needs every run from the latest full one on)"
+        )
+    return manifest
+
+
+def _manifest_problem(manifest: object) -> str | None:
+    if not isinstance(manifest, dict):
+        return "not a JSON object"
+    if missing := [key for key in ("mode", "tables", "source", "state_after") if key not in manifest]:
+        return f"no {', '.join(missing)}"
+    if manifest["mode"] not in ("full", "incremental"):
+        return f"mode {manifest['mode']!r}"
+    tables, fields = manifest["tables"], {f.name for f in dataclasses.fields(Part)}
+    for name, entry in tables.items() if isinstance(tables, dict) else [("", None)]:
+        parts = entry.get("parts") if isinstance(entry, dict) else None
+        if not isinstance(parts, list) or any(not isinstance(p, dict) or set(p) != fields for p in parts):
+            return f"table {name!r} has no list of parts" if name else "tables is not a JSON object"
+    return None
 
 
 def remove_interrupted(staging_dir: StagingDir) -> list[str]:
@@ -263,7 +296,11 @@ class Verification:
 
 def verify_staging(staging_dir: StagingDir) -> Verification:
     """Re-hash every part of every staged run against its manifest."""
-    runs = list_runs(staging_dir)
+    return verify_runs(list_runs(staging_dir))
+
+
+def verify_runs(runs: list[Run]) -> Verification:
+    """Re-hash every part of `runs` against their manifests."""
     parts = [(run, part) for run in runs for table in run.manifest["tables"] for part in run.parts(table)]
     problems = []
     for run, part in parts:
