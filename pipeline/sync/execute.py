@@ -146,7 +146,9 @@ def load_parts(client: Client, run: Run, database: str | None = None) -> None:
         columns = list(run.manifest["tables"].get(table, {}).get("schema", {}))
         parts = run.parts(table)
         for part in parts:
-            load_part(client, table, run.store, run.directory / part.path, part.sha256, columns, database=database)
+            load_part(
+                client, table, run.store, run.directory / part.path, part.sha256, columns, run.run_id, database=database
+            )
         if parts and table in RETRACTED_FROM:
             delete_retracted(client, RETRACTED_FROM[table], table, run.run_id)
 
@@ -266,7 +268,8 @@ class _Pipeline:
         timings: dict[str, float] = defaultdict(float)
         try:
             with _stopwatch(timings, "load_overlapped"):
-                load_part(client, table, self.writer.store, path, sha, columns, database=self.shadow)
+                writer = self.writer
+                load_part(client, table, writer.store, path, sha, columns, writer.run_id, database=self.shadow)
         finally:
             self.idle.put(client)
             with self.timings_lock:

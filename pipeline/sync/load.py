@@ -1,7 +1,7 @@
 """Loading staged Parquet parts into ClickHouse, exactly once.
 
 Each part is sent as Parquet bytes (never as Python rows) with an insert_deduplication_token
-derived from its checksum, and with deduplication extended to the materialized views, so a
+derived from its run and checksum, and with deduplication extended to the materialized views, so a
 part retried after a crash is dropped by the base table and by the aggregates alike. When the
 staging is on S3, ClickHouse reads the part itself with its `s3()` table function instead
 (`INSERT … SELECT … FROM s3(…)`), with the same token: the bytes never pass through adpipe.
@@ -48,15 +48,19 @@ def load_part(
     path: PurePath,
     sha256: str,
     columns: list[str],
+    run_id: str,
     database: str | None = None,
 ) -> None:
-    """Insert one staged part (whose columns are `columns`); a second insert of the same part is a no-op.
+    """Insert one staged part of run `run_id` (whose columns are `columns`); a second insert of the same part of the
+    same run is a no-op.
 
     That is also what makes the part safe to resend when a server connection breaks mid-insert
-    (pipeline.warehouse.client retries inserts that carry an insert_deduplication_token).
+    (pipeline.warehouse.client retries inserts that carry an insert_deduplication_token). The token names the run:
+    two runs may stage the same bytes (a fact changed and changed back loads its first version again), and the
+    second is a new insert, not a repeat.
     """
     target = quote_identifier(table) if database is None else f"{quote_identifier(database)}.{quote_identifier(table)}"
-    settings = {**_INSERT_SETTINGS, "insert_deduplication_token": f"{table}:{sha256}"}
+    settings = {**_INSERT_SETTINGS, "insert_deduplication_token": f"{table}:{run_id}:{sha256}"}
     if isinstance(store, LocalStore):
         client.raw_insert(target, insert_block=store.read_bytes(path), fmt="Parquet", settings=settings)
         kill_point("part-loaded")

@@ -293,8 +293,8 @@ def _retrying[T](call: Callable[[], T], options: ClickHouseServerOptions, url: s
 
 
 def _deduplicated(settings: dict | None) -> bool:
-    # Every insert adpipe retries carries an insert_deduplication_token (pipeline.sync.load: `<table>:<sha256>` of the
-    # staged part), and the tables keep a deduplication window: a part resent after a connection broke mid-insert
+    # Every insert adpipe retries carries an insert_deduplication_token (pipeline.sync.load: `<table>:<run>:<sha256>`
+    # of the staged part), and the tables keep a deduplication window: a part resent after a connection broke mid-insert
     # is dropped by the table and by the materialized views, so a retry never doubles rows. An insert without a
     # token is resent only when it certainly did not run.
     return _DEDUPLICATED in (settings or {})
