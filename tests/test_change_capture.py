@@ -16,12 +16,14 @@ import signal
 import subprocess
 import sys
 from datetime import UTC, date, datetime
-from pathlib import Path
+from pathlib import Path, PurePath
 from types import MappingProxyType
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
+from clickhouse_connect.driver.client import Client
 
 from pipeline.analytics.kpi import Filters, get_kpi, run_clickhouse
 from pipeline.analytics.reconcile import reconcile
@@ -33,10 +35,12 @@ from pipeline.source.capture import format_lsn, lsn_value, slot_info
 from pipeline.source.generate import Generator
 from pipeline.source.pgoutput import DecodedTransaction
 from pipeline.source.postgres import connect
+from pipeline.storage import Store
 from pipeline.sync.capture import Changes, RunCapture, collect, visible
 from pipeline.sync.extract import Snapshot
 from pipeline.sync.run import SyncOptions, replay, sync
 from pipeline.sync.runlog import SyncResult
+from pipeline.sync.stage import list_runs
 from pipeline.sync.state import load_state, save_state
 from pipeline.warehouse import client as clickhouse
 from tests.conftest import run_cli
@@ -130,6 +134,46 @@ def test_a_change_reverted_loads_the_first_version_again(settings: Settings, pg:
         assert (result.tables["clicks"].retracted, result.tables["clicks"].loaded) == (1, 1)
         assert ch(settings, "SELECT campaign_id FROM clicks WHERE id = 4") == [(campaign,)]
         assert_equals_source(settings, pg)
+
+
+def test_a_run_an_earlier_adpipe_staged_and_loaded_before_it_died_is_recovered_without_doubles(
+    settings: Settings, pg: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Manifest format 1: its parts went under tokens without the run id. The sync after an upgrade loads them again
+    under those, so the warehouse drops them as the repeats they are."""
+    from pipeline.sync import execute, stage
+
+    seed(pg)
+    full(settings)
+    pg.execute("UPDATE clicks SET campaign_id = 3 WHERE id = 1")
+    pg.execute("INSERT INTO impressions (campaign_id, created_at) VALUES (2, '2026-11-22 10:00:00')")
+
+    def died(name: str) -> None:
+        if name == "loaded":
+            raise KeyboardInterrupt  # loaded, not committed: what a process killed there leaves
+
+    def load_part_as_before(
+        client: Client, table: str, store: Store, path: PurePath, sha256: str, *_: Any, **__: Any
+    ) -> None:
+        client.raw_insert(
+            table,
+            insert_block=store.read_bytes(path),
+            fmt="Parquet",
+            settings={
+                "deduplicate_blocks_in_dependent_materialized_views": 1,
+                "insert_deduplication_token": f"{table}:{sha256}",  # what adpipe sent before manifest format 2
+            },
+        )
+
+    monkeypatch.setattr(stage, "MANIFEST_FORMAT", 1)
+    monkeypatch.setattr(execute, "kill_point", died)
+    monkeypatch.setattr(execute, "load_part", load_part_as_before)
+    with pytest.raises(KeyboardInterrupt):
+        incremental(settings)
+    monkeypatch.undo()
+    assert load_state(settings.home).last_run_id != list_runs(settings.staging_dir)[-1].run_id  # pending
+    incremental(settings)
+    assert_equals_source(settings, pg)
 
 
 def test_deleted_impressions_leave_the_facts_and_the_aggregates(settings: Settings, pg: psycopg.Connection) -> None:
@@ -427,6 +471,28 @@ def test_the_slot_never_advances_past_the_wal_its_read_could_decode(settings: Se
     assert changes.advance_to is not None and flushed <= changes.advance_to < flushed + 2**30
 
 
+def test_a_slot_dropped_and_created_again_is_not_trusted_until_a_full_sync(
+    settings: Settings, pg: psycopg.Connection
+) -> None:
+    """`capture drop`, then `init`: the new slot has the old one's name but not the changes made in between."""
+    seed(pg)
+    full(settings)
+    slot = capture_slot(settings)
+    assert run_cli("capture", "drop").exit_code == 0
+    pg.execute("UPDATE clicks SET campaign_id = 3 WHERE id = 1")  # in no slot
+    assert run_cli("init").exit_code == 0
+    assert slot_info(pg, slot) is not None
+    result = run_cli("sync")
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: replication slot {slot} is past the last sync (")
+    assert "it was created again, or advanced by someone else" in result.stderr
+    assert ch(settings, "SELECT campaign_id FROM clicks WHERE id = 1") == [(1,)]
+    full(settings)
+    pg.execute("DELETE FROM impressions WHERE id = 1")
+    incremental(settings)
+    assert_equals_source(settings, pg)
+
+
 def test_a_dropped_slot_stops_incremental_syncs_until_a_full_one(settings: Settings, pg: psycopg.Connection) -> None:
     seed(pg)
     full(settings)
@@ -477,8 +543,8 @@ def test_a_full_sync_moves_off_a_slot_the_state_followed_under_an_older_name(
     settings: Settings, pg: psycopg.Connection
 ) -> None:
     seed(pg)
+    pg.execute("SELECT pg_create_logical_replication_slot('adpipe_old_name', 'pgoutput')")  # made before that run
     full(settings)
-    pg.execute("SELECT pg_create_logical_replication_slot('adpipe_old_name', 'pgoutput')")
     save_state(settings.home, dataclasses.replace(load_state(settings.home), capture_slot="adpipe_old_name"))
     pg.execute("DELETE FROM impressions WHERE id = 1")
     incremental(settings)  # follows the slot the state names

@@ -146,9 +146,8 @@ def load_parts(client: Client, run: Run, database: str | None = None) -> None:
         columns = list(run.manifest["tables"].get(table, {}).get("schema", {}))
         parts = run.parts(table)
         for part in parts:
-            load_part(
-                client, table, run.store, run.directory / part.path, part.sha256, columns, run.run_id, database=database
-            )
+            path = run.directory / part.path
+            load_part(client, table, run.store, path, part.sha256, columns, run.token_run_id, database=database)
         if parts and table in RETRACTED_FROM:
             delete_retracted(client, RETRACTED_FROM[table], table, run.run_id)
 

@@ -48,7 +48,7 @@ def load_part(
     path: PurePath,
     sha256: str,
     columns: list[str],
-    run_id: str,
+    run_id: str | None,
     database: str | None = None,
 ) -> None:
     """Insert one staged part of run `run_id` (whose columns are `columns`); a second insert of the same part of the
@@ -57,10 +57,11 @@ def load_part(
     That is also what makes the part safe to resend when a server connection breaks mid-insert
     (pipeline.warehouse.client retries inserts that carry an insert_deduplication_token). The token names the run:
     two runs may stage the same bytes (a fact changed and changed back loads its first version again), and the
-    second is a new insert, not a repeat.
+    second is a new insert, not a repeat. `run_id` None: a run an earlier adpipe staged (`Run.token_run_id`).
     """
     target = quote_identifier(table) if database is None else f"{quote_identifier(database)}.{quote_identifier(table)}"
-    settings = {**_INSERT_SETTINGS, "insert_deduplication_token": f"{table}:{run_id}:{sha256}"}
+    token = f"{table}:{sha256}" if run_id is None else f"{table}:{run_id}:{sha256}"
+    settings = {**_INSERT_SETTINGS, "insert_deduplication_token": token}
     if isinstance(store, LocalStore):
         client.raw_insert(target, insert_block=store.read_bytes(path), fmt="Parquet", settings=settings)
         kill_point("part-loaded")

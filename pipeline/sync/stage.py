@@ -44,7 +44,9 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 TMP_PREFIX = ".tmp-"
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2
+"""2: the run's parts are loaded under a deduplication token that names the run (`pipeline.sync.load`); 1 (earlier
+adpipe): by table and checksum alone."""
 RUN_ID = re.compile(r"\d{8}T\d{12}Z-\w+")
 
 
@@ -85,6 +87,12 @@ class Run:
     def parts(self, table: str) -> list[Part]:
         entry = self.manifest["tables"].get(table)
         return [Part(**p) for p in entry["parts"]] if entry else []
+
+    @property
+    def token_run_id(self) -> str | None:
+        """The run id its parts' deduplication tokens name; None for a run an earlier adpipe staged (format 1), whose
+        parts it sent under tokens without one: a recovered part must go again under the token it went under."""
+        return self.run_id if self.manifest.get("format", 1) >= 2 else None
 
     def files(self, table: str) -> list[PurePath]:
         return [self.directory / part.path for part in self.parts(table)]
