@@ -500,9 +500,10 @@ def _sync_fact(
         if options.progress:
             options.progress(table, upto - previous.high_water, read.high_water - previous.high_water)
     high_water = max(read.high_water, previous.high_water)
-    if options.repair and read.high_water < high_water:
-        # The repair compared every id up to the old mark, and the source has none above its max now (the newest
-        # rows deleted, or ids restarted): the mark comes down to it, so that ids drawn again above it are read.
+    if read.high_water < high_water and (options.repair or source.changes is not None):
+        # The source has no id above its max now (the newest rows deleted, or every row and the ids restarted), and
+        # the warehouse has none either once this run is in: a repair compares every id up to the old mark, change
+        # capture retracts each delete. The mark comes down to the max, so that ids drawn again above it are read.
         high_water = read.high_water
         gaps = [dataclasses.replace(gap, hi=min(gap.hi, high_water)) for gap in gaps if gap.lo <= high_water]
     anchor = source.reader.anchor_of(table, high_water) if high_water else None
