@@ -291,9 +291,10 @@ def test_a_fact_set_aside_as_in_the_future_is_loaded_once_the_source_clock_reach
 def test_a_warehouse_emptied_or_replaced_stops_the_incremental_sync_until_replayed(
     settings: Settings, pg: psycopg.Connection
 ) -> None:
-    """A warehouse with no sync history (a new server, a lost volume) under a home that synced before: an incremental
-    run would add the newest rows to a warehouse holding none of the rest, and exit 0. It stops in one line; replay
-    loads the staged runs into it, and the syncs go on from there. With --on-reset full, a full sync runs instead."""
+    """A warehouse without the last run this home committed (a new server, a lost volume, an older backup): an
+    incremental run would add the newest rows to a warehouse lacking what came before them, and exit 0. It stops in
+    one line; replay loads the staged runs into it, and the syncs go on from there. With --on-reset full, a full sync
+    runs instead."""
     from pipeline.analytics.reconcile import reconcile
 
     seed_hand_built(pg)
@@ -311,8 +312,8 @@ def test_a_warehouse_emptied_or_replaced_stops_the_incremental_sync_until_replay
     result = run_cli("sync")
     assert (result.exit_code, result.stderr) == (
         1,
-        f"error: the warehouse holds no sync history, though this home last synced run {last}:"
-        " it was emptied or replaced; run `adpipe replay` to load the staged runs into it, then sync, or"
+        f"error: the warehouse has no record of run {last}, the last this home committed: it was emptied, replaced"
+        " or restored from an earlier backup; run `adpipe replay` to load the staged runs into it, then sync, or"
         " `adpipe sync --mode full`\n",
     )
     assert per_campaign_ch(settings, "impressions") == {}
@@ -325,11 +326,23 @@ def test_a_warehouse_emptied_or_replaced_stops_the_incremental_sync_until_replay
     incremental(settings)
     assert per_campaign_ch(settings, "impressions") == {1: 3, 2: 2}
     assert reconcile(settings).ok
+    # Restored from a backup taken before the last run: its rows and its record are gone, the earlier runs' stay.
+    pg.execute("INSERT INTO clicks (campaign_id, created_at) VALUES (1, '2026-11-23 09:00:00')")
+    incremental(settings)
+    last = load_state(settings.home).last_run_id
+    client = clickhouse.connect(settings)
+    for statement in ("DELETE FROM clicks WHERE id = 4", f"DELETE FROM sync_runs WHERE run_id = '{last}'"):
+        client.command(statement, settings={"mutations_sync": 1})
+    restored = run_cli("sync")
+    assert restored.exit_code == 1
+    assert restored.stderr.startswith(f"error: the warehouse has no record of run {last}, the last this home")
+    assert run_cli("replay").exit_code == 0
+    assert reconcile(settings).ok
     empty_the_warehouse()
     incremental(settings, on_reset=OnReset.FULL)
     assert (per_campaign_ch(settings, "impressions"), per_campaign_ch(settings, "clicks")) == (
         {1: 3, 2: 2},
-        {1: 2, 2: 1},
+        {1: 3, 2: 1},
     )
     assert reconcile(settings).ok
 

@@ -2,8 +2,8 @@
 
 An incremental run is refused, or becomes full, when the source was reset since the last run: ids restarted,
 a fact table truncated (seen by change capture), or, with change capture off, facts synced earlier gone from the
-source; or when the warehouse holds no sync history (emptied or replaced). A replica that has not replayed what the
-last run read is refused.
+source; or when the warehouse lacks the last committed run (emptied, replaced, restored from an older backup). A
+replica that has not replayed what the last run read is refused.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pipeline.options import Mode, OnReset
 from pipeline.source.capture import lsn_value
 from pipeline.sync.capture import Changes
 from pipeline.sync.extract import SourceReader
-from pipeline.sync.runlog import has_history
+from pipeline.sync.runlog import holds_run
 from pipeline.sync.state import SyncState
 from pipeline.warehouse.quarantine import accounted_rows
 
@@ -44,14 +44,14 @@ def plan_mode(
         return mode
     if reader.replica:
         _refuse_replica_behind(reader, state)
-    if not has_history(client):
-        # Emptied or replaced (a new server, a lost volume): an incremental run would add the rows since the last
-        # sync to a warehouse holding none of those before it, and pass.
-        replaced = f"the warehouse holds no sync history, though this home last synced run {state.last_run_id}"
+    if state.last_run_id is not None and not holds_run(client, state.last_run_id):
+        # Emptied, replaced (a new server, a lost volume) or restored from an older backup: an incremental run would
+        # add the rows since the last sync to a warehouse that lacks what came before them, and pass.
+        replaced = f"the warehouse has no record of run {state.last_run_id}, the last this home committed"
         return _stop_or_full(
             on_reset,
-            f"{replaced}: it was emptied or replaced; run `adpipe replay` to load the staged runs into it, then sync,"
-            " or `adpipe sync --mode full`",
+            f"{replaced}: it was emptied, replaced or restored from an earlier backup; run `adpipe replay` to load"
+            " the staged runs into it, then sync, or `adpipe sync --mode full`",
             replaced,
         )
     if changes is not None:

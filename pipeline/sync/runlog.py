@@ -102,10 +102,13 @@ def record(client: Client, result: SyncResult, started: datetime, status: str, e
         log.exception("could not record run %s in sync_runs", result.run_id)
 
 
-def has_history(client: Client) -> bool:
-    """Whether the warehouse's sync_runs holds a run that loaded it: a warehouse an adpipe home synced into always
-    does. Refused and failed runs do not count: a run refused for want of history records itself as failed."""
-    return bool(client.command("SELECT count() > 0 FROM sync_runs WHERE status IN ('success', 'recovered')"))
+def holds_run(client: Client, run_id: str) -> bool:
+    """Whether the warehouse's sync_runs holds a row of run `run_id`. A run records itself as running before it loads
+    anything, so the warehouse a run committed into holds its row, unless it was emptied, replaced, or restored from
+    a backup taken before the run."""
+    return bool(
+        client.command("SELECT count() > 0 FROM sync_runs WHERE run_id = {run:String}", parameters={"run": run_id})
+    )
 
 
 def close_interrupted_runs(client: Client, recovered: set[str], last_committed: str | None) -> list[str]:
