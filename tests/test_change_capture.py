@@ -515,6 +515,27 @@ def test_a_slot_dropped_and_created_again_is_not_trusted_until_a_full_sync(
     assert_equals_source(settings, pg)
 
 
+def test_a_publication_altered_by_hand_stops_incremental_syncs_until_a_full_one(
+    settings: Settings, pg: psycopg.Connection
+) -> None:
+    """Changes a publication does not publish are in no slot: a run would apply none of them, and exit 0."""
+    seed(pg)
+    full(settings)
+    for alter, problem in (
+        ("SET (publish = 'insert')", "no longer publishes every update, delete and truncate"),
+        ("DROP TABLE clicks", "no longer publishes clicks"),
+    ):
+        pg.execute(f"ALTER PUBLICATION adpipe {alter}")
+        pg.execute("UPDATE clicks SET campaign_id = 3 WHERE id = 1")
+        result = run_cli("sync")
+        assert result.exit_code == 1
+        assert result.stderr.startswith(f"error: publication adpipe {problem}: fact updates and deletes since"), alter
+        full(settings)
+        pg.execute("UPDATE clicks SET campaign_id = 1 WHERE id = 1")
+        incremental(settings)
+        assert_equals_source(settings, pg)
+
+
 def test_a_dropped_slot_stops_incremental_syncs_until_a_full_one(settings: Settings, pg: psycopg.Connection) -> None:
     seed(pg)
     full(settings)

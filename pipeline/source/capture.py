@@ -153,17 +153,14 @@ def ensure_publication(conn: psycopg.Connection, tables: Sequence[str]) -> None:
     change, so changes written before it existed cannot be decoded through it. Creating it needs CREATE on the
     database and ownership of every table; an advisory lock keeps two first runs from racing to create it.
     """
-    wanted = [_table(name) for name in tables]
+    wanted = {_table(name) for name in tables}
     grant = "the role must own the tables and have CREATE on the database (or own the publication)"
     with _refusals(conn, f"create or alter the publication {PUBLICATION}", grant), conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('adpipe.publication'))")
-        row = conn.execute(
-            "SELECT pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_publication WHERE pubname = %s",
-            (PUBLICATION,),
-        ).fetchone()
-        names = sql.SQL(", ").join(sql.Identifier(schema, table) for schema, table in wanted)
+        flags, published = _publication(conn)
+        names = sql.SQL(", ").join(sql.Identifier(schema, table) for schema, table in sorted(wanted))
         publication = sql.Identifier(PUBLICATION)
-        if row is None:
+        if flags is None:
             log.info("creating publication %s for %s", PUBLICATION, ", ".join(tables))
             conn.execute(
                 sql.SQL("CREATE PUBLICATION {} FOR TABLE {} WITH (publish = {})").format(
@@ -171,15 +168,40 @@ def ensure_publication(conn: psycopg.Connection, tables: Sequence[str]) -> None:
                 )
             )
             return
-        if row != (False, True, True, True):
+        if flags != _PUBLISHED_FLAGS:
             log.info("setting publication %s to publish %s", PUBLICATION, _PUBLISH)
             conn.execute(sql.SQL("ALTER PUBLICATION {} SET (publish = {})").format(publication, sql.Literal(_PUBLISH)))
-        published = conn.execute(
-            "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", (PUBLICATION,)
-        ).fetchall()
-        if set(published) != set(wanted):
+        if published != wanted:
             log.info("setting publication %s to tables %s", PUBLICATION, ", ".join(tables))
             conn.execute(sql.SQL("ALTER PUBLICATION {} SET TABLE {}").format(publication, names))
+
+
+def publication_problem(conn: psycopg.Connection, tables: Sequence[str]) -> str | None:
+    """What keeps the publication from publishing `tables`' updates, deletes and truncates (someone altered or
+    dropped it since `ensure_publication`), or None. Reading the catalog needs no privilege."""
+    flags, published = _publication(conn)
+    if flags is None:
+        return "is gone"
+    if flags[1:] != _PUBLISHED_FLAGS[1:]:
+        return "no longer publishes every update, delete and truncate"
+    if missing := sorted(name for name in tables if _table(name) not in published):
+        return f"no longer publishes {', '.join(missing)}"
+    return None
+
+
+_PUBLISHED_FLAGS = (False, True, True, True)
+"""pubinsert, pubupdate, pubdelete, pubtruncate: `_PUBLISH`."""
+
+
+def _publication(conn: psycopg.Connection) -> tuple[tuple[bool, ...] | None, set[tuple[str, str]]]:
+    """The publication's (pubinsert, pubupdate, pubdelete, pubtruncate), None when there is none, and its tables."""
+    row = conn.execute(
+        "SELECT pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_publication WHERE pubname = %s", (PUBLICATION,)
+    ).fetchone()
+    published = conn.execute(
+        "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", (PUBLICATION,)
+    ).fetchall()
+    return (tuple(row) if row else None), set(published)
 
 
 def create_slot(conn: psycopg.Connection, slot: str, wait_seconds: float) -> bool:

@@ -155,6 +155,11 @@ def _check(conn: psycopg.Connection, settings: Settings, state: SyncState) -> Ru
             f"replication slot {state.capture_slot} {problem}: fact updates and deletes since the last sync cannot be"
             " read; run `adpipe sync --mode full` to reload and start change capture again"
         )
+    if problem := slots.publication_problem(conn, SOURCE_TABLES):
+        raise SyncRefusedError(
+            f"publication {slots.PUBLICATION} {problem}: fact updates and deletes since the last sync may be missing;"
+            " run `adpipe sync --mode full`, which sets it back and reloads"
+        )
     return RunCapture(state.capture_slot, None, trusted=True)
 
 
