@@ -207,10 +207,11 @@ def test_with_keep_the_idle_runs_of_a_follower_do_not_pile_up(
 def test_json_lines_and_each_warning_once(
     settings: Settings, pg: psycopg.Connection, env: dict[str, str], tmp_path: Path
 ) -> None:
-    """With --json, stdout holds one JSON object per run and nothing else; a warning every run would repeat
-    (change capture off) is printed once."""
+    """With --json, stdout holds one JSON object per run and nothing else (where the metrics are served goes to
+    stderr); a warning every run would repeat (change capture off) is printed once."""
     seed_hand_built(pg)
-    with following({**env, "ADPIPE_CHANGE_CAPTURE": "false"}, tmp_path, "--interval", "200ms", "--json") as follower:
+    off = {**env, "ADPIPE_CHANGE_CAPTURE": "false"}
+    with following(off, tmp_path, "--interval", "200ms", "--json", metrics=True) as follower:
 
         def runs() -> list[dict] | None:
             lines = follower.out.read_text().split("\n")[:-1]  # whole lines only: the last may be half written
@@ -224,6 +225,7 @@ def test_json_lines_and_each_warning_once(
     assert all(json.loads(line)["run"]["run_id"].endswith("-incremental") for line in follower.lines()[1:])
     assert stderr.count("change capture is off (ADPIPE_CHANGE_CAPTURE is off)") == 1, stderr
     assert stderr.strip().splitlines()[-1] == "Stopped after the current run."
+    assert f"Metrics at http://127.0.0.1:{follower.port}/metrics" in stderr
 
 
 def test_one_follower_per_home_and_no_one_shot_sync_beside_it(

@@ -91,11 +91,13 @@ def status_metrics(status: WarehouseStatus) -> Iterator[Metric]:
     )
 
 
-def serve_metrics(metrics: FollowerMetrics, port: int, address: str) -> None:
-    """Serve `metrics` at http://address:port/metrics from a daemon thread; a port in use fails in one line."""
+def serve_metrics(metrics: FollowerMetrics, port: int, address: str) -> int:
+    """Serve `metrics` at http://address:port/metrics from a daemon thread; a port in use fails in one line. Returns
+    the port served (the one the system chose, for port 0)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(metrics)
     try:
-        start_http_server(port, addr=address, registry=registry)
+        server, _ = start_http_server(port, addr=address, registry=registry)
+        return server.server_port
     except OSError as exc:
         raise AdpipeError(f"cannot serve metrics on {address}:{port}: {exc.strerror or exc}") from None

@@ -173,7 +173,7 @@ def _follow(
     """Sync until a signal; one line per run. With `port`, gather `status` figures after each run and serve them."""
     from pipeline.sync.follow import follow
 
-    metrics = _serve_metrics(port, address) if port is not None else None
+    metrics = _serve_metrics(port, address, as_json) if port is not None else None
     started = False
 
     def report(tick: Tick) -> None:
@@ -200,12 +200,13 @@ def _follow(
     (err_console if as_json else console).print("Stopped after the current run.")  # stdout stays JSON lines
 
 
-def _serve_metrics(port: int, address: str) -> FollowerMetrics:
+def _serve_metrics(port: int, address: str, as_json: bool) -> FollowerMetrics:
     from pipeline.analytics.metrics import FollowerMetrics, serve_metrics
 
     metrics = FollowerMetrics()
-    serve_metrics(metrics, port, address)
-    console.print(f"Metrics at http://{address}:{port}/metrics")
+    served = serve_metrics(metrics, port, address)
+    # With --json, stdout holds the runs' JSON lines alone.
+    (err_console if as_json else console).print(f"Metrics at http://{address}:{served}/metrics")
     return metrics
 
 
