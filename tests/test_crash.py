@@ -53,6 +53,7 @@ def sync_then_count() -> dict:
         "daily_clicks": dict(q("SELECT toString(campaign_id), sum(clicks) FROM campaign_daily GROUP BY 1")),
         "campaigns": q("SELECT count() FROM current_campaign")[0][0],
         "runs": [list(r) for r in q("SELECT run_id, any(status) FROM sync_runs FINAL GROUP BY run_id ORDER BY run_id")],
+        "loaded": dict(q("SELECT run_id, sum(rows_loaded) FROM sync_runs FINAL GROUP BY run_id")),
     }
 
 
@@ -152,6 +153,7 @@ def kill_then_recover(
     killed = adpipe(env, "sync", "--mode", kill.mode, "--chunk-rows", "1000", kill_at=kill.at)
     assert killed.returncode == -signal.SIGKILL, f"the sync never reached {kill.at}: {killed.stderr}"
     assert (load_state(settings.home) == baseline_state) != kill.committed
+    committed_by_killed = load_state(settings.home).last_run_id
     staged = [run.run_id for run in list_runs(settings.staging_dir)]
     assert len(staged) == (2 if kill.published else 1)  # published: the killed run is listed beside the baseline
     leftovers = [path for path in settings.staging_dir.iterdir() if path.name.startswith(TMP_PREFIX)]
@@ -163,7 +165,10 @@ def kill_then_recover(
     recovered, interrupted = counts["result"]["recovered_runs"], counts["result"]["interrupted_runs"]
     if kill.committed:
         assert recovered == interrupted == []
-        killed_run = load_state(settings.home).last_run_id
+        killed_run = committed_by_killed
+        # Recorded by the next sync with what it loaded, as it would have recorded itself (the rows_synced counter)
+        (run,) = [run for run in list_runs(settings.staging_dir) if run.run_id == killed_run]
+        assert counts["loaded"][killed_run] == sum(table["loaded"] for table in run.manifest["summary"].values()) > 0
     else:
         (killed_run,) = recovered + interrupted
         assert (killed_run in recovered) == (killed_run in staged) == kill.published

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -71,8 +72,16 @@ _SYNC_RUNS_SCHEMA = pl.Schema(
 )
 
 
-def record(client: Client, result: SyncResult, started: datetime, status: str, error: str | None = None) -> None:
-    """Write this run's rows to sync_runs with `status`; a failure to do so is logged, never raised."""
+def record(
+    client: Client,
+    result: SyncResult,
+    started: datetime,
+    status: str,
+    error: str | None = None,
+    finished: datetime | None = None,
+) -> None:
+    """Write this run's rows to sync_runs with `status`, finished now unless `finished` says when; a failure to do
+    so is logged, never raised."""
     now = datetime.now(UTC)
     tables = result.tables or {name: TableSummary() for name in (*DIMENSIONS, *FACTS)}
     rows = [
@@ -86,7 +95,7 @@ def record(client: Client, result: SyncResult, started: datetime, status: str, e
             "min_id": t.min_id,
             "max_id": t.max_id,
             "started_at": started,
-            "finished_at": None if status in ("running", "interrupted") else now,
+            "finished_at": None if status in ("running", "interrupted") else finished or now,
             "status": status,
             "error": error,
             "updated_at": now,
@@ -111,13 +120,19 @@ def holds_run(client: Client, run_id: str) -> bool:
     )
 
 
-def close_interrupted_runs(client: Client, recovered: set[str], last_committed: str | None) -> list[str]:
+def close_interrupted_runs(
+    client: Client,
+    recovered: set[str],
+    last_committed: str | None,
+    committed: Callable[[], tuple[Run, datetime] | None],
+) -> list[str]:
     """Settle the runs whose sync_runs rows still say `running`; returns the ids of those marked `interrupted`.
 
     Called under the sync lock, after recovery: no other sync of this ADPIPE_HOME runs, so such a run was
     killed before it could record its end. Nothing of it was committed (what it had published was just
     recovered and recorded as such) unless it is `last_committed`: killed between its commit and recording
-    it, it is recorded `success`. One ADPIPE_HOME per warehouse is assumed, as for the incremental state.
+    it, it is recorded `success`, with its manifest's counts and its commit's time (`committed()` gives both), not
+    this run's. One ADPIPE_HOME per warehouse is assumed, as for the incremental state.
     """
     rows = client.query(
         "SELECT run_id, any(mode), min(started_at) FROM sync_runs FINAL WHERE status = 'running' GROUP BY run_id"
@@ -125,7 +140,10 @@ def close_interrupted_runs(client: Client, recovered: set[str], last_committed: 
     interrupted = sorted(run_id for run_id, _, _ in rows if run_id not in recovered and run_id != last_committed)
     for run_id, mode, started in rows:
         if run_id == last_committed and run_id not in recovered:
-            record(client, SyncResult(run_id, mode), started.replace(tzinfo=UTC), "success")
+            staged = committed()
+            tables = _manifest_summary(staged[0]) if staged else {}
+            finished = staged[1] if staged else None
+            record(client, SyncResult(run_id, mode, tables), started.replace(tzinfo=UTC), "success", finished=finished)
         elif run_id in interrupted:
             record(client, SyncResult(run_id, mode), started.replace(tzinfo=UTC), "interrupted", error=INTERRUPTED)
     return interrupted
@@ -133,14 +151,17 @@ def close_interrupted_runs(client: Client, recovered: set[str], last_committed: 
 
 def record_recovered(client: Client, run: Run) -> None:
     """Record a run that this sync loaded and committed for the sync that staged it: status `recovered`."""
+    started = datetime.fromisoformat(run.manifest["source"]["taken_at"]).replace(tzinfo=UTC)
+    record(client, SyncResult(run.run_id, run.mode, _manifest_summary(run)), started, "recovered")
+
+
+def _manifest_summary(run: Run) -> dict[str, TableSummary]:
+    """The counts of a staged run, as its sync would have recorded them."""
     summary = run.manifest.get("summary")
     if summary is None:  # staged by a version whose manifests lacked the summary: what was loaded, at least
-        tables = {
+        return {
             name: TableSummary(loaded=t["rows"], min_id=t["min_id"], max_id=t["max_id"])
             for name, t in run.manifest["tables"].items()
             if name in (*DIMENSIONS, *FACTS)
         }
-    else:
-        tables = {name: TableSummary(**counts) for name, counts in summary.items()}
-    started = datetime.fromisoformat(run.manifest["source"]["taken_at"]).replace(tzinfo=UTC)
-    record(client, SyncResult(run.run_id, run.mode, tables), started, "recovered")
+    return {name: TableSummary(**counts) for name, counts in summary.items()}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pipeline.atomic import write_json_atomic
@@ -100,6 +101,11 @@ def load_state(home: Path) -> SyncState:
             f"{path} has state format {data['format']}, newer than this adpipe's {STATE_FORMAT}: upgrade adpipe"
         )
     return state
+
+
+def committed_at(home: Path) -> datetime:
+    """When the state file was last committed (its modification time): the end of the run it names."""
+    return datetime.fromtimestamp((home / STATE_FILE).stat().st_mtime, UTC)
 
 
 def save_state(home: Path, state: SyncState) -> None:
