@@ -113,22 +113,28 @@ def test_summaries_diff_and_quarantine_of_real_syncs(settings: Settings, pg: psy
     pg.execute("INSERT INTO impressions (campaign_id, created_at) VALUES (NULL, now())")
     sync(settings, SyncOptions(mode=Mode.INCREMENTAL))
 
+    entries = quarantine_entries(settings)
+    assert entries.select("table_name", "source_id", "reason").rows() == [("impressions", 14, "campaign_id is NULL")]
+    assert '"id":14' in entries["row"][0]
+    # The row fixed in the source: its quarantine entry is resolved, and nothing more is set aside.
+    pg.execute("UPDATE impressions SET campaign_id = 1 WHERE id = 14")
+    sync(settings, SyncOptions(mode=Mode.INCREMENTAL))
+
     summaries = run_summaries(settings)
     assert [(s.mode, s.rows, s.quarantined, s.committed) for s in summaries] == [
         ("full", 14, 0, True),
         ("incremental", 3, 1, True),
+        ("incremental", 1, 0, True),
     ]
     assert all(isinstance(s, RunSummary) for s in summaries)
 
-    full, incremental = list_runs(settings.staging_dir)
+    full, incremental, _ = list_runs(settings.staging_dir)
     impressions = diff_runs(full, incremental).table("impressions")
     assert (impressions.rows_a, impressions.rows_b) == (10, 3)
     assert (impressions.min_id_a, impressions.max_id_a, impressions.min_id_b, impressions.max_id_b) == (1, 10, 11, 13)
     assert impressions.parts_changed == ("impressions/part-00000.parquet",)
 
-    entries = quarantine_entries(settings)
-    assert entries.select("table_name", "source_id", "reason").rows() == [("impressions", 14, "campaign_id is NULL")]
-    assert '"id":14' in entries["row"][0]
+    assert quarantine_entries(settings).is_empty()
 
 
 def test_two_full_syncs_of_the_same_source_differ_in_nothing(settings: Settings, pg: psycopg.Connection) -> None:

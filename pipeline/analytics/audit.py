@@ -42,12 +42,21 @@ def run_summaries(settings: Settings) -> list[RunSummary]:
                 run_id=run.run_id,
                 mode=run.mode,
                 rows=sum(t["rows"] for name, t in tables.items() if name != "quarantine"),
-                quarantined=tables.get("quarantine", {}).get("rows", 0),
+                quarantined=_quarantined(run.manifest),
                 parts=sum(len(t["parts"]) for t in tables.values()),
                 committed=last is not None and run.run_id <= last,
             )
         )
     return summaries
+
+
+def _quarantined(manifest: dict) -> int:
+    """Rows the run set aside, as its sync reported them. Its quarantine part also holds the entries it resolved
+    (rows fixed in the source), which set nothing aside; a manifest without the summary (an earlier adpipe's) has
+    only that part to count."""
+    if (summary := manifest.get("summary")) is not None:
+        return sum(table["quarantined"] for table in summary.values())
+    return manifest["tables"].get("quarantine", {}).get("rows", 0)
 
 
 class PartStatus(StrEnum):
