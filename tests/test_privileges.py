@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 
 from pipeline.config import Settings
+from pipeline.warehouse import client as clickhouse
 from tests.conftest import run_cli
 from tests.test_sync import seed_hand_built
 
@@ -88,3 +90,34 @@ def test_a_role_that_may_not_create_the_missing_source_schema_says_so(
     finally:
         with psycopg.connect(pg_server_url, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE "{empty}" WITH (FORCE)')
+
+
+def test_a_role_that_may_not_write_the_reports_stops_an_events_load_before_anything_is_staged(
+    settings: Settings, pg: psycopg.Connection, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """It used to stage the events and send them to ClickHouse, then fail on the reports with a traceback."""
+    events = tmp_path / "e.jsonl"
+    events.write_text(
+        '{"event_id": "a", "customer_id": 1, "user_id": 2, "fired_at": "01/05/2022, 14:23:15",'
+        ' "event_type": "ReferralPageLoad", "ip": "10.0.0.1", "email": "a@example.com"}\n'
+    )
+    readers = [f"GRANT SELECT ON {SOURCE_TABLES} TO {{role}}", "GRANT USAGE ON SCHEMA referral TO {role}"]
+    grants = [*readers, "GRANT SELECT ON ALL TABLES IN SCHEMA referral TO {role}"]
+    with as_role(settings, pg, monkeypatch, *grants) as role:
+        result = run_cli("events", "load", str(events))
+    assert result.exit_code == 1
+    assert result.stderr.startswith(
+        f"error: role {role} may not write the referral reports at postgresql://{role}:***@"
+    )
+    assert (
+        "it needs SELECT, INSERT, DELETE on referral.click_through_rate; SELECT, INSERT, DELETE on referral.clicks"
+        in (result.stderr)
+    )
+    assert result.stderr.count("\n") == 1
+    assert not (settings.staging_dir / "referral_events").exists()
+    sent = "SELECT sum(rows) FROM system.parts WHERE database = currentDatabase() AND table = 'referral_events'"
+    assert clickhouse.connect(settings).command(sent) == 0
+    with as_role(
+        settings, pg, monkeypatch, *readers, "GRANT SELECT, INSERT, DELETE ON ALL TABLES IN SCHEMA referral TO {role}"
+    ):
+        assert run_cli("events", "load", str(events)).exit_code == 0

@@ -41,7 +41,7 @@ from pipeline.prefetch import Worker, prefetch
 from pipeline.referral.clean import QUARANTINE_SCHEMA, Cleaned, clean_chunk, dedup_earliest, detached
 from pipeline.referral.events import DEFAULT_WINDOW_SECONDS, HORIZON, MAX_WINDOW_SECONDS
 from pipeline.referral.lines import DEFAULT_BLOCK_BYTES, check_readable, iter_line_chunks
-from pipeline.referral.publish import EventMirror, replace_event_days, write_reports
+from pipeline.referral.publish import EventMirror, check_report_grants, replace_event_days, write_reports
 from pipeline.referral.report import HOUR_KEY, HOURLY_SCHEMA, hour_counts, hourly_reports, touched_hours
 from pipeline.referral.staging import StagedKeys, read_range, staged_days, write_events, write_quarantine
 from pipeline.referral.stream import StreamAggregator
@@ -127,6 +127,7 @@ def _load(
 ) -> LoadSummary:
     conn = postgres.connect(settings)
     try:
+        check_report_grants(conn)
         client = clickhouse.connect(settings)
         apply_schema(client)
         bind_staging(store, settings)

@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from clickhouse_connect.driver.client import Client
 
-from pipeline.config import Settings
-from pipeline.errors import AdpipeError
+from pipeline.config import Settings, mask_url
+from pipeline.errors import AdpipeError, SourceError
 from pipeline.prefetch import Worker
 from pipeline.referral.events import EVENT_SCHEMA, HORIZON
 from pipeline.referral.report import HOUR_KEY, HOURLY_SCHEMA
@@ -44,6 +44,35 @@ def write_reports(conn: psycopg.Connection, keys: pl.DataFrame, hourly: pl.DataF
             else:
                 cursor.execute(statement)
     log.info("replaced %d report hours (%d with events)", len(keys), len(hourly))
+
+
+REPORT_TABLES = ("page_loads", "clicks", "unique_user_clicks", "click_through_rate")
+"""The tables of schema `referral` that `write_reports` replaces hours of."""
+
+
+def check_report_grants(conn: psycopg.Connection) -> None:
+    """Refuse, before anything is staged or sent, a role that may not replace the reports' hours: otherwise the load
+    stages the events and sends them to ClickHouse, then fails on the reports. One catalog query, which needs no
+    privilege itself."""
+    rows = conn.execute(
+        "SELECT has_schema_privilege('referral', 'USAGE'), has_database_privilege(current_database(), 'TEMP'),"
+        " array(SELECT c.relname::text FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace"
+        "       WHERE n.nspname = 'referral' AND c.relname = ANY(%s)"
+        "       AND NOT (has_table_privilege(c.oid, 'SELECT') AND has_table_privilege(c.oid, 'INSERT')"
+        "                AND has_table_privilege(c.oid, 'DELETE')) ORDER BY c.relname)",
+        (list(REPORT_TABLES),),
+    ).fetchone()
+    conn.rollback()
+    usage, temporary, lacking = rows
+    missing = [*([] if usage else ["USAGE on schema referral"]), *([] if temporary else ["TEMPORARY on the database"])]
+    missing += [f"SELECT, INSERT, DELETE on referral.{table}" for table in lacking]
+    if missing:
+        url = mask_url(conn.url)
+        raise SourceError(
+            f"role {conn.info.user} may not write the referral reports at {url}: it needs {'; '.join(missing)}"
+            " (docs/operations.md#grants)",
+            url=url,
+        )
 
 
 def report_tables(hourly: pl.DataFrame) -> list[pl.DataFrame]:
