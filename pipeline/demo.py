@@ -16,8 +16,9 @@ from pipeline.errors import ConfigError
 from pipeline.options import Mode
 from pipeline.source.generate import BatchResult, Generator, reset
 from pipeline.source.postgres import connect
-from pipeline.sync.run import SyncOptions, sync
+from pipeline.sync.run import SyncOptions, sync, sync_lock
 from pipeline.sync.runlog import SyncResult
+from pipeline.warehouse import client as clickhouse
 
 DemoOutput = BatchResult | SyncResult | str | ReconcileReport | None
 
@@ -41,6 +42,11 @@ def demo_steps(settings: Settings, seed: int = 42, *, allow_external: bool = Fal
         )
 
     def empty() -> None:
+        # What the later steps need is checked before the source is emptied: no sync running in this home (it would
+        # then fail on its own), and a warehouse that answers (the embedded engine is then this process's).
+        with sync_lock(settings):
+            pass
+        clickhouse.connect(settings)
         with connect(settings) as conn:
             reset(conn)
 

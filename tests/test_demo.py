@@ -1,6 +1,11 @@
+import psycopg
+import pytest
+
 from pipeline.config import Settings
+from pipeline.locks import exclusive_lock
 from pipeline.warehouse import client as clickhouse
 from tests.conftest import run_cli
+from tests.test_sync import seed_hand_built
 
 
 def test_demo_runs_end_to_end(settings: Settings) -> None:
@@ -26,3 +31,21 @@ def test_demo_refuses_to_empty_an_external_postgres_without_yes(settings: Settin
     result = run_cli("demo")
     assert result.exit_code == 1
     assert "the demo empties the source tables, and Postgres is external" in result.stderr
+
+
+def test_demo_leaves_the_source_alone_when_a_later_step_could_not_run(
+    settings: Settings, pg: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sync running in the home, or a warehouse that does not answer: the demo used to empty and refill the
+    source (and create a replication slot) first, then fail."""
+    seed_hand_built(pg)
+    with exclusive_lock(settings.home / "sync.lock", "sync"):
+        busy = run_cli("demo", "--yes")
+    assert (busy.exit_code, busy.stderr.startswith("error: sync is busy: another adpipe process")) == (1, True)
+    monkeypatch.setenv("ADPIPE_CLICKHOUSE_URL", "http://default:s3cret@127.0.0.1:1/adpipe")
+    monkeypatch.setenv("ADPIPE_CLICKHOUSE_RETRIES", "0")
+    unreachable = run_cli("demo", "--yes")
+    assert unreachable.exit_code == 1
+    assert unreachable.stderr.startswith("error: cannot reach ClickHouse at http://default:***@127.0.0.1:1/adpipe")
+    assert pg.execute("SELECT count(*) FROM impressions").fetchone()[0] == 4
+    assert pg.execute("SELECT count(*) FROM pg_replication_slots WHERE database = current_database()").fetchone()[0] == 0
