@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -289,3 +290,36 @@ def test_a_postgres_url_libpq_refuses_is_one_line(clean_env: Path, monkeypatch: 
     assert result.stderr.startswith("error: cannot use the URL of Postgres postgresql://adpipe:***@127.0.0.1:1/ads")
     assert "bogus" in result.stderr and result.stderr.count("\n") == 1
     assert "s3cret" not in result.stderr
+
+
+_HOLD_ENGINE = """
+import sys, time, chdb
+connection = chdb.connect(sys.argv[1])
+connection.query("SELECT 1")
+print("open", flush=True)
+time.sleep(60)
+"""
+
+
+def test_an_engine_directory_another_program_holds_is_busy_in_one_line(clean_env: Path) -> None:
+    """chDB takes its own lock on its directory; a process other than this home's adpipe (another program, or an
+    adpipe reaching the directory through a link) holds it. The engine's error said only that it could not start."""
+    engine = clean_env / "engine"
+    (clean_env / "link").symlink_to(engine)
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_ENGINE, str(engine)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "open\n"
+        env = {
+            **os.environ,
+            "ADPIPE_HOME": str(clean_env / "home"),
+            "ADPIPE_CLICKHOUSE_URL": f"chdb://{clean_env}/link",
+        }
+        done = subprocess.run([sys.executable, "-m", "pipeline", "chstats"], env=env, capture_output=True, text=True)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1] == (
+        f"error: embedded ClickHouse at {engine} is busy: another process holds its data directory (a program other"
+        " than adpipe, or an adpipe whose ADPIPE_HOME is elsewhere)"
+    )

@@ -160,8 +160,13 @@ def close_all() -> None:
 def _engine_file(settings: Settings, suffix: str) -> Path:
     """A lock file beside the embedded engine's data: `.lock` (its holder), `.lender` (held by a process that hands
     the engine over on request), `.wanted` (shared by the processes waiting for it)."""
-    path = Path(settings.clickhouse_url.removeprefix("chdb://"))
+    path = _engine_directory(settings)
     return path.parent / f"{path.name}{suffix}"
+
+
+def _engine_directory(settings: Settings) -> Path:
+    """The embedded engine's data directory, links resolved: two spellings of one directory share its locks."""
+    return Path(settings.clickhouse_url.removeprefix("chdb://")).resolve()
 
 
 def _lock_embedded(settings: Settings) -> int:
@@ -207,6 +212,14 @@ def _open_client(settings: Settings) -> Client:
             arguments = _server_arguments(url, options)
             client = _retrying(lambda: clickhouse_connect.get_client(dsn=url, **arguments), options, url)
     except ClickHouseError as exc:
+        directory = _engine_directory(settings) if settings.clickhouse_is_embedded else None
+        if directory is not None and is_locked(directory / "status"):  # the engine's own lock on its directory
+            raise BusyError(
+                f"embedded ClickHouse at {directory} is busy: another process holds its data directory (a program"
+                " other than adpipe, or an adpipe whose ADPIPE_HOME is elsewhere)",
+                path=str(directory),
+                holder="unknown",
+            ) from None
         raise warehouse_error(exc, url, options) from exc
     _wrap_requests(client, None if settings.clickhouse_is_embedded else options, url)
     log.info("connected to ClickHouse %s", mask_url(url))
