@@ -150,11 +150,14 @@ def _check(conn: psycopg.Connection, settings: Settings, state: SyncState) -> Ru
     if state.capture_slot is None:
         reason = slots.unsupported_reason(conn) or "it starts with the next full sync (`adpipe sync --mode full`)"
         return RunCapture(None, reason, trusted=False)
-    if problem := _slot_problem(slots.slot_info(conn, state.capture_slot), state):
+    # Read from a replica, the last run's snapshot is at the replica's replay position, not comparable with the slot's.
+    last_snapshot = None if settings.postgres_replica_url else state.source_lsn
+    if problem := _slot_problem(slots.slot_info(conn, state.capture_slot), last_snapshot):
         raise SyncRefusedError(
             f"replication slot {state.capture_slot} {problem}: fact updates and deletes since the last sync cannot be"
             " read; run `adpipe sync --mode full` to reload and start change capture again"
         )
+    check_source_columns(conn, postgres_url(settings))  # a table renamed also leaves the publication: say which first
     if problem := slots.publication_problem(conn, SOURCE_TABLES):
         raise SyncRefusedError(
             f"publication {slots.PUBLICATION} {problem}: fact updates and deletes since the last sync may be missing;"
@@ -163,15 +166,16 @@ def _check(conn: psycopg.Connection, settings: Settings, state: SyncState) -> Ru
     return RunCapture(state.capture_slot, None, trusted=True)
 
 
-def _slot_problem(info: slots.SlotInfo | None, state: SyncState) -> str | None:
-    """Why the slot the committed state follows may lack changes since the last run, or None."""
+def _slot_problem(info: slots.SlotInfo | None, last_snapshot: str | None) -> str | None:
+    """Why the slot the committed state follows may lack changes since the last run (whose snapshot was at LSN
+    `last_snapshot`, None: not known), or None."""
     if info is None:
         return "was dropped"
     if info.wal_status == "lost":
         return "lost WAL it had not delivered yet (max_slot_wal_keep_size)"
     # Runs advance the slot up to their snapshot at most: one past the last run's was dropped and created again
     # (`capture drop`, then `init`) or advanced by hand, and the changes in between are in no slot.
-    confirmed, last = info.confirmed_flush_lsn, state.source_lsn
+    confirmed, last = info.confirmed_flush_lsn, last_snapshot
     if confirmed is not None and last is not None and slots.lsn_value(confirmed) > slots.lsn_value(last):
         return f"is past the last sync ({confirmed} > {last}): it was created again, or advanced by someone else"
     return None

@@ -199,7 +199,7 @@ def _read_manifest(store: Store, run_id: str) -> dict[str, Any]:
 def _manifest_problem(manifest: object) -> str | None:
     if not isinstance(manifest, dict):
         return "not a JSON object"
-    if missing := [key for key in ("mode", "tables", "source", "state_after") if key not in manifest]:
+    if missing := [key for key in ("mode", "tables") if key not in manifest]:
         return f"no {', '.join(missing)}"
     if manifest["mode"] not in ("full", "incremental"):
         return f"mode {manifest['mode']!r}"
