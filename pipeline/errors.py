@@ -99,6 +99,11 @@ def describe_failure(exc: BaseException) -> str | None:
         return str(exc)
     if _broken_connection(exc):
         return f"Postgres connection failed: {first_line(exc)}"
+    if _lock_timeout(exc):
+        return (
+            "Postgres: another session holds a table the sync reads (a TRUNCATE or an ALTER TABLE, say), and the sync"
+            " stopped waiting for it; the next sync reads it once that is done"
+        )
     if _refused_privilege(exc):
         return f"Postgres refused: {first_line(exc)} (the grants each command needs: docs/operations.md#grants)"
     if isinstance(exc, OSError):  # the machine's: a directory that cannot be made, a full disk, a file in the way
@@ -108,7 +113,8 @@ def describe_failure(exc: BaseException) -> str | None:
 
 def is_transient(exc: BaseException) -> bool:
     """Whether the same sync may succeed later unchanged, so a follower retries it: a server that was unreachable or
-    overloaded, a busy lock, staging storage that failed, a connection that broke, a replica still catching up.
+    overloaded, a busy lock, staging storage that failed, a connection that broke, a replica still catching up, a
+    source table another session held.
     Every other expected failure (bad settings, a reset source, a lost slot) needs a person."""
     if isinstance(exc, ServerError | SyncRefusedError | StagingError):
         return exc.transient
@@ -116,7 +122,7 @@ def is_transient(exc: BaseException) -> bool:
         return True
     if isinstance(exc, AdpipeError):
         return False
-    return _broken_connection(exc)
+    return _broken_connection(exc) or _lock_timeout(exc)
 
 
 def _broken_connection(exc: BaseException) -> bool:
@@ -125,6 +131,14 @@ def _broken_connection(exc: BaseException) -> bool:
     return any(
         driver is not None and isinstance(exc, driver.OperationalError)
         for driver in (sys.modules.get("psycopg"), sys.modules.get("adbc_driver_manager"))
+    )
+
+
+def _lock_timeout(exc: BaseException) -> bool:
+    """A read that gave up waiting for a table lock (SQLSTATE 55P03, `pipeline.sync.extract._LOCK_TIMEOUT`), through
+    psycopg or ADBC, or ConnectorX (its errors carry only the server's words)."""
+    return getattr(exc, "sqlstate", None) == "55P03" or (
+        isinstance(exc, RuntimeError) and "canceling statement due to lock timeout" in str(exc)
     )
 
 

@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from datetime import UTC, date, datetime
 from pathlib import Path, PurePath
 from types import MappingProxyType
@@ -165,12 +166,13 @@ def test_a_run_an_earlier_adpipe_staged_and_loaded_before_it_died_is_recovered_w
             },
         )
 
+    real = (stage.MANIFEST_FORMAT, execute.kill_point, execute.load_part)
     monkeypatch.setattr(stage, "MANIFEST_FORMAT", 1)
     monkeypatch.setattr(execute, "kill_point", died)
     monkeypatch.setattr(execute, "load_part", load_part_as_before)
     with pytest.raises(KeyboardInterrupt):
         incremental(settings)
-    monkeypatch.undo()
+    stage.MANIFEST_FORMAT, execute.kill_point, execute.load_part = real  # the upgraded adpipe (not undo(): the env)
     assert load_state(settings.home).last_run_id != list_runs(settings.staging_dir)[-1].run_id  # pending
     incremental(settings)
     assert_equals_source(settings, pg)
@@ -401,6 +403,48 @@ def test_a_truncated_fact_table_stops_the_sync_or_reloads_it(settings: Settings,
     assert_equals_source(settings, pg)
     incremental(settings)  # the slot moved past the truncation: no second reload
     assert load_state(settings.home).last_run_id.endswith("incremental")
+
+
+def test_a_truncate_that_waits_for_a_running_sync_fails_the_run_instead_of_both_waiting_for_good(
+    settings: Settings, pg: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's snapshot transaction holds `clicks` once it has read its max id; a TRUNCATE then waits for it, and
+    the run's next read of `clicks`, on another connection, queued behind the TRUNCATE: the sync and the TRUNCATE
+    waited for each other for good. The read now gives up (lock_timeout), and the next sync sees the truncation."""
+    from pipeline.sync import extract
+
+    seed(pg)
+    full(settings)
+    monkeypatch.setattr(extract, "_LOCK_TIMEOUT", "SET LOCAL lock_timeout = '300ms'")
+    truncating: list[threading.Thread] = []
+    real_max_id = extract.SourceReader.max_id
+
+    def max_id_then_truncate(reader: extract.SourceReader, table: str) -> int:
+        high = real_max_id(reader, table)
+        if table == "clicks" and not truncating:
+            other = psycopg.connect(settings.postgres_url, autocommit=True)
+            truncating.append(threading.Thread(target=lambda: (other.execute("TRUNCATE clicks"), other.close())))
+            truncating[0].start()
+            wait_until(lambda: pg.execute(WAITING_TRUNCATE).fetchone()[0], 10, "the TRUNCATE to wait")
+        return high
+
+    monkeypatch.setattr(extract.SourceReader, "max_id", max_id_then_truncate)
+    result = run_cli("sync")
+    truncating[0].join(timeout=30)
+    assert not truncating[0].is_alive()
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: Postgres: another session holds a table the sync reads (a TRUNCATE")
+    assert result.stderr.count("\n") == 1
+    monkeypatch.setattr(extract.SourceReader, "max_id", real_max_id)
+    again = run_cli("sync")
+    assert pg.execute("SELECT count(*) FROM clicks").fetchone()[0] == 0
+    assert (again.exit_code, "the source was reset (clicks truncated)" in again.stderr) == (1, True), again
+
+
+WAITING_TRUNCATE = (
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    " AND query = 'TRUNCATE clicks'"
+)
 
 
 def test_the_seed_generators_delete_reset_then_batch_converges(settings: Settings, pg: psycopg.Connection) -> None:

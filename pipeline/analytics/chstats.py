@@ -2,7 +2,7 @@
 
 The seed printed fixed-width columns with f-strings; users have scripts and eyes trained on it.
 Widths are the seed's, widened when a value would not fit so the columns never break, and names
-longer than the seed's 20 characters are cut with an ellipsis.
+that fill the seed's 20-character column or more are cut to 18 and an ellipsis.
 """
 
 from __future__ import annotations

@@ -101,6 +101,7 @@ class SourceReader:
     def __enter__(self) -> SourceReader:
         conn = connect_replica(self.settings) if self.replica else connect(self.settings)
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        conn.execute(_LOCK_TIMEOUT)
         exported, current, taken_at, lsn, in_recovery, replayed_at = conn.execute(_SNAPSHOT_SQL).fetchone()
         try:
             check_source_columns(conn, self.url)
@@ -294,6 +295,7 @@ class SourceReader:
         attach = [
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
             f"SET TRANSACTION SNAPSHOT '{self.snapshot.exported_id}'",
+            _LOCK_TIMEOUT,
         ]
         return connectorx.read_sql(self.url, queries, return_type="arrow", pre_execution_query=attach)
 
@@ -337,8 +339,15 @@ class SourceReader:
         conn = open_adbc(self.url)
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         conn.execute(f"SET TRANSACTION SNAPSHOT '{self.snapshot.exported_id}'")
+        conn.execute(_LOCK_TIMEOUT)
         return conn
 
+
+_LOCK_TIMEOUT = "SET LOCAL lock_timeout = '10s'"
+"""On every connection of a run, for its snapshot's transaction. A TRUNCATE (or an ALTER) of a source table waits
+for the run's connections that hold the table; one of them that reaches the table after it queues behind it, and
+the run's other connections wait for that one: neither side would ever go on. The connection that waits gives up
+instead (SQLSTATE 55P03), the run fails as transient, and the next one sees what the TRUNCATE did."""
 
 _READS_AT_ONCE = len(FACTS) + 1
 """Reads that may run at the same time: each fact table's, and one more (the dimensions, or rows read again)."""
