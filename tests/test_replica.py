@@ -9,6 +9,7 @@ replay to hold the standby at an older state. Expected values are written in the
 
 from __future__ import annotations
 
+import logging
 import os
 import pwd
 import subprocess
@@ -181,6 +182,32 @@ def test_full_sync_reads_the_replica_as_of_its_replay_point(pg: psycopg.Connecti
     incremental(via_replica)
     assert per_campaign_ch(via_replica, "impressions") == {1: 3, 2: 4, 4: 100, 5: 100}
     assert aggregate_ch(via_replica, "impressions") == {1: 3, 2: 4, 4: 100, 5: 100}
+
+
+def test_a_full_sync_from_a_replica_behind_the_new_slot_does_not_trust_it(
+    pg: psycopg.Connection, via_replica: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The slot is made on the primary, then the snapshot taken on the replica. A change the replica had not replayed
+    when the slot was made is in neither: trusted, the slot would leave it out of the warehouse for good, exit 0.
+    The run says so, its incremental successors go without capture (a repair brings the change in), and the next
+    full sync, once the replica has caught up, starts capture."""
+    standby = via_replica.postgres_replica_url
+    seed_hand_built(pg)
+    wait_for_replay(pg, standby)
+    set_replay_paused(standby, True)
+    try:
+        pg.execute("UPDATE clicks SET campaign_id = 2 WHERE id = 1")  # on the primary only, before the slot is made
+        with caplog.at_level(logging.WARNING):
+            full(via_replica)
+    finally:
+        set_replay_paused(standby, False)
+    assert "change capture is off until the next full sync: the replica had replayed the source up to" in caplog.text
+    assert load_state(via_replica.home).capture_slot is None
+    wait_for_replay(pg, standby)
+    incremental(via_replica, repair=True)
+    assert per_campaign_ch(via_replica, "clicks") == {1: 1, 2: 1}
+    full(via_replica)
+    assert load_state(via_replica.home).capture_slot is not None
 
 
 def test_incremental_through_the_replica_is_exact(pg: psycopg.Connection, via_replica: Settings) -> None:

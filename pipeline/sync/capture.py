@@ -62,6 +62,21 @@ class RunCapture:
     trusted: bool
     """Whether the slot holds every change since the committed state (see the module docstring)."""
     conn: psycopg.Connection | None = None
+    starts_at: str | None = None
+    """A full run's slot: its confirmed position as the run armed it, where its stream of changes begins."""
+
+    def check_snapshot(self, snapshot: Snapshot) -> None:
+        """A full run: the slot holds the changes after `starts_at`, the snapshot those before its own LSN. Read from
+        a replica that had not replayed up to `starts_at`, the changes in between are in neither, so the slot is not
+        trusted for this run's state: incremental runs go without capture (saying so) until the next full run."""
+        if self.starts_at is None or slots.lsn_value(snapshot.lsn) >= slots.lsn_value(self.starts_at):
+            return
+        self.trusted, self.conn = False, None  # the run reads no changes, and its state names no slot
+        self.off_reason = (
+            f"the replica had replayed the source up to {snapshot.lsn} when the full sync took its snapshot, behind"
+            f" the start of replication slot {self.slot} ({self.starts_at}); the next full sync starts capture"
+        )
+        log.warning("change capture is off until the next full sync: %s", self.off_reason)
 
     def read(self, snapshot: Snapshot) -> Changes | None:
         """The changes as of `snapshot`, or None when capture is off (the fallback checks apply)."""
@@ -142,7 +157,8 @@ def _arm(conn: psycopg.Connection, settings: Settings, state: SyncState) -> RunC
             " running to end (ADPIPE_CAPTURE_WAIT_SECONDS); the next full sync tries again",
             trusted=False,
         )
-    return RunCapture(slot, None, trusted=True)
+    armed = slots.slot_info(conn, slot) if settings.postgres_replica_url else None  # see `RunCapture.check_snapshot`
+    return RunCapture(slot, None, trusted=True, starts_at=armed.confirmed_flush_lsn if armed else None)
 
 
 def _check(conn: psycopg.Connection, settings: Settings, state: SyncState) -> RunCapture:

@@ -133,6 +133,7 @@ def open_run_source(
     with ExitStack() as stack:
         capture = stack.enter_context(run_capture(settings, state, full=mode is Mode.FULL))
         reader = stack.enter_context(SourceReader(settings, reading.engine, reading.partitions))
+        capture.check_snapshot(reader.snapshot)
         on_snapshot(reader)
         reads = {}
         for table in FACTS:
