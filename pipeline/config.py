@@ -119,15 +119,16 @@ def _url(name: str, schemes: tuple[str, ...]) -> str | None:
 
 def _check_server_url(name: str, url: str) -> None:
     """What the ClickHouse driver would otherwise fail on with a traceback (libpq checks a Postgres URL itself)."""
+    parts = urlsplit(url)
     try:
-        urlsplit(url).port  # noqa: B018 (parsing it is the check)
+        parts.port  # noqa: B018 (parsing it is the check)
     except ValueError:
         # Most often a password with a character a URL reserves: the host part then ends at it.
         raise ConfigError(
             f"{name} has no valid port: a user or password holding / ? # @ or : must write them percent-encoded"
             " (%2F %3F %23 %40 %3A)"
         ) from None
-    if {parameter.partition("=")[0].lower() for parameter in urlsplit(url).query.split("&")} & {"user", "password"}:
+    if {parameter.partition("=")[0].lower() for parameter in parts.query.split("&")} & {"user", "password"}:
         raise ConfigError(f"{name}: give the user and password before the host (http://user:password@host:8123/db)")
 
 

@@ -135,19 +135,19 @@ def _broken_connection(exc: BaseException) -> bool:
 
 
 def _lock_timeout(exc: BaseException) -> bool:
-    """A read that gave up waiting for a table lock (SQLSTATE 55P03, `pipeline.sync.extract._LOCK_TIMEOUT`), through
-    psycopg or ADBC, or ConnectorX (its errors carry only the server's words)."""
-    return getattr(exc, "sqlstate", None) == "55P03" or (
-        isinstance(exc, RuntimeError) and "canceling statement due to lock timeout" in str(exc)
-    )
+    """A read that gave up waiting for a table lock (`pipeline.sync.extract._LOCK_TIMEOUT`)."""
+    return _postgres_error(exc, "55P03", "canceling statement due to lock timeout")
 
 
 def _refused_privilege(exc: BaseException) -> bool:
-    """Postgres refused for want of a privilege (SQLSTATE 42501), through psycopg or ADBC (which both carry the
-    SQLSTATE) or ConnectorX (whose errors carry only the server's words)."""
-    if getattr(exc, "sqlstate", None) == "42501":
-        return True
-    return isinstance(exc, RuntimeError) and "permission denied for " in str(exc)
+    """Postgres refused for want of a privilege."""
+    return _postgres_error(exc, "42501", "permission denied for ")
+
+
+def _postgres_error(exc: BaseException, sqlstate: str, words: str) -> bool:
+    """Whether `exc` is the Postgres error `sqlstate`: psycopg and ADBC carry the SQLSTATE, ConnectorX's errors only
+    the server's `words`."""
+    return getattr(exc, "sqlstate", None) == sqlstate or (isinstance(exc, RuntimeError) and words in str(exc))
 
 
 def first_line(exc: BaseException, limit: int = 300) -> str:

@@ -173,8 +173,8 @@ def _check(conn: psycopg.Connection, settings: Settings, state: SyncState) -> Ru
             f"replication slot {state.capture_slot} {problem}: fact updates and deletes since the last sync cannot be"
             " read; run `adpipe sync --mode full` to reload and start change capture again"
         )
-    check_source_columns(conn, postgres_url(settings))  # a table renamed also leaves the publication: say which first
     if problem := slots.publication_problem(conn, SOURCE_TABLES):
+        check_source_columns(conn, postgres_url(settings))  # a table renamed also leaves the publication: name it
         raise SyncRefusedError(
             f"publication {slots.PUBLICATION} {problem}: fact updates and deletes since the last sync may be missing;"
             " run `adpipe sync --mode full`, which sets it back and reloads"
@@ -182,16 +182,16 @@ def _check(conn: psycopg.Connection, settings: Settings, state: SyncState) -> Ru
     return RunCapture(state.capture_slot, None, trusted=True)
 
 
-def _slot_problem(info: slots.SlotInfo | None, last_snapshot: str | None) -> str | None:
+def _slot_problem(info: slots.SlotInfo | None, last: str | None) -> str | None:
     """Why the slot the committed state follows may lack changes since the last run (whose snapshot was at LSN
-    `last_snapshot`, None: not known), or None."""
+    `last`, None: not known), or None."""
     if info is None:
         return "was dropped"
     if info.wal_status == "lost":
         return "lost WAL it had not delivered yet (max_slot_wal_keep_size)"
     # Runs advance the slot up to their snapshot at most: one past the last run's was dropped and created again
     # (`capture drop`, then `init`) or advanced by hand, and the changes in between are in no slot.
-    confirmed, last = info.confirmed_flush_lsn, last_snapshot
+    confirmed = info.confirmed_flush_lsn
     if confirmed is not None and last is not None and slots.lsn_value(confirmed) > slots.lsn_value(last):
         return f"is past the last sync ({confirmed} > {last}): it was created again, or advanced by someone else"
     return None

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
+from functools import partial
 from importlib.metadata import version as package_version
 from pathlib import PurePath
 from queue import Queue
@@ -53,8 +54,8 @@ from pipeline.sync.plan import plan_mode
 from pipeline.sync.repair import bucket_ids, differing_buckets
 from pipeline.sync.run_source import OpeningSource, RunSource, already_synced, previous_fact
 from pipeline.sync.runlog import SyncResult, TableSummary, close_interrupted_runs, record, record_recovered
-from pipeline.sync.stage import Run, RunWriter, list_runs, new_run_id, state_runs, verify_runs
-from pipeline.sync.state import FactState, Gap, SyncState, committed_at, load_state, save_state
+from pipeline.sync.stage import Run, RunWriter, list_runs, new_run_id, staged_run, state_runs, verify_runs
+from pipeline.sync.state import FactState, Gap, SyncState, committed_at, save_state
 from pipeline.warehouse import client as clickhouse
 from pipeline.warehouse.quarantine import quarantine_counts, quarantined_ids
 from pipeline.warehouse.schema import apply_schema
@@ -76,17 +77,17 @@ def run_with_source(
 ) -> SyncResult:
     """The run, on the warehouse `client`, from the source `opening` (whose result it takes and closes). `recovered`:
     runs of an earlier sync this one loaded first; runs left `running` by a sync that died are closed as failed."""
-    interrupted = close_interrupted_runs(client, set(recovered), state.last_run_id, lambda: committed_run(settings))
+    interrupted = close_interrupted_runs(client, set(recovered), state.last_run_id, partial(committed_run, settings))
     result = _run(client, settings, options, mode, state, opening.result)
     result.recovered, result.interrupted = recovered, interrupted
     return result
 
 
-def committed_run(settings: Settings) -> tuple[Run, datetime] | None:
-    """The run the state file names, and when it was committed (the state file's time); None if not staged."""
-    last = load_state(settings.home).last_run_id
-    runs = [run for run in list_runs(settings.staging_dir) if run.run_id == last]
-    return (runs[0], committed_at(settings.home)) if runs else None
+def committed_run(settings: Settings, run_id: str) -> tuple[Run, datetime] | None:
+    """The run the state file names (`run_id`), and when it was committed (the state file's time); None if not
+    staged."""
+    run = staged_run(settings.staging_dir, run_id)
+    return (run, committed_at(settings.home)) if run else None
 
 
 def open_warehouse(settings: Settings, schema_ready: bool) -> tuple[Client, dict[str, float]]:

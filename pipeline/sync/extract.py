@@ -201,11 +201,11 @@ class SourceReader:
         ).fetchone()
         if row is None or row[1] is None:
             return None
-        text, shown = row
-        try:
-            return datetime.fromisoformat(text.removesuffix(" AD")).isoformat()
-        except (AttributeError, ValueError):  # None for an infinity; BC, or a year past 9999
-            return shown
+        text, shown = row  # text is None for an infinity, ends in " BC" before year 1
+        if text is not None and text.endswith(" AD"):
+            with suppress(ValueError):  # a year past 9999
+                return datetime.fromisoformat(text.removesuffix(" AD")).isoformat()
+        return shown
 
     def count_ids(self, table: str, upto: int, outside: list[tuple[int, int]]) -> int:
         """Rows with id <= upto, not counting those in the inclusive ranges `outside` (ranges from our own state)."""

@@ -124,14 +124,14 @@ def close_interrupted_runs(
     client: Client,
     recovered: set[str],
     last_committed: str | None,
-    committed: Callable[[], tuple[Run, datetime] | None],
+    committed: Callable[[str], tuple[Run, datetime] | None],
 ) -> list[str]:
     """Settle the runs whose sync_runs rows still say `running`; returns the ids of those marked `interrupted`.
 
     Called under the sync lock, after recovery: no other sync of this ADPIPE_HOME runs, so such a run was
     killed before it could record its end. Nothing of it was committed (what it had published was just
     recovered and recorded as such) unless it is `last_committed`: killed between its commit and recording
-    it, it is recorded `success`, with its manifest's counts and its commit's time (`committed()` gives both), not
+    it, it is recorded `success`, with its manifest's counts and its commit's time (`committed(run_id)` gives both), not
     this run's. One ADPIPE_HOME per warehouse is assumed, as for the incremental state.
     """
     rows = client.query(
@@ -140,7 +140,7 @@ def close_interrupted_runs(
     interrupted = sorted(run_id for run_id, _, _ in rows if run_id not in recovered and run_id != last_committed)
     for run_id, mode, started in rows:
         if run_id == last_committed and run_id not in recovered:
-            staged = committed()
+            staged = committed(run_id)
             tables = _manifest_summary(staged[0]) if staged else {}
             finished = staged[1] if staged else None
             record(client, SyncResult(run_id, mode, tables), started.replace(tzinfo=UTC), "success", finished=finished)

@@ -179,6 +179,14 @@ def list_runs(staging_dir: StagingDir, *, after: str | None = None) -> list[Run]
     return runs
 
 
+def staged_run(staging_dir: StagingDir, run_id: str) -> Run | None:
+    """The committed run `run_id` (one with a manifest), or None: one manifest read, where `list_runs` reads all."""
+    store = open_store(staging_dir)
+    if not store.is_file(store.root / run_id / MANIFEST):
+        return None
+    return Run(run_id, store.root / run_id, _read_manifest(store, run_id), store)
+
+
 def _read_manifest(store: Store, run_id: str) -> dict[str, Any]:
     """A run's manifest, refused in one line when it is not one adpipe wrote (edited, cut short, another tool's):
     every command that reads the staged runs would otherwise fail deep inside, on the first key it lacks."""
@@ -203,11 +211,13 @@ def _manifest_problem(manifest: object) -> str | None:
         return f"no {', '.join(missing)}"
     if manifest["mode"] not in ("full", "incremental"):
         return f"mode {manifest['mode']!r}"
-    tables, fields = manifest["tables"], {f.name for f in dataclasses.fields(Part)}
-    for name, entry in tables.items() if isinstance(tables, dict) else [("", None)]:
+    if not isinstance(manifest["tables"], dict):
+        return "tables is not a JSON object"
+    fields = {f.name for f in dataclasses.fields(Part)}
+    for name, entry in manifest["tables"].items():
         parts = entry.get("parts") if isinstance(entry, dict) else None
         if not isinstance(parts, list) or any(not isinstance(p, dict) or set(p) != fields for p in parts):
-            return f"table {name!r} has no list of parts" if name else "tables is not a JSON object"
+            return f"table {name!r} has no list of parts"
     return None
 
 
