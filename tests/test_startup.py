@@ -93,6 +93,28 @@ def test_the_console_script_exits_with_the_commands_code() -> None:
     assert unknown.stderr == "error: No such command 'no-such-command'. (see `python -m pipeline --help`)\n"
 
 
+GC_DURING = """
+import gc
+import pipeline.cli as cli
+import pipeline.cli.sync as sync_cli
+import pipeline.sync.follow as follow
+
+seen = {}
+cli.app = lambda: seen.setdefault("command", gc.isenabled())
+cli.main()
+follow.follow = lambda *args: seen.setdefault("follower", gc.isenabled())
+sync_cli._follow(None, None, 5.0, None, "127.0.0.1", True)
+print(seen)
+"""
+
+
+def test_the_collector_is_off_for_a_command_and_on_for_a_follower() -> None:
+    """The console script runs its command without the cyclic garbage collector; `sync --follow` turns it on."""
+    done = subprocess.run([sys.executable, "-c", GC_DURING], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "{'command': False, 'follower': True}"
+
+
 @pytest.mark.parametrize(
     ("args", "message", "command"),
     [

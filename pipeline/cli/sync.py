@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -173,6 +174,7 @@ def _follow(
     """Sync until a signal; one line per run. With `port`, gather `status` figures after each run and serve them."""
     from pipeline.sync.follow import follow
 
+    gc.enable()  # off for one-shot commands (`pipeline.cli.main`); a follower's cycles must not pile up for days
     metrics = _serve_metrics(port, address, as_json) if port is not None else None
     started = False
 
