@@ -319,7 +319,31 @@ def test_an_engine_directory_another_program_holds_is_busy_in_one_line(clean_env
         holder.kill()
         holder.wait()
     assert done.returncode == 1
-    assert done.stderr.splitlines()[-1] == (
+    assert done.stderr == (  # chDB's own line about its lock (`Code: 76 … Cannot lock file`) is not passed on
         f"error: embedded ClickHouse at {engine} is busy: another process holds its data directory (a program other"
-        " than adpipe, or an adpipe whose ADPIPE_HOME is elsewhere)"
+        " than adpipe, or an adpipe whose ADPIPE_HOME is elsewhere)\n"
     )
+
+
+_DAMAGE_ENGINE = """
+import pathlib, sys, chdb
+connection = chdb.connect(sys.argv[1])
+connection.query("CREATE DATABASE adpipe")
+connection.query("CREATE TABLE adpipe.t (x UInt8) ENGINE = MergeTree ORDER BY x")
+connection.close()
+for table in pathlib.Path(sys.argv[1]).rglob("t.sql"):
+    table.write_text("not SQL (((")
+"""
+
+
+def test_an_engine_that_does_not_start_says_why_in_one_line(clean_env: Path) -> None:
+    """chDB writes the reason to stderr itself and raises only `Error initializing EmbeddedServer`: the one line
+    carries the reason."""
+    engine = clean_env / "engine"
+    damaged = subprocess.run([sys.executable, "-c", _DAMAGE_ENGINE, str(engine)], capture_output=True, text=True)
+    assert damaged.returncode == 0, damaged.stderr
+    env = {**os.environ, "ADPIPE_HOME": str(clean_env / "home"), "ADPIPE_CLICKHOUSE_URL": f"chdb://{engine}"}
+    done = subprocess.run([sys.executable, "-m", "pipeline", "chstats"], env=env, capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"error: embedded ClickHouse at {engine} did not start: Code: 62. DB::Exception: ")
+    assert "Syntax error" in done.stderr and done.stderr.count("\n") == 1, done.stderr

@@ -22,13 +22,15 @@ import inspect
 import logging
 import os
 import re
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import Enum
 from functools import wraps
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import urlsplit
 
 import clickhouse_connect
@@ -37,7 +39,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError,
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, ProtocolError, ReadTimeoutError, SSLError
 
 from pipeline.config import ClickHouseServerOptions, Settings, mask_url
-from pipeline.errors import BusyError, MissingDatabaseError, WarehouseError, first_line
+from pipeline.errors import AdpipeError, BusyError, MissingDatabaseError, WarehouseError, first_line
 from pipeline.locks import acquire_lock, exclusive_lock, is_locked, shared_lock
 
 log = logging.getLogger(__name__)
@@ -205,25 +207,68 @@ def _hand_over(settings: Settings) -> bool:
 
 def _open_client(settings: Settings) -> Client:
     url, options = settings.clickhouse_url, settings.clickhouse_server
+    engine_said: list[str] = []
     try:
         if settings.clickhouse_is_embedded:
-            client = clickhouse_connect.get_client(dsn=url, database="default", chdb_options=_ENGINE_OPTIONS)
+            with _engine_output_held(engine_said):
+                client = clickhouse_connect.get_client(dsn=url, database="default", chdb_options=_ENGINE_OPTIONS)
         else:
             arguments = _server_arguments(url, options)
             client = _retrying(lambda: clickhouse_connect.get_client(dsn=url, **arguments), options, url)
     except ClickHouseError as exc:
-        directory = _engine_directory(settings) if settings.clickhouse_is_embedded else None
-        if directory is not None and is_locked(directory / "status"):  # the engine's own lock on its directory
-            raise BusyError(
-                f"embedded ClickHouse at {directory} is busy: another process holds its data directory (a program"
-                " other than adpipe, or an adpipe whose ADPIPE_HOME is elsewhere)",
-                path=str(directory),
-                holder="unknown",
-            ) from None
+        if settings.clickhouse_is_embedded:
+            raise _engine_error(settings, exc, engine_said) from exc
         raise warehouse_error(exc, url, options) from exc
     _wrap_requests(client, None if settings.clickhouse_is_embedded else options, url)
     log.info("connected to ClickHouse %s", mask_url(url))
     return client
+
+
+@contextmanager
+def _engine_output_held(engine_said: list[str]) -> Iterator[None]:
+    """chDB writes why an engine did not start to the process's stderr itself (`Code: 76. DB::Exception: Cannot lock
+    file …`), and raises only that it did not start. So stderr is held back while the engine opens: passed on if it
+    opens, else its lines go to `engine_said` for adpipe's one line (`_engine_error`)."""
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as held:
+        stderr = os.dup(2)
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            engine_said.extend(line for line in _stderr_back(held, stderr).splitlines() if line.strip())
+            raise
+        sys.stderr.write(_stderr_back(held, stderr))
+
+
+def _stderr_back(held: IO[bytes], stderr: int) -> str:
+    """Put the process's stderr back (`stderr`, a duplicate of it), and return what `held` took meanwhile."""
+    os.dup2(stderr, 2)
+    os.close(stderr)
+    held.seek(0)
+    return held.read().decode(errors="replace")
+
+
+def _engine_error(settings: Settings, exc: ClickHouseError, engine_said: list[str]) -> AdpipeError:
+    """An embedded engine that did not open, in one line: busy when another process holds its directory (chDB's own
+    lock), else the engine's own reason."""
+    directory = _engine_directory(settings)
+    if is_locked(directory / "status"):
+        return BusyError(
+            f"embedded ClickHouse at {directory} is busy: another process holds its data directory (a program other"
+            " than adpipe, or an adpipe whose ADPIPE_HOME is elsewhere)",
+            path=str(directory),
+            holder="unknown",
+        )
+    reasons = [line for line in engine_said if "Exception" in line]
+    if not reasons:
+        return warehouse_error(exc, settings.clickhouse_url, None)
+    return WarehouseError(
+        f"embedded ClickHouse at {directory} did not start: {reasons[-1].strip()}",
+        url=mask_url(settings.clickhouse_url),
+        transient=False,
+        code=getattr(exc, "code", None),
+    )
 
 
 def _server_arguments(url: str, options: ClickHouseServerOptions) -> dict[str, Any]:
