@@ -37,7 +37,7 @@ from pipeline.source.generate import Generator
 from pipeline.source.pgoutput import DecodedTransaction
 from pipeline.source.postgres import connect
 from pipeline.storage import Store
-from pipeline.sync.capture import Changes, RunCapture, collect, visible
+from pipeline.sync.capture import Changes, RunCapture, collect, run_capture, visible
 from pipeline.sync.extract import Snapshot
 from pipeline.sync.run import SyncOptions, replay, sync
 from pipeline.sync.runlog import SyncResult
@@ -601,6 +601,28 @@ def test_a_dropped_slot_stops_incremental_syncs_until_a_full_one(settings: Setti
     pg.execute("DELETE FROM impressions WHERE id = 1")
     incremental(settings)
     assert_equals_source(settings, pg)
+
+
+@pytest.mark.warehouses("chdb")
+def test_a_slot_dropped_after_the_run_checked_it_stops_the_run_with_the_same_line(
+    settings: Settings, pg: psycopg.Connection
+) -> None:
+    """A follower's run checks the slot, then reads it: a slot dropped in between is the same refusal, naming
+    `--mode full`, not the server's "does not exist"."""
+    seed(pg)
+    full(settings)
+    slot = capture_slot(settings)
+    with run_capture(settings, load_state(settings.home), full=False) as capture:
+        assert capture.slot == slot
+        pg.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+        lsn = pg.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+        snapshot = Snapshot("", "1:1:", 1, 1, datetime.now(UTC), lsn)
+        with pytest.raises(SyncRefusedError) as refused:
+            capture.read(snapshot)
+    assert str(refused.value) == (
+        f"replication slot {slot} was dropped: fact updates and deletes since the last sync cannot be read;"
+        " run `adpipe sync --mode full` to reload and start change capture again"
+    )
 
 
 @pytest.mark.warehouses("chdb")

@@ -86,7 +86,12 @@ class RunCapture:
         # snapshot's LSN would be missing from the stream, and advancing past it would skip it for good: the bound
         # is the flush position read before the peek, when it is lower.
         upto = min(slots.lsn_value(snapshot.lsn), slots.flushed_lsn(self.conn))
-        return collect(slots.peek_transactions(self.conn, self.slot, upto), snapshot.text, upto)
+        try:
+            return collect(slots.peek_transactions(self.conn, self.slot, upto), snapshot.text, upto)
+        except SourceError:
+            if slots.slot_info(self.conn, self.slot) is None:  # dropped since the run checked it
+                raise SyncRefusedError(_slot_refusal(self.slot, "was dropped")) from None
+            raise
 
 
 @contextmanager
@@ -169,10 +174,7 @@ def _check(conn: psycopg.Connection, settings: Settings, state: SyncState) -> Ru
     # Read from a replica, the last run's snapshot is at the replica's replay position, not comparable with the slot's.
     last_snapshot = None if settings.postgres_replica_url else state.source_lsn
     if problem := _slot_problem(slots.slot_info(conn, state.capture_slot), last_snapshot):
-        raise SyncRefusedError(
-            f"replication slot {state.capture_slot} {problem}: fact updates and deletes since the last sync cannot be"
-            " read; run `adpipe sync --mode full` to reload and start change capture again"
-        )
+        raise SyncRefusedError(_slot_refusal(state.capture_slot, problem))
     if problem := slots.publication_problem(conn, SOURCE_TABLES):
         check_source_columns(conn, postgres_url(settings))  # a table renamed also leaves the publication: name it
         raise SyncRefusedError(
@@ -180,6 +182,13 @@ def _check(conn: psycopg.Connection, settings: Settings, state: SyncState) -> Ru
             " run `adpipe sync --mode full`, which sets it back and reloads"
         )
     return RunCapture(state.capture_slot, None, trusted=True)
+
+
+def _slot_refusal(slot: str, problem: str) -> str:
+    return (
+        f"replication slot {slot} {problem}: fact updates and deletes since the last sync cannot be read;"
+        " run `adpipe sync --mode full` to reload and start change capture again"
+    )
 
 
 def _slot_problem(info: slots.SlotInfo | None, last: str | None) -> str | None:
