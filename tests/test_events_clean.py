@@ -49,6 +49,22 @@ def test_bad_shapes_and_chunk_boundaries(tmp_path: Path, block_bytes: int | None
     ]
 
 
+def test_a_line_that_is_not_utf8_is_quarantined_and_never_merged_with_another(tmp_path: Path) -> None:
+    """Two event_ids that differ only in bytes that are not UTF-8 are two bad lines, not one event and a repeat."""
+    path = tmp_path / "e.jsonl"
+    ok = OK.encode()
+    lines = [ok.replace(b"a1", b"id\xff"), ok.replace(b"a1", b"id\xfe"), ok, ok.replace(b"a1", b'a2", "email": "x\xff')]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    (chunk,) = iter_line_chunks(path, None)
+    cleaned = clean_chunk(chunk, "e.jsonl")
+    assert cleaned.events.select("event_id", "line_number").rows() == [("a1", 3)]
+    assert cleaned.quarantined.select("line_number", "reason").rows() == [
+        (1, "bad JSON"),
+        (2, "bad JSON"),
+        (4, "bad JSON"),
+    ]
+
+
 def test_ids_must_be_integers_written_as_numbers_or_text(tmp_path: Path) -> None:
     path = tmp_path / "e.jsonl"
     lines = [
@@ -98,7 +114,7 @@ def test_chunks_hold_every_line_once_with_its_number(tmp_path: Path, block_bytes
         (1, "abcdefghijklmnopqrstuvwxy\n"),
         (2, "\n"),
         (3, "z" * 52 + "\n"),
-        (4, "a\ufffdb\n"),  # the bad byte replaced, so the line can still be judged
+        (4, "\n"),  # not UTF-8: emptied, to be quarantined as bad JSON
         (5, "end\n"),
     ]
     assert chunk.bytes_read == 87

@@ -113,6 +113,19 @@ def _chunk(first_line: int, data: bytes | memoryview, bytes_read: int) -> LineCh
     try:
         array.validate(full=True)
     except pa.ArrowInvalid:
-        # Not UTF-8 somewhere: replace the bad bytes so the line can still be judged (and quarantined).
-        return _chunk(first_line, bytes(data).decode("utf-8", errors="replace").encode(), bytes_read)
+        return _chunk(first_line, _utf8_lines_only(data), bytes_read)
     return LineChunk(first_line, data, offsets, bytes_read)
+
+
+def _utf8_lines_only(data: bytes | memoryview) -> bytes:
+    """`data` with every line that is not UTF-8 emptied, so it is quarantined as `bad JSON` on its line number (JSON
+    text is UTF-8). Not repaired: bad bytes replaced by U+FFFD made `"id\xff"` and `"id\xfe"` one event_id."""
+    return b"\n".join(line if _is_utf8(line) else b"" for line in bytes(data).split(b"\n"))
+
+
+def _is_utf8(line: bytes) -> bool:
+    try:
+        line.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
