@@ -260,6 +260,21 @@ def test_new_days_are_mirrored_to_clickhouse_as_they_are_staged(settings: Settin
     assert client.query(per_day).result_rows == [("2022-01-05", 4), ("2022-01-06", 4), ("2022-01-07", 4)]
 
 
+def test_an_earlier_copy_loaded_into_the_day_before_replaces_the_staged_one_in_clickhouse_too(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Each day is sent to ClickHouse as the reports count it: the click staged at 00:00:30 gives way to its copy at
+    23:59 the day before, loaded later, in `referral_events` as in the reports."""
+    load_files(settings, [write(tmp_path / "later.jsonl", [event("w", 8, 80, "2022-05-02T00:00:30Z", CL)])])
+    load_files(settings, [write(tmp_path / "earlier.jsonl", [event("w", 8, 80, "2022-05-01T23:59:00Z", CL)])])
+    hour = datetime(2022, 5, 1, 23)
+    assert reports(settings) == [(8, hour, 0, 1, 1, 0, None)]
+    client = clickhouse.connect(settings)
+    held = client.query("SELECT event_id, toString(toStartOfMinute(fired_at)) FROM referral_events").result_rows
+    assert held == [("w", "2022-05-01 23:59:00")]
+    assert warehouse_hourly_reports(client, timedelta(seconds=300)).rows() == [(8, hour, 0, 1, 1, 0)]
+
+
 def test_touched_hours_are_the_events_hours_and_the_hour_after_a_page_load() -> None:
     events = pl.DataFrame(
         {

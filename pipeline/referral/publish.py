@@ -18,7 +18,7 @@ from pipeline.errors import AdpipeError, SourceError
 from pipeline.prefetch import Worker
 from pipeline.referral.events import EVENT_SCHEMA, HORIZON
 from pipeline.referral.report import HOUR_KEY, HOURLY_SCHEMA
-from pipeline.referral.staging import StagedPart, day_parts, dedup_staged, read_days
+from pipeline.referral.staging import StagedPart, day_as_reported, day_parts
 from pipeline.source import postgres
 from pipeline.sqlfiles import sql_text, statements
 from pipeline.storage import Store
@@ -115,7 +115,8 @@ def replace_event_days(client: Client, store: Store, days: list[date], mixed_day
 
     A day whose parts all come from this load holds each event once, so its Parquet parts are sent as they
     are (ClickHouse reads Parquet natively; adpipe reads the bytes from the staging store, local or S3); a
-    day in `mixed_days` (staged before, or with a copy replaced) is deduplicated first. Dropping the day's
+    day in `mixed_days` (staged before, or with a copy replaced) is sent as the reports count it
+    (`day_as_reported`: repeats dropped, also those of an earlier copy in the day before). Dropping the day's
     partition and inserting the staged day is idempotent, so a re-load, or a crash between the two
     statements, converges on the next load.
     """
@@ -128,7 +129,7 @@ def replace_event_days(client: Client, store: Store, days: list[date], mixed_day
                 _insert_part(client, part, f"{load_id}:{path.name}")
                 sent += pq.read_metadata(pa.BufferReader(part)).num_rows
             continue
-        events = dedup_staged(read_days(store, [day])).select(EVENT_SCHEMA.names())
+        events = day_as_reported(store, day).select(EVENT_SCHEMA.names())
         if not events.is_empty():
             client.insert_arrow(
                 EVENTS_TABLE,

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import io
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from pathlib import PurePath
 
 import polars as pl
@@ -68,6 +68,13 @@ def read_range(store: Store, start: datetime, end: datetime) -> pl.DataFrame:
     """The staged events fired in [start, end), one per key (earliest), in time order."""
     frame = read_days(store, days_between(start, end - timedelta(microseconds=1)))
     return dedup_staged(frame.filter(pl.col("fired_at").is_between(start, end, closed="left")))
+
+
+def day_as_reported(store: Store, day: date) -> pl.DataFrame:
+    """The staged events of `day` the reports count: one per key, none with an earlier copy in the same day or in
+    the HORIZON before it. A copy loaded later into the previous day's last hour replaces one staged in this day."""
+    start = datetime.combine(day, time())
+    return read_range(store, start - HORIZON, start + timedelta(days=1)).filter(pl.col("fired_at") >= start)
 
 
 def _read_parquet(store: Store, paths: list[PurePath], schema: pl.Schema) -> pl.DataFrame:
