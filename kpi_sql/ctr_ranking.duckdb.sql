@@ -19,8 +19,9 @@ WITH
         SELECT
             campaign_id, campaign_name, n::UBIGINT AS impressions, k::UBIGINT AS clicks,
             k / n AS ctr,
-            (k / n + 1.96 * 1.96 / (2 * n)) / (1 + 1.96 * 1.96 / n) AS centre,
-            1.96 * sqrt((k / n) * (1 - k / n) / n + 1.96 * 1.96 / (4 * n * n)) / (1 + 1.96 * 1.96 / n) AS margin
+            (least(k / n, 1) + 1.96 * 1.96 / (2 * n)) / (1 + 1.96 * 1.96 / n) AS centre,
+            1.96 * sqrt(least(k / n, 1) * (1 - least(k / n, 1)) / n + 1.96 * 1.96 / (4 * n * n))
+                / (1 + 1.96 * 1.96 / n) AS margin
         FROM delivery
     )
 SELECT

@@ -6,7 +6,9 @@
 --   compared to 12 decimals: every campaign without clicks has a bound of 0 up to float rounding, and the
 --   rounding differs between engines (DuckDB recomputes this KPI to reconcile), so they tie.
 -- Columns: rank, campaign_id, campaign_name, impressions, clicks, ctr, wilson_low, wilson_high.
--- Edge cases: campaigns under the threshold are left out (their CTR is too uncertain to rank).
+-- Edge cases: campaigns under the threshold are left out (their CTR is too uncertain to rank). More clicks
+--   than impressions in the range (the source does not tie a click to its impression, and counts it on its own
+--   day) keep their ctr above 1, and are bounded as a CTR of 1: the interval exists only for 0 to 1.
 -- Parameters (all optional): from_date, to_date, advertiser_id, campaign_id, min_impressions.
 WITH
     selected_campaign AS (
@@ -28,9 +30,10 @@ WITH
         SELECT
             campaign_id, campaign_name, n AS impressions, k AS clicks,
             k / n AS ctr,
+            least(ctr, 1) AS p,
             1.96 * 1.96 AS z2,
-            (ctr + z2 / (2 * n)) / (1 + z2 / n) AS centre,
-            1.96 * sqrt(ctr * (1 - ctr) / n + z2 / (4 * n * n)) / (1 + z2 / n) AS margin
+            (p + z2 / (2 * n)) / (1 + z2 / n) AS centre,
+            1.96 * sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n) AS margin
         FROM delivery
     )
 SELECT

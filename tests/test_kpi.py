@@ -354,3 +354,31 @@ def test_campaigns_without_clicks_tie_in_ctr_ranking_on_both_engines(
     assert [row[1] for row in ranked] == list(range(1, 61))
     report = reconcile(settings)
     assert {c.name: c.ok for c in report.checks}["kpi ctr_ranking"], [c for c in report.checks if not c.ok]
+
+
+def test_more_clicks_than_impressions_are_ranked_with_the_bounds_of_a_ctr_of_1(
+    settings: Settings, pg: psycopg.Connection
+) -> None:
+    """The source does not tie clicks to impressions: 100 impressions and 101 clicks give ctr 1.01, and Wilson's
+    interval of p = 1 over n = 100: low = 1 / (1 + z²/n) = 1 / 1.038416, high = 1 (not NaN, which ClickHouse
+    ranked last and DuckDB first, failing reconcile)."""
+    pg.execute("INSERT INTO advertiser (name) VALUES ('Acme')")
+    pg.execute(
+        "INSERT INTO campaign (name, bid, budget, start_date, end_date, advertiser_id) VALUES"
+        " ('over', 1.00, 100.00, '2026-11-01', '2026-11-30', 1), ('fair', 1.00, 100.00, '2026-11-01', '2026-11-30', 1)"
+    )
+    pg.execute(
+        "INSERT INTO impressions (campaign_id, created_at) SELECT c, '2026-11-20 10:00:00'"
+        " FROM generate_series(1, 2) AS c, generate_series(1, 100)"
+    )
+    pg.execute(
+        "INSERT INTO clicks (campaign_id, created_at) SELECT 1, timestamp '2026-11-20 10:05' FROM generate_series(1, 101)"
+        " UNION ALL SELECT 2, timestamp '2026-11-20 10:05' FROM generate_series(1, 50)"
+    )
+    sync(settings, SyncOptions(mode=Mode.FULL))
+    (first, second) = compute(settings, "ctr_ranking", Filters()).rows()
+    assert first[:6] == (1, 1, "over", 100, 101, 1.01)
+    assert first[6:] == pytest.approx((1 / 1.038416, 1.0), abs=1e-12)
+    assert second[:2] == (2, 2)
+    report = reconcile(settings)
+    assert {c.name: c.ok for c in report.checks}["kpi ctr_ranking"], [c for c in report.checks if not c.ok]
