@@ -32,6 +32,25 @@ def test_campaign_ctr_chart_error_bars_are_the_wilson_bounds() -> None:
     assert list(bar.error_x.arrayminus) == pytest.approx([0.017, 0.0225])
 
 
+def test_a_ctr_above_1_has_no_upper_error_bar() -> None:
+    """More clicks than impressions: ctr_ranking bounds the CTR as 1, so the upper bound is below the bar's end."""
+    frame = pl.DataFrame(
+        {
+            "rank": [1],
+            "campaign_id": [1],
+            "campaign_name": ["over"],
+            "impressions": [100],
+            "clicks": [101],
+            "ctr": [1.01],
+            "wilson_low": [0.963],
+            "wilson_high": [1.0],
+        }
+    )
+    (bar,) = charts.campaign_ctr_chart(frame).data
+    assert list(bar.error_x.array) == [0.0]
+    assert list(bar.error_x.arrayminus) == pytest.approx([0.047])
+
+
 def test_daily_volume_chart_puts_clicks_on_a_second_axis() -> None:
     frame = pl.DataFrame(
         {"date": [date(2026, 1, 1), date(2026, 1, 2)], "impressions": [10, 20], "clicks": [1, 3], "ctr": [0.1, 0.15]}

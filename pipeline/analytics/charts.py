@@ -38,7 +38,8 @@ def campaign_ctr_chart(frame: pl.DataFrame) -> go.Figure:
             error_x={
                 "type": "data",
                 "symmetric": False,
-                "array": (frame["wilson_high"].cast(pl.Float64) - ctr).to_list(),
+                # A CTR above 1 (more clicks than impressions) is bounded as 1: its upper bar is empty, not negative.
+                "array": (frame["wilson_high"].cast(pl.Float64) - ctr).clip(lower_bound=0).to_list(),
                 "arrayminus": (ctr - frame["wilson_low"].cast(pl.Float64)).to_list(),
             },
             customdata=frame.select("impressions", "clicks", "wilson_low", "wilson_high").rows(),
