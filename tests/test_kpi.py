@@ -372,8 +372,8 @@ def test_more_clicks_than_impressions_are_ranked_with_the_bounds_of_a_ctr_of_1(
         " FROM generate_series(1, 2) AS c, generate_series(1, 100)"
     )
     pg.execute(
-        "INSERT INTO clicks (campaign_id, created_at) SELECT 1, timestamp '2026-11-20 10:05' FROM generate_series(1, 101)"
-        " UNION ALL SELECT 2, timestamp '2026-11-20 10:05' FROM generate_series(1, 50)"
+        "INSERT INTO clicks (campaign_id, created_at) SELECT c, timestamp '2026-11-20 10:05'"
+        " FROM generate_series(1, 2) AS c, generate_series(1, 151) AS n WHERE n <= (CASE c WHEN 1 THEN 101 ELSE 50 END)"
     )
     sync(settings, SyncOptions(mode=Mode.FULL))
     (first, second) = compute(settings, "ctr_ranking", Filters()).rows()
