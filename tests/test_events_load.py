@@ -19,7 +19,7 @@ from pipeline.referral.events import EVENT_SCHEMA
 from pipeline.referral.load import LoadMode, load_files
 from pipeline.referral.publish import read_reports, warehouse_hourly_reports, write_reports
 from pipeline.referral.report import HOUR_KEY, hour_counts, related_flags, touched_hours
-from pipeline.referral.staging import StagedPart
+from pipeline.referral.staging import StagedPart, quarantine_reasons
 from pipeline.referral.stream import StreamAggregator
 from pipeline.storage import Store
 from pipeline.warehouse import client as clickhouse
@@ -273,6 +273,23 @@ def test_an_earlier_copy_loaded_into_the_day_before_replaces_the_staged_one_in_c
     held = client.query("SELECT event_id, toString(toStartOfMinute(fired_at)) FROM referral_events").result_rows
     assert held == [("w", "2022-05-01 23:59:00")]
     assert warehouse_hourly_reports(client, timedelta(seconds=300)).rows() == [(8, hour, 0, 1, 1, 0)]
+
+
+def test_a_file_loaded_again_after_it_grew_counts_its_quarantined_lines_once(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A log appended to and loaded again replaces its quarantine; a new file at the same path (rotated) adds its own."""
+    path = write(tmp_path / "app.jsonl", [LINES[0], LINES[7], LINES[15]])  # a page load, an invalid type, bad JSON
+    load_files(settings, [path])
+    path.touch()
+    load_files(settings, [path])
+    with path.open("a") as log:
+        log.write(LINES[3] + "\n")
+    load_files(settings, [path])
+    assert quarantine_reasons(settings.staging_dir) == {"bad JSON": 1, "invalid event_type": 1}
+    write(path, [LINES[8], LINES[15]])  # rotated: other lines under the same name
+    load_files(settings, [path])
+    assert quarantine_reasons(settings.staging_dir) == {"bad JSON": 2, "invalid event_type": 1}
 
 
 def test_touched_hours_are_the_events_hours_and_the_hour_after_a_page_load() -> None:

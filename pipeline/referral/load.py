@@ -303,6 +303,9 @@ def _recompute(store: Store, keys: pl.DataFrame, window: timedelta) -> pl.DataFr
 
 
 def _source_key(path: Path) -> str:
-    """Names the file's quarantine: the same file (path, size, mtime) re-loaded replaces it."""
-    stat = path.stat()
-    return hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:24]
+    """Names the file's quarantine by its path and first line: a re-load of the file replaces its quarantine, also
+    once the file was touched or grew (a log appended to, whose load quarantines its old lines again); a new file
+    at the same path (a log rotated) gets a quarantine of its own."""
+    with path.open("rb") as handle:
+        first_line = handle.readline(1 << 20)
+    return hashlib.sha256(f"{path.resolve()}|".encode() + hashlib.sha256(first_line).digest()).hexdigest()[:24]
