@@ -278,7 +278,7 @@ def test_an_earlier_copy_loaded_into_the_day_before_replaces_the_staged_one_in_c
 def test_a_file_loaded_again_after_it_grew_counts_its_quarantined_lines_once(
     settings: Settings, tmp_path: Path
 ) -> None:
-    """A log appended to and loaded again replaces its quarantine; a new file at the same path (rotated) adds its own."""
+    """A log appended to and loaded again replaces its quarantine; a new file at the same path (rotated) adds one."""
     path = write(tmp_path / "app.jsonl", [LINES[0], LINES[7], LINES[15]])  # a page load, an invalid type, bad JSON
     load_files(settings, [path])
     path.touch()
