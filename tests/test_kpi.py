@@ -382,3 +382,25 @@ def test_more_clicks_than_impressions_are_ranked_with_the_bounds_of_a_ctr_of_1(
     assert second[:2] == (2, 2)
     report = reconcile(settings)
     assert {c.name: c.ok for c in report.checks}["kpi ctr_ranking"], [c for c in report.checks if not c.ok]
+
+
+@pytest.mark.warehouses("chdb")
+def test_names_from_the_data_and_the_settings_print_as_they_are(
+    settings: Settings, pg: psycopg.Connection, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Output goes through rich: a campaign named `[/]` (a closing tag with nothing to close) crashed the table,
+    `[red]` vanished, and `:-1:` became an emoji."""
+    pg.execute("INSERT INTO advertiser (name) VALUES ('Acme')")
+    pg.execute(
+        "INSERT INTO campaign (name, bid, budget, start_date, end_date, advertiser_id)"
+        " VALUES ('[/] [red]x :-1:', 1.00, 100.00, '2026-11-01', '2026-11-30', 1)"
+    )
+    pg.execute("INSERT INTO impressions (campaign_id, created_at) VALUES (1, '2026-11-20 10:00:00')")
+    sync(settings, SyncOptions(mode=Mode.FULL))
+    shown = run_cli("kpi", "campaign_ctr")
+    assert shown.exit_code == 0, shown.stderr
+    assert "[/] [red]x :-1:" in shown.stdout
+    monkeypatch.setenv("ADPIPE_CLICKHOUSE_DATABASE", "new[/]db:-1:")
+    refused = run_cli("kpi", "campaign_ctr")
+    assert refused.exit_code == 1
+    assert refused.stderr.startswith("error: the warehouse (ClickHouse database 'new[/]db:-1:')"), refused.stderr

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from typer._click.exceptions import NoArgsIsHelpError, UsageError  # Typer's own click (the version is pinned)
 from typer.core import TyperGroup
@@ -28,8 +29,10 @@ if TYPE_CHECKING:
 
 # Output to a pipe or a file is not squeezed into 80 columns, where tables would cut values to "…".
 PIPED_WIDTH = 200
-console = Console(width=None if sys.stdout.isatty() else PIPED_WIDTH)
-err_console = Console(stderr=True)
+# No emoji codes: `:-1:` in a database name or a path would print as 👎. Text from users and data is escaped where
+# it meets markup (`escape`), so `[/]` in a campaign name prints as it is.
+console = Console(width=None if sys.stdout.isatty() else PIPED_WIDTH, emoji=False)
+err_console = Console(stderr=True, emoji=False)
 
 
 class _FriendlyErrors(TyperGroup):
@@ -151,7 +154,7 @@ def current_settings() -> Settings:
 
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print one error line to stderr and exit with `code`."""
-    err_console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -174,7 +177,7 @@ def print_frame(
     """A result to `out` (atomically), as a rich table on the terminal, or as csv/json on stdout for pipes."""
     if out is not None:
         write_frame(frame, fmt, out)
-        console.print(f"Wrote {frame.height:,} rows to {out}.")
+        console.print(f"Wrote {frame.height:,} rows to {escape(str(out))}.")
     elif fmt is OutputFormat.TABLE:
         console.print(as_table(frame))
     else:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from pipeline.cli.app import app, console, current_settings, print_frame, progress_bars
@@ -35,7 +36,8 @@ def generate(
     from pipeline.referral.generate import generate_file
 
     written = generate_file(out, events, customers, users, seed)
-    console.print(f"Wrote {written.lines:,} lines to {out} ({written.defects:,} with a defect, by design).")
+    defects = f"{written.defects:,} with a defect, by design"
+    console.print(f"Wrote {written.lines:,} lines to {escape(str(out))} ({defects}).")
 
 
 @events_app.command()

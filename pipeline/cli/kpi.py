@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from pipeline.analytics.kpi import Filters
@@ -97,7 +98,7 @@ def print_reconcile_report(report: ReconcileReport) -> None:
     for column in ("Check", "Result", "Detail"):
         table.add_column(column, no_wrap=column != "Detail")
     for check in report.checks:
-        table.add_row(check.name, "[green]pass[/]" if check.ok else "[bold red]FAIL[/]", check.detail)
+        table.add_row(check.name, "[green]pass[/]" if check.ok else "[bold red]FAIL[/]", escape(check.detail))
     console.print(table)
     failed = sum(not check.ok for check in report.checks)
     console.print("All checks pass." if not failed else f"[bold red]{failed} of {len(report.checks)} checks failed.[/]")
@@ -128,4 +129,4 @@ def _display(column: str, value: object) -> str:
         return f"{value:.2%}" if column in {"ctr", "utilization"} or column.startswith("ctr_") else f"{value:,.2f}"
     if isinstance(value, int) and not column.endswith("id"):
         return f"{value:,}"
-    return str(value)
+    return escape(str(value))  # a campaign named `[/]` is text, not markup

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from pipeline.cli.app import app, console, current_settings, err_console
 
@@ -20,4 +21,5 @@ def report(
     with err_console.status("report") as status:
         summary = write_report(current_settings(), out, lambda what: status.update(f"report: {what}"))
     result = "all checks pass" if summary.reconcile_ok else f"[bold red]{summary.failed_checks} checks FAIL[/]"
-    console.print(f"Wrote {out} ({summary.bytes / 2**20:.1f} MiB, {summary.charts} charts; reconciliation: {result}).")
+    size = f"{summary.bytes / 2**20:.1f} MiB, {summary.charts} charts"
+    console.print(f"Wrote {escape(str(out))} ({size}; reconciliation: {result}).")

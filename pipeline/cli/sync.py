@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from pipeline.cli.app import app, console, current_settings, err_console, progress_bars
@@ -69,9 +70,8 @@ def _init_capture(settings: Settings) -> None:
     try:
         slot, created = start_capture(settings)
     except AdpipeError as exc:
-        err_console.print(
-            f"[yellow]warning: {exc}; syncs fall back to counting facts[/]", soft_wrap=True, highlight=False
-        )
+        warning = f"warning: {exc}; syncs fall back to counting facts"
+        err_console.print(f"[yellow]{escape(warning)}[/]", soft_wrap=True, highlight=False)
         return
     console.print(f"Change capture: replication slot [bold]{slot}[/] {'created' if created else 'is in place'}.")
 
@@ -81,7 +81,7 @@ def _init_single_node(settings: Settings) -> None:
     from pipeline.warehouse.schema import apply_schema
 
     apply_schema(clickhouse.connect(settings))
-    console.print(f"Warehouse schema is in place in database [bold]{settings.clickhouse_database}[/].")
+    console.print(f"Warehouse schema is in place in database [bold]{escape(settings.clickhouse_database)}[/].")
 
 
 def _init_cluster(settings: Settings, cluster: str, print_only: bool) -> None:
@@ -93,7 +93,9 @@ def _init_cluster(settings: Settings, cluster: str, print_only: bool) -> None:
         return
     create_on_cluster(settings, cluster)
     database = settings.clickhouse_database
-    console.print(f"Warehouse schema is in place on cluster [bold]{cluster}[/] in database [bold]{database}[/].")
+    console.print(
+        f"Warehouse schema is in place on cluster [bold]{escape(cluster)}[/] in database [bold]{escape(database)}[/]."
+    )
 
 
 @app.command()
@@ -189,7 +191,8 @@ def _follow(
             console.print(_tick_line(tick), highlight=False)
         if tick.error is not None:
             err_console.print(
-                f"[yellow]run failed ({tick.failures} in a row): {tick.error}; retrying in {tick.retry_in:g} s[/]",
+                f"[yellow]run failed ({tick.failures} in a row): {escape(str(tick.error))};"
+                f" retrying in {tick.retry_in:g} s[/]",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -368,7 +371,7 @@ def snapshots_list() -> None:
     from pipeline.analytics.audit import run_summaries
 
     settings = current_settings()
-    table = Table(title=f"Staged runs in {settings.staging_dir}")
+    table = Table(title=f"Staged runs in {escape(str(settings.staging_dir))}")
     # The run id ends in the mode (…-full, …-incremental), so it needs no column of its own.
     for column in ("Run", "Rows", "Quarantined", "Parts", "Committed"):
         table.add_column(column, justify="left" if column == "Run" else "right", no_wrap=True)
@@ -385,7 +388,7 @@ def snapshots_verify() -> None:
 
     verification = verify_staging(current_settings().staging_dir)
     for p in verification.problems:
-        err_console.print(f"[red]{p.run_id}/{p.path}: {p.problem}[/]")
+        err_console.print(f"[red]{escape(f'{p.run_id}/{p.path}: {p.problem}')}[/]")
     if verification.problems:
         raise typer.Exit(1)
     console.print(f"All {verification.parts} parts of {verification.runs} runs match their checksums.")
