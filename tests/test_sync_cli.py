@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import psycopg
@@ -13,7 +14,7 @@ from pipeline.source.postgres import postgres_url
 from pipeline.sync.stage import list_runs
 from pipeline.warehouse import client as clickhouse
 from tests.conftest import run_cli
-from tests.harness import capture_slot
+from tests.harness import adpipe, capture_slot
 from tests.test_sync import per_campaign_ch, seed_hand_built
 
 pytestmark = pytest.mark.warehouses  # each test that uses `settings` runs on chdb, http and server
@@ -219,3 +220,43 @@ def test_sync_verify_reconciles_after_loading(settings: Settings, pg: psycopg.Co
     text = " ".join(re.sub(r"[│┃]", " ", result.stdout).split())
     assert "rows impressions pass Postgres 5 = ClickHouse 4 + quarantined 1 = snapshots 4 + quarantined 1" in text
     assert "All checks pass." in result.stdout
+
+
+@pytest.mark.warehouses("chdb")
+def test_a_run_the_warehouse_will_not_record_as_running_loads_nothing(
+    settings: Settings, pg: psycopg.Connection
+) -> None:
+    """The next sync checks that the warehouse holds the last committed run's row: a run committed without one would
+    look like a warehouse restored from an older backup. So a run that cannot record itself stops before loading."""
+    seed_hand_built(pg)
+    assert run_cli("sync", "--mode", "full").exit_code == 0
+    pg.execute("INSERT INTO impressions (campaign_id, created_at) VALUES (1, '2026-01-05 12:00:00')")
+    client = clickhouse.connect(settings)
+    before = client.command("SELECT count() FROM impressions")
+    client.command("ALTER TABLE sync_runs ADD COLUMN refused UInt8 DEFAULT throwIf(status = 'running')")
+    refused = run_cli("sync")
+    assert refused.exit_code == 1
+    assert refused.stderr.count("\n") == 1 and refused.stderr.startswith("error: "), refused.stderr
+    assert client.command("SELECT count() FROM impressions") == before
+    client.command("ALTER TABLE sync_runs DROP COLUMN refused")
+    assert run_cli("sync").exit_code == 0
+    assert client.command("SELECT count() FROM impressions") == before + 1
+
+
+@pytest.mark.warehouses("chdb")
+def test_a_run_the_warehouse_will_not_record_as_done_says_so_in_one_warning(
+    settings: Settings, pg: psycopg.Connection
+) -> None:
+    """Its rows are committed and right: exit 0, a warning instead of a traceback, and the next run goes on."""
+    seed_hand_built(pg)
+    assert run_cli("sync", "--mode", "full").exit_code == 0
+    clickhouse.connect(settings).command(
+        "ALTER TABLE sync_runs ADD COLUMN refused UInt8 DEFAULT throwIf(status = 'success')"
+    )
+    clickhouse.close_all()  # the sync runs in a process of its own, as a user's does: its log lines reach stderr
+    done = adpipe(dict(os.environ), "sync")
+    assert done.returncode == 0, done.stderr
+    (line,) = done.stderr.splitlines()
+    assert re.fullmatch(r"warning: could not record run \S+-incremental as success in sync_runs: .+", line), line
+    clickhouse.connect(settings).command("ALTER TABLE sync_runs DROP COLUMN refused")
+    assert run_cli("sync").exit_code == 0

@@ -53,7 +53,14 @@ from pipeline.sync.load import create_shadow, delete_retracted, drop_shadow, fol
 from pipeline.sync.plan import plan_mode
 from pipeline.sync.repair import bucket_ids, differing_buckets
 from pipeline.sync.run_source import OpeningSource, RunSource, already_synced, previous_fact
-from pipeline.sync.runlog import SyncResult, TableSummary, close_interrupted_runs, record, record_recovered
+from pipeline.sync.runlog import (
+    SyncResult,
+    TableSummary,
+    close_interrupted_runs,
+    record,
+    record_recovered,
+    record_start,
+)
 from pipeline.sync.stage import Run, RunWriter, list_runs, new_run_id, staged_run, state_runs, verify_runs
 from pipeline.sync.state import FactState, Gap, SyncState, committed_at, save_state
 from pipeline.warehouse import client as clickhouse
@@ -202,7 +209,11 @@ def _run(
             refused(exc)
             raise
         result = SyncResult(new_run_id(planned_mode), planned_mode)
-        record(client, result, started, "running")
+        try:
+            record_start(client, result, started)
+        except BaseException as exc:
+            refused(exc)
+            raise
         try:
             run = _stage_and_load(client, settings, options, source, state, result)
             kill_point("loaded")

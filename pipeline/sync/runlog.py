@@ -12,6 +12,7 @@ import polars as pl
 from clickhouse_connect.driver.client import Client
 
 from pipeline.catalog import DIMENSIONS, FACTS
+from pipeline.errors import first_line
 from pipeline.sync.stage import Run
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,27 @@ def record(
     finished: datetime | None = None,
 ) -> None:
     """Write this run's rows to sync_runs with `status`, finished now unless `finished` says when; a failure to do
-    so is logged, never raised."""
+    so is logged, never raised: the run's outcome matters more than its log line (`record_start` is the exception).
+    A failing run's own error is its one line (the warehouse that refused this is usually what failed it); a run
+    that succeeded says that its row is stale, until the next run records it."""
+    try:
+        _insert_rows(client, result, started, status, error, finished)
+    except Exception as exc:
+        level = logging.INFO if status == "failed" else logging.WARNING
+        log.log(level, "could not record run %s as %s in sync_runs: %s", result.run_id, status, first_line(exc))
+        log.debug("recording run %s failed", result.run_id, exc_info=True)
+
+
+def record_start(client: Client, result: SyncResult, started: datetime) -> None:
+    """Record the run as running, before it loads anything; raises if that fails. The next sync checks that the
+    warehouse holds the row of the last run committed (`holds_run`): one committed without it would look like a
+    warehouse replaced by an older one."""
+    _insert_rows(client, result, started, "running", None, None)
+
+
+def _insert_rows(
+    client: Client, result: SyncResult, started: datetime, status: str, error: str | None, finished: datetime | None
+) -> None:
     now = datetime.now(UTC)
     tables = result.tables or {name: TableSummary() for name in (*DIMENSIONS, *FACTS)}
     rows = [
@@ -102,13 +123,9 @@ def record(
         }
         for name, t in tables.items()
     ]
-    try:
-        # Built by Polars: pyarrow imports pandas to build arrays from Python objects (0.25 s of every sync), and
-        # clickhouse-connect's row path does too.
-        client.insert_arrow("sync_runs", pl.DataFrame(rows, schema=_SYNC_RUNS_SCHEMA).to_arrow())
-    except Exception:
-        # The run's outcome matters more than its log line: never let bookkeeping mask the real error.
-        log.exception("could not record run %s in sync_runs", result.run_id)
+    # Built by Polars: pyarrow imports pandas to build arrays from Python objects (0.25 s of every sync), and
+    # clickhouse-connect's row path does too.
+    client.insert_arrow("sync_runs", pl.DataFrame(rows, schema=_SYNC_RUNS_SCHEMA).to_arrow())
 
 
 def holds_run(client: Client, run_id: str) -> bool:
