@@ -121,6 +121,16 @@ def test_the_collector_is_off_for_a_command_and_on_for_a_follower() -> None:
         (["sync", "--mode", "bogus"], "Invalid value for '--mode': 'bogus' is not one of", "adpipe sync"),
         (["kpi", "campaign_ctr", "--from", "2026-13-01"], "Invalid value for '--from': '2026-13-01'", "adpipe kpi"),
         (["campaigns"], "Missing option '--advertiser-id'.", "adpipe campaigns"),
+        (
+            ["sync", "--follow", "--metrics-port", "65536"],
+            "Invalid value for '--metrics-port': 65536 is not in the range 0<=x<=65535.",
+            "adpipe sync",
+        ),
+        (
+            ["sync", "--follow", "--metrics-port", "-1"],
+            "Invalid value for '--metrics-port': -1 is not in the range 0<=x<=65535.",
+            "adpipe sync",
+        ),
         (["events", "load"], "Missing argument 'files'.", "adpipe events load"),
     ],
 )

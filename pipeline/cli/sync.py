@@ -121,7 +121,8 @@ def sync(
     ] = False,
     interval: Annotated[str, typer.Option(help="With --follow: time between runs, e.g. 500ms, 5s, 1m.")] = "5s",
     metrics_port: Annotated[
-        int | None, typer.Option(help="With --follow: serve Prometheus metrics on this port (/metrics).")
+        int | None,
+        typer.Option(min=0, max=65535, help="With --follow: serve Prometheus metrics on this port (/metrics)."),
     ] = None,
     metrics_address: Annotated[str, typer.Option(help="With --metrics-port: the address to listen on.")] = "127.0.0.1",
 ) -> None:
