@@ -21,7 +21,7 @@ import psycopg
 import pytest
 
 from pipeline.config import Settings, load_settings
-from pipeline.errors import AdpipeError, WarehouseError, describe_failure
+from pipeline.errors import AdpipeError, WarehouseError, describe_failure, is_transient
 from pipeline.referral.load import load_files
 from pipeline.warehouse import client as clickhouse
 from tests.clickhouse_http import ClickHouseHttp, Fault
@@ -196,6 +196,7 @@ def test_a_slow_answer_is_one_line_naming_the_read_timeout(
                 f"ClickHouse at http://adpipe:***@127.0.0.1:{double.port}/ did not answer within 1 s "
                 "(ADPIPE_CLICKHOUSE_READ_TIMEOUT)"
             )
+            assert is_transient(raised.value)  # a follower retries the run
         finally:
             clickhouse.close_all()
     assert len(double.statements("^SELECT 'slow'")) == 1  # waiting longer is not a retry's job

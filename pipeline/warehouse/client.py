@@ -407,7 +407,9 @@ def _wrapped(
 def warehouse_error(exc: ClickHouseError, url: str, options: ClickHouseServerOptions | None) -> WarehouseError:
     """The driver's error as a WarehouseError: one line, the masked URL, the code, and whether it is transient."""
     code = getattr(exc, "code", None)
-    transient = _failure(exc) is not _Failure.FINAL
+    # A read timeout is not sent again (the statement may still be running), but a later run may well get its
+    # answer in time: a follower retries the run rather than stopping for good on one slow answer.
+    transient = _failure(exc) is not _Failure.FINAL or isinstance(_transport_cause(exc), ReadTimeoutError)
     return WarehouseError(describe_error(exc, url, options), url=mask_url(url), transient=transient, code=code)
 
 
