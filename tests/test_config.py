@@ -12,6 +12,8 @@ import psycopg
 import pytest
 
 from pipeline.config import load_settings, mask_url
+from pipeline.errors import SourceError, is_transient
+from pipeline.source.postgres import EmbeddedPostgres
 from tests.conftest import run_cli
 
 VARIABLES = (
@@ -347,3 +349,21 @@ def test_an_engine_that_does_not_start_says_why_in_one_line(clean_env: Path) -> 
     assert done.returncode == 1
     assert done.stderr.startswith(f"error: embedded ClickHouse at {engine} did not start: Code: 62. DB::Exception: ")
     assert "Syntax error" in done.stderr and done.stderr.count("\n") == 1, done.stderr
+
+
+def test_an_embedded_postgres_that_does_not_start_is_one_line_and_worth_retrying(clean_env: Path) -> None:
+    """pg_ctl's page of output stays out of stderr (`-v` shows it). Transient: a server killed a moment ago leaves
+    processes holding its memory, and a follower's next run starts it."""
+    home = clean_env / "home"
+    env = {**os.environ, "ADPIPE_HOME": str(home)}
+    for args in (("stats",), ("down",)):
+        done = subprocess.run([sys.executable, "-m", "pipeline", *args], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    with (home / "postgres" / "postgresql.conf").open("a") as conf:
+        conf.write("max_connections = 'many'\n")
+    done = subprocess.run([sys.executable, "-m", "pipeline", "stats"], env=env, capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stderr == f"error: embedded Postgres did not start; see its log at {home / 'postgres' / 'log'}\n"
+    with pytest.raises(SourceError) as failed:
+        EmbeddedPostgres(home / "postgres").url()
+    assert is_transient(failed.value)

