@@ -13,7 +13,9 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
+from pipeline import catalog
 from pipeline.config import Settings
+from pipeline.source.capture import ensure_publication
 from pipeline.warehouse import client as clickhouse
 from tests.conftest import run_cli
 from tests.test_sync import seed_hand_built
@@ -121,3 +123,19 @@ def test_a_role_that_may_not_write_the_reports_stops_an_events_load_before_anyth
         settings, pg, monkeypatch, *readers, "GRANT SELECT, INSERT, DELETE ON ALL TABLES IN SCHEMA referral TO {role}"
     ):
         assert run_cli("events", "load", str(events)).exit_code == 0
+
+
+def test_a_first_full_sync_that_stops_while_reading_leaves_no_replication_slot(
+    settings: Settings, pg: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run created the slot, then could not read clicks: no state names the slot, and it would hold WAL for a
+    sync that may never come."""
+    seed_hand_built(pg)
+    ensure_publication(pg, catalog.SOURCE_TABLES)  # as the tables' owner, as `init` would
+    grants = ("ALTER ROLE {role} REPLICATION", "GRANT SELECT ON advertiser, campaign, impressions TO {role}")
+    with as_role(settings, pg, monkeypatch, *grants):
+        result = run_cli("sync", "--mode", "full")
+        assert result.exit_code == 1
+        assert result.stderr.startswith("error: Postgres refused: permission denied for table clicks"), result.stderr
+    slots = pg.execute("SELECT slot_name FROM pg_replication_slots WHERE database = current_database()").fetchall()
+    assert slots == []

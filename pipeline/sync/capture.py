@@ -64,6 +64,8 @@ class RunCapture:
     conn: psycopg.Connection | None = None
     starts_at: str | None = None
     """A full run's slot: its confirmed position as the run armed it, where its stream of changes begins."""
+    created: bool = False
+    """This run created the slot (a full run, the slot missing): a run that stops while reading drops it again."""
 
     def check_snapshot(self, snapshot: Snapshot) -> None:
         """A full run: the slot holds the changes after `starts_at`, the snapshot those before its own LSN. Read from
@@ -108,13 +110,27 @@ def run_capture(settings: Settings, state: SyncState, full: bool) -> Iterator[Ru
         connect_replica(settings).close()
     conn = _connect_primary(settings)
     conn.autocommit = True
+    capture = None
     try:
         capture = _arm(conn, settings, state) if full else _check(conn, settings, state)
         capture.conn = conn if capture.slot else None
         _warn_off(capture, state)
         yield capture
+    except BaseException:
+        if capture is not None and capture.created and capture.slot is not None:
+            # The run stops before it staged anything, and no state names the slot: it would hold WAL for a sync
+            # that may never come (a role without a grant, a typo in a URL).
+            _drop_unused(conn, capture.slot)
+        raise
     finally:
         conn.close()
+
+
+def _drop_unused(conn: psycopg.Connection, slot: str) -> None:
+    try:
+        slots.drop_slot(conn, slot)
+    except Exception as exc:
+        log.warning("replication slot %s, created by this run, is left behind (%s): `adpipe capture drop`", slot, exc)
 
 
 def _connect_primary(settings: Settings) -> psycopg.Connection:
@@ -155,7 +171,8 @@ def _arm(conn: psycopg.Connection, settings: Settings, state: SyncState) -> RunC
         log.warning("replication slot %s lost the WAL it needed; creating it again", slot)
         slots.drop_slot(conn, slot)
         info = None
-    if info is None and not slots.create_slot(conn, slot, settings.capture_wait_seconds):
+    created = info is None
+    if created and not slots.create_slot(conn, slot, settings.capture_wait_seconds):
         return RunCapture(
             None,
             f"creating replication slot {slot} waited {settings.capture_wait_seconds:g} s for transactions already"
@@ -163,7 +180,7 @@ def _arm(conn: psycopg.Connection, settings: Settings, state: SyncState) -> RunC
             trusted=False,
         )
     armed = slots.slot_info(conn, slot) if settings.postgres_replica_url else None  # see `RunCapture.check_snapshot`
-    return RunCapture(slot, None, trusted=True, starts_at=armed.confirmed_flush_lsn if armed else None)
+    return RunCapture(slot, None, trusted=True, starts_at=armed.confirmed_flush_lsn if armed else None, created=created)
 
 
 def _check(conn: psycopg.Connection, settings: Settings, state: SyncState) -> RunCapture:
