@@ -9,7 +9,7 @@ import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from dotenv import load_dotenv
 from dotenv.parser import parse_stream
@@ -179,7 +179,7 @@ def _clickhouse_database(url: str) -> str:
     if explicit:
         return explicit
     if not url.startswith("chdb:"):
-        path = urlsplit(url).path.strip("/")
+        path = unquote(urlsplit(url).path.strip("/"))  # percent-decoded, as the URL's user and password are
         if path:
             return path
     return DEFAULT_CLICKHOUSE_DATABASE

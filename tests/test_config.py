@@ -112,6 +112,7 @@ def test_seed_variables_defaults_and_precedence(clean_env: Path, monkeypatch: py
         ("http://default:pw@localhost:8123/adpipe", "adpipe"),
         ("https://ch.example:8443/sales", "sales"),
         ("http://localhost:8123", "adpipe"),
+        ("http://localhost:8123/sales%20eu", "sales eu"),  # percent-decoded, as the user and password are
     ],
 )
 def test_clickhouse_database_from_server_url_path(
