@@ -518,3 +518,15 @@ def test_the_shared_adbc_handle_serves_connections_after_its_server_restarts() -
             before.close()
         finally:
             server.stop()
+
+
+SERVE_ON_IPV6 = """
+from pipeline.cli.sync import _serve_metrics
+_serve_metrics(0, "::1", False)
+"""
+
+
+def test_metrics_on_an_ipv6_address_are_announced_with_the_address_in_brackets() -> None:
+    done = subprocess.run([sys.executable, "-c", SERVE_ON_IPV6], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert re.fullmatch(r"Metrics at http://\[::1\]:\d+/metrics\n", done.stdout), done.stdout

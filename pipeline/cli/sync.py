@@ -212,7 +212,8 @@ def _serve_metrics(port: int, address: str, as_json: bool) -> FollowerMetrics:
     metrics = FollowerMetrics()
     served = serve_metrics(metrics, port, address)
     # With --json, stdout holds the runs' JSON lines alone.
-    (err_console if as_json else console).print(f"Metrics at http://{address}:{served}/metrics")
+    host = f"[{address}]" if ":" in address else address  # an IPv6 address, bracketed as URLs need
+    (err_console if as_json else console).print(f"Metrics at http://{escape(host)}:{served}/metrics")
     return metrics
 
 
