@@ -200,6 +200,36 @@ def test_every_fact_deleted_and_the_ids_restarted_the_new_rows_are_all_read(
     assert_equals_source(settings, pg)
 
 
+def test_ids_drawn_again_below_the_warehouses_rows_are_read_even_those_an_earlier_run_deleted(
+    settings: Settings, pg: psycopg.Connection
+) -> None:
+    """A reset by DELETE (the ids go on), synced; then another with the sequences restarted. The new rows take ids
+    of rows an earlier run deleted, which no change of this run names: they were never read, and `reconcile`
+    passed (it counts Postgres up to the warehouse's largest id)."""
+    seed(pg)
+    full(settings)  # impressions 1-5, clicks 1-3
+    for table in ("clicks", "impressions"):
+        pg.execute(f"DELETE FROM {table}")
+    pg.execute(
+        "INSERT INTO impressions (campaign_id, created_at)"
+        " SELECT 1, timestamp '2026-11-23 10:00' + n * interval '1 minute' FROM generate_series(1, 6) AS n"
+    )  # ids 6-11
+    incremental(settings)
+    assert_equals_source(settings, pg)
+    for table in ("clicks", "impressions"):
+        pg.execute(f"DELETE FROM {table}")
+        pg.execute(f"ALTER SEQUENCE {table}_id_seq RESTART")
+    pg.execute(
+        "INSERT INTO impressions (campaign_id, created_at)"
+        " SELECT 2, timestamp '2026-11-24 10:00' + n * interval '1 minute' FROM generate_series(1, 3) AS n"
+    )  # ids 1-3, deleted by the first reset's run
+    pg.execute("INSERT INTO clicks (campaign_id, created_at) VALUES (2, '2026-11-24 10:05:00')")  # id 1
+    incremental(settings)
+    assert [row[0] for row in facts_ch(settings, "impressions")] == [1, 2, 3]
+    assert [row[0] for row in facts_ch(settings, "clicks")] == [1]
+    assert_equals_source(settings, pg)
+
+
 def test_deleted_impressions_leave_the_facts_and_the_aggregates(settings: Settings, pg: psycopg.Connection) -> None:
     seed(pg)
     full(settings)

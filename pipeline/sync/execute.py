@@ -405,6 +405,8 @@ def _extract_all(
         facts[table], below_first = _sync_fact(source, pipeline, options, table, previous, quarantine, result, full)
         if not full:
             ids = source.seen.changed.get(table, frozenset()) | below_first | due.get(table, set())
+            if source.changes is not None and facts[table].high_water < previous.high_water:
+                ids |= _drawn_again(client, reader, table, facts[table].high_water)
             if options.repair:
                 with _stopwatch(pipeline.timings, "repair"):
                     differing = differing_buckets(reader, client, table, previous.high_water)
@@ -415,6 +417,18 @@ def _extract_all(
     pipeline.write("quarantine", quarantine_arrow(resolved, version, resolved=True))
     dimension_version = version if full or changed else state.dimension_version
     return SyncState(result.run_id, dimension_version, facts, source_lsn=reader.snapshot.lsn, capture_slot=source.slot)
+
+
+def _drawn_again(client: Client, reader: SourceReader, table: str, upto: int) -> frozenset[int]:
+    """The mark came down to the source's max id `upto`: the ids restarted, or the newest rows were deleted. The
+    source's ids above the largest the warehouse holds up to there reuse ids of rows deleted before, by this run or
+    an earlier one; no change names those of an earlier one (only deletes were in the slot), so they are compared
+    with the warehouse like changed rows. Usually none, when only the newest rows were deleted."""
+    query = f"SELECT max(id) FROM {clickhouse.quote_identifier(table)} WHERE id <= {{upto:UInt64}}"
+    held = client.command(query, parameters={"upto": upto})
+    if held >= upto:
+        return frozenset()
+    return frozenset(reader.read_ids_in(table, [(held + 1, upto)]).column("id").to_pylist())
 
 
 def _apply_fact_changes(
