@@ -6,7 +6,9 @@ and in ClickHouse. Only the ids of buckets that differ are compared row by row (
 repair reads every row once on each side (one scan) but moves only what changed.
 
 The checksum is a polynomial of id, campaign_id and created_at (microseconds since the epoch) modulo a prime below
-2^31, so no product overflows 64 bits on either side: a changed row goes unnoticed with a chance of about 1 in 2^31.
+2^31, so no product overflows 64 bits on either side. Each field is weighted by a factor drawn from the row's id: a
+sum of terms linear in the fields alone stayed the same when two rows of a bucket swapped their campaigns, or one
+moved +k and another -k. A changed bucket goes unnoticed with a chance of about 1 in 2^31.
 Source rows that are in quarantine are counted on the source side only, so their buckets always differ; the row
 comparison then finds them unchanged. Every quarantined id is compared too, so an entry whose row left the source is
 resolved. Both are cheap: quarantine is small.
@@ -21,12 +23,20 @@ from pipeline.warehouse.client import quote_identifier
 
 BUCKET_IDS = 10_000
 _PRIME = 2_147_483_629
-_A, _B = 1_000_003, 999_983
+_A, _B, _C = 1_000_003, 999_983, 998_927
 
 
 def _row_checksum(row_id: str, campaign: str, micros: str) -> str:
-    """The per-row checksum as SQL both engines evaluate to the same integer (operands are non-negative, 64-bit)."""
-    return f"(({row_id} % {_PRIME}) * {_A} % {_PRIME} + {campaign} * {_B} % {_PRIME} + {micros} % {_PRIME}) % {_PRIME}"
+    """The per-row checksum as SQL both engines evaluate to the same integer (64-bit operands, each product of two
+    numbers below 2^31): the id, and each field times a weight of its own that the id gives (distinct ids of a
+    bucket give distinct weights)."""
+    key = f"({row_id} % {_PRIME})"
+    campaign_weight = f"(({key} * {_B} + 1) % {_PRIME})"
+    time_weight = f"(({key} * {_C} + 7) % {_PRIME})"
+    return (
+        f"({key} * {_A} % {_PRIME} + {campaign} % {_PRIME} * {campaign_weight} % {_PRIME}"
+        f" + {micros} % {_PRIME} * {time_weight} % {_PRIME}) % {_PRIME}"
+    )
 
 
 # 64-bit operands on both sides (the source's ids and campaign ids are 32-bit integers); a doubled `%` in Postgres,
