@@ -368,3 +368,14 @@ def test_an_embedded_postgres_that_does_not_start_is_one_line_and_worth_retrying
     with pytest.raises(SourceError) as failed:
         EmbeddedPostgres(home / "postgres").url()
     assert is_transient(failed.value)
+
+
+def test_an_embedded_postgres_directory_initdb_refuses_is_one_line(clean_env: Path) -> None:
+    home = clean_env / "home"
+    (home / "postgres").mkdir(parents=True)
+    (home / "postgres" / "notes.txt").write_text("not a Postgres data directory\n")
+    env = {**os.environ, "ADPIPE_HOME": str(home)}
+    done = subprocess.run([sys.executable, "-m", "pipeline", "stats"], env=env, capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"error: embedded Postgres could not create its data directory {home / 'postgres'}")
+    assert done.stderr.count("\n") == 1, done.stderr

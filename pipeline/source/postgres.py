@@ -72,7 +72,14 @@ class EmbeddedPostgres:
             port = self.running_port()
             if port is not None:
                 return port
-            self._server().ensure_pgdata_inited()
+            try:
+                self._server().ensure_pgdata_inited()
+            except subprocess.SubprocessError as exc:
+                raise SourceError(
+                    f"embedded Postgres could not create its data directory {self.pgdata} ({first_line(exc)});"
+                    " `adpipe -v` shows initdb's output",
+                    url=str(self.pgdata),
+                ) from None
             # Postgres must be told a port number and cannot bind port 0: a free number can be taken by another
             # process before the server binds it, so a start that lost that race is retried on another number.
             for _ in range(_START_ATTEMPTS):
