@@ -404,3 +404,24 @@ def test_names_from_the_data_and_the_settings_print_as_they_are(
     refused = run_cli("kpi", "campaign_ctr")
     assert refused.exit_code == 1
     assert refused.stderr.startswith("error: the warehouse (ClickHouse database 'new[/]db:-1:')"), refused.stderr
+
+
+@pytest.mark.warehouses("chdb")
+def test_reconcile_passes_after_a_full_sync_of_an_empty_source_and_of_campaigns_all_quarantined(
+    settings: Settings, pg: psycopg.Connection
+) -> None:
+    """A dimension with no valid row was staged as no file, and `reconcile` failed naming `sync --mode full`, which
+    staged none again."""
+    sync(settings, SyncOptions(mode=Mode.FULL))
+    report = reconcile(settings)
+    assert report.ok, [c for c in report.checks if not c.ok]
+    pg.execute("INSERT INTO advertiser (name) VALUES ('Acme')")
+    pg.execute(
+        "INSERT INTO campaign (name, bid, budget, start_date, end_date, advertiser_id)"
+        " VALUES ('Free', 0.00, 100.00, '2026-11-01', '2026-11-30', 1)"  # bid 0: quarantined
+    )
+    pg.execute("INSERT INTO impressions (campaign_id, created_at) VALUES (1, '2026-11-20 10:00:00')")
+    result = sync(settings, SyncOptions(mode=Mode.FULL))
+    assert result.tables["campaign"].quarantined == 1
+    report = reconcile(settings)
+    assert report.ok, [c for c in report.checks if not c.ok]

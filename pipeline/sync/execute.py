@@ -270,8 +270,8 @@ class _Pipeline:
         self.timings: dict[str, float] = defaultdict(float)
         self.timings_lock = threading.Lock()
 
-    def write(self, table: str, data: pa.Table) -> None:
-        if data.num_rows == 0:
+    def write(self, table: str, data: pa.Table, *, even_empty: bool = False) -> None:
+        if data.num_rows == 0 and not even_empty:
             return
         with _stopwatch(self.timings, "stage_write"):
             path = self.writer.write_part(table, data)
@@ -489,7 +489,9 @@ def _sync_dimensions(
             resolved.append(changes.resolved)
             changed = changed or not changes.empty
         quarantine.append(new_quarantine)
-        pipeline.write(table, upserts.to_arrow())
+        # A full run's snapshot holds every dimension, even one with no valid row (an empty source, every campaign
+        # quarantined): `reconcile` reads its columns from the staged part.
+        pipeline.write(table, upserts.to_arrow(), even_empty=full)
         summary = result.tables.setdefault(table, TableSummary())
         summary.extracted = rows.num_rows
         summary.loaded = upserts.height
