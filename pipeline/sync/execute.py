@@ -210,11 +210,7 @@ def _run(
             raise
         result = SyncResult(new_run_id(planned_mode), planned_mode)
         try:
-            record_start(client, result, started)
-        except BaseException as exc:
-            refused(exc)
-            raise
-        try:
+            record_start(client, result, started)  # raises when the warehouse will not take it: nothing is loaded
             run = _stage_and_load(client, settings, options, source, state, result)
             kill_point("loaded")
             commit(client, settings, run)
